@@ -1,1 +1,66 @@
-//! placeholder
+//! # capsule-core
+//!
+//! The domain of capsule, a backup and restore engine for PostgreSQL, Redis
+//! and Elasticsearch whose every state lives in an object store:
+//!
+//! - [`Statefile`]: one JSON document per backup (`v1`, plus the legacy
+//!   `v1alpha1` reader in [`statefile::legacy`]); the statefile is the commit
+//!   point: it says `finished` only after every artifact is stored with its
+//!   checksum, and it is always updated conditionally.
+//! - [`BackupId`], [`ServiceType`], [`Status`] (an explicit state machine),
+//!   [`Period`].
+//! - [`Catalog`]: list, describe, download, delete backups in a store; queue
+//!   backup and restore requests.
+//! - [`pipeline`]: streaming upload (source → zstd → SHA-256 → multipart)
+//!   and download (→ verify → decompress → sink) with bounded memory.
+//! - [`Engine`]: the trait the PostgreSQL, Redis and Elasticsearch engines
+//!   implement; [`run_backup`] drives one into a store.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_core::{Catalog, ListFilter, ServiceType, ServiceIdentity};
+//! use capsule_store::Store;
+//!
+//! let store = Store::from_url("memory://")?.with_prefix("cnvrg-smart-backups")?;
+//! let catalog = Catalog::new(store);
+//! // Queue a manual backup for a daemon, then list it.
+//! let request = catalog
+//!     .request_backup(ServiceType::Postgresql, ServiceIdentity::default(), "before upgrade")
+//!     .await?;
+//! let backups = catalog.list(&ListFilter::default()).await?;
+//! assert_eq!(backups[0].id, request.backup_id.as_str());
+//! # Ok(()) }
+//! ```
+
+mod backup;
+mod catalog;
+mod engine;
+mod error;
+mod id;
+mod period;
+pub mod pipeline;
+mod progress;
+pub mod statefile;
+mod status;
+
+pub use backup::{run_backup, BackupOptions, BackupReport};
+pub use catalog::{
+    Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, ListFilter, StatefileHandle,
+    StoreArtifactSource,
+};
+pub use engine::{
+    ArtifactSink, ArtifactSource, ArtifactSpec, ByteStream, Capabilities, Engine, JobContext,
+    RestoreOutcome,
+};
+pub use error::{Error, Result};
+pub use id::{BackupId, ServiceType, BACKUP_ID_RANDOM_LEN};
+pub use period::Period;
+pub use progress::{NoProgress, Progress};
+pub use statefile::{
+    Artifact, ArtifactRole, Compression, EngineInfo, Fingerprint, LegacyInfo, Owner, RequestType,
+    Restore, Schedule, ServiceIdentity, Statefile, Verification, VerificationStatus,
+};
+pub use status::{RestoreStatus, Status};
+
+pub use capsule_store as store;

@@ -1,0 +1,127 @@
+//! Deleting a backup: mark, remove artifacts, remove the statefile last.
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::list::DELETING_MARKER;
+use super::Catalog;
+use crate::error::{Error, Result};
+use crate::statefile::STATEFILE_NAME;
+use crate::status::Status;
+
+/// A running backup whose owner beat within this many seconds is alive and
+/// is not deleted under it.
+const LIVE_HEARTBEAT_SECS: i64 = 300;
+
+/// What a delete removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeleteReport {
+    /// The backup.
+    pub id: String,
+    /// Objects removed, statefile included.
+    pub objects: usize,
+    /// Bytes removed.
+    pub bytes: u64,
+}
+
+impl Catalog {
+    /// Deletes backup `id`: writes a `deleting` marker (and, for v1
+    /// statefiles, sets status `deleting`), removes every artifact, then
+    /// the statefile, then the marker. An interrupted delete therefore stays
+    /// visible in listings as `deleting` and can be run again.
+    ///
+    /// # Errors
+    /// [`Error::BackupNotFound`]; [`Error::Invalid`] for a backup that is
+    /// running with a live owner; storage errors (the backup stays listed).
+    pub async fn delete(&self, id: &str) -> Result<DeleteReport> {
+        super::check_id(id)?;
+        let objects = self
+            .store
+            .list(&format!("{id}/"))
+            .await
+            .map_err(|e| Error::store(format!("backup {id}: listing its objects"), e))?;
+        if objects.is_empty() {
+            return Err(Error::BackupNotFound {
+                id: id.to_string(),
+                store: self.store.url().to_string(),
+            });
+        }
+        match self.load(id).await {
+            Ok(mut handle) => {
+                let sf = &handle.statefile;
+                if sf.status == Status::Running {
+                    if let Some(owner) = &sf.owner {
+                        let age = (Utc::now() - owner.heartbeat_at).num_seconds();
+                        if age < LIVE_HEARTBEAT_SECS {
+                            return Err(Error::invalid(
+                                "backup",
+                                format!(
+                                    "backup {id} is running (owner {}, last heartbeat {age}s ago): wait for it to end",
+                                    owner.id
+                                ),
+                            ));
+                        }
+                    }
+                }
+                self.mark(id).await?;
+                if !handle.statefile.is_legacy() && handle.statefile.status != Status::Deleting {
+                    // Best effort: the marker already makes the state visible.
+                    let _ = self
+                        .update(&mut handle, |sf| {
+                            sf.status = Status::Deleting;
+                            Ok(())
+                        })
+                        .await;
+                }
+            }
+            // A statefile that is missing or unreadable does not stop the
+            // delete of what is left of the folder.
+            Err(Error::BackupNotFound { .. }) | Err(Error::UnreadableStatefile { .. }) => {
+                self.mark(id).await?;
+            }
+            Err(e) => return Err(e),
+        }
+
+        let mut report = DeleteReport {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let statefile_key = Self::key(id, STATEFILE_NAME);
+        let marker_key = Self::key(id, DELETING_MARKER);
+        for o in objects
+            .iter()
+            .filter(|o| o.key != statefile_key && o.key != marker_key)
+        {
+            self.store
+                .delete(&o.key)
+                .await
+                .map_err(|e| Error::store(format!("backup {id}: deleting {}", o.key), e))?;
+            report.objects += 1;
+            report.bytes += o.size;
+        }
+        if let Some(sf) = objects.iter().find(|o| o.key == statefile_key) {
+            self.store
+                .delete(&statefile_key)
+                .await
+                .map_err(|e| Error::store(format!("backup {id}: deleting the statefile"), e))?;
+            report.objects += 1;
+            report.bytes += sf.size;
+        }
+        self.store
+            .delete(&marker_key)
+            .await
+            .map_err(|e| Error::store(format!("backup {id}: deleting the delete marker"), e))?;
+        tracing::info!(backup = id, objects = report.objects, bytes = report.bytes, "backup deleted");
+        Ok(report)
+    }
+
+    async fn mark(&self, id: &str) -> Result<()> {
+        let body = Bytes::from(Utc::now().to_rfc3339());
+        self.store
+            .put(&Self::key(id, DELETING_MARKER), body)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::store(format!("backup {id}: writing the delete marker"), e))
+    }
+}

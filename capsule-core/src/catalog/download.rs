@@ -1,0 +1,220 @@
+//! Downloading artifacts to local files, and reading them for restores.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use async_trait::async_trait;
+use capsule_store::Store;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::task::JoinHandle;
+
+use super::Catalog;
+use crate::engine::{ArtifactSource, ByteStream};
+use crate::error::{Error, Result};
+use crate::pipeline::{self, DownloadReport, Expected};
+use crate::progress::Progress;
+use crate::statefile::{Artifact, Compression, Statefile};
+use crate::status::Status;
+
+/// One artifact written to local disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DownloadedArtifact {
+    /// The artifact's object name.
+    pub name: String,
+    /// The local file.
+    pub path: PathBuf,
+    /// What was read and checked.
+    pub report: DownloadReport,
+}
+
+/// The local file name of an artifact once decompressed (`dump.pgc.zst` → `dump.pgc`).
+pub(crate) fn local_name(a: &Artifact) -> String {
+    match a.compression {
+        Compression::Zstd => a.name.strip_suffix(".zst").unwrap_or(&a.name).to_string(),
+        _ => a.name.clone(),
+    }
+}
+
+impl Catalog {
+    /// Downloads every artifact of finished backup `id` into
+    /// `<dir>/<id>/`, decompressed, each checked against its recorded
+    /// length and SHA-256 (legacy artifacts have no checksum: their length
+    /// is checked against the store). A file appears under its final name
+    /// only once it was fully written and checked; on failure nothing is
+    /// left but what was already complete.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the backup is not finished; [`Error::Corrupt`]
+    /// naming the object on a mismatch; storage and local I/O errors.
+    pub async fn download(
+        &self,
+        id: &str,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Vec<DownloadedArtifact>> {
+        let sf = self.describe(id).await?;
+        if sf.status != Status::Finished {
+            return Err(Error::invalid(
+                "backup",
+                format!("backup {id} is {}: only finished backups can be downloaded", sf.status),
+            ));
+        }
+        if sf.artifacts.is_empty() {
+            return Err(Error::invalid("backup", format!("backup {id} has no artifacts")));
+        }
+        let folder = dir.join(id);
+        tokio::fs::create_dir_all(&folder)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", folder.display()), e))?;
+        let mut out = Vec::new();
+        for a in &sf.artifacts {
+            let path = folder.join(local_name(a));
+            let partial = folder.join(format!(".{}.partial", local_name(a)));
+            let report = async {
+                let mut file = tokio::fs::File::create(&partial)
+                    .await
+                    .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+                let report = pipeline::download(
+                    &self.store,
+                    id,
+                    &Self::key(id, &a.name),
+                    &Expected::from(a),
+                    &mut file,
+                    progress,
+                )
+                .await?;
+                file.sync_all()
+                    .await
+                    .map_err(|e| Error::io(format!("writing {}", partial.display()), e))?;
+                tokio::fs::rename(&partial, &path)
+                    .await
+                    .map_err(|e| Error::io(format!("renaming to {}", path.display()), e))?;
+                Ok::<_, Error>(report)
+            }
+            .await;
+            match report {
+                Ok(report) => out.push(DownloadedArtifact {
+                    name: a.name.clone(),
+                    path,
+                    report,
+                }),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An [`ArtifactSource`] over finished backup `id`, for engines' restores.
+    ///
+    /// # Errors
+    /// As [`Catalog::describe`]; [`Error::Invalid`] when not finished.
+    pub async fn artifact_source(&self, id: &str) -> Result<StoreArtifactSource> {
+        let sf = self.describe(id).await?;
+        super::ensure_restorable(&sf)?;
+        Ok(StoreArtifactSource {
+            store: self.store.clone(),
+            statefile: sf,
+        })
+    }
+}
+
+/// Reads a backup's artifacts from the store, verified and decompressed.
+#[derive(Clone, Debug)]
+pub struct StoreArtifactSource {
+    store: Store,
+    statefile: Statefile,
+}
+
+impl StoreArtifactSource {
+    fn artifact(&self, name: &str) -> Result<&Artifact> {
+        self.statefile.artifact(name).ok_or_else(|| {
+            Error::invalid(
+                "artifact",
+                format!("backup {} has no artifact {name}", self.statefile.backup_id),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl ArtifactSource for StoreArtifactSource {
+    fn statefile(&self) -> &Statefile {
+        &self.statefile
+    }
+
+    async fn verify(&self, name: &str) -> Result<()> {
+        let a = self.artifact(name)?;
+        let id = self.statefile.backup_id.as_str();
+        pipeline::verify_object(
+            &self.store,
+            id,
+            &Catalog::key(id, &a.name),
+            &Expected::from(a),
+            &crate::NoProgress,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn open(&self, name: &str) -> Result<ByteStream> {
+        let a = self.artifact(name)?.clone();
+        let id = self.statefile.backup_id.to_string();
+        let store = self.store.clone();
+        let (mut writer, reader) = tokio::io::duplex(1024 * 1024);
+        let task = tokio::spawn(async move {
+            pipeline::download(
+                &store,
+                &id,
+                &Catalog::key(&id, &a.name),
+                &Expected::from(&a),
+                &mut writer,
+                &crate::NoProgress,
+            )
+            .await
+            .map(|_| ())
+        });
+        Ok(Box::new(CheckedReader {
+            inner: reader,
+            task: Some(task),
+        }))
+    }
+}
+
+/// A reader that, at EOF, reports the download task's error instead of a
+/// clean end, so a consumer never mistakes a corrupt artifact for a
+/// complete one.
+struct CheckedReader {
+    inner: tokio::io::DuplexStream,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl AsyncRead for CheckedReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            return Poll::Ready(Ok(()));
+        }
+        // EOF of the pipe: the download is over; report how it ended.
+        let Some(task) = self.task.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = ready!(Pin::new(task).poll(cx));
+        self.task = None;
+        match result {
+            Ok(Ok(())) => Poll::Ready(Ok(())),
+            Ok(Err(e)) => Poll::Ready(Err(std::io::Error::other(e.to_string()))),
+            Err(e) => Poll::Ready(Err(std::io::Error::other(format!("download task failed: {e}")))),
+        }
+    }
+}

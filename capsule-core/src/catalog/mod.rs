@@ -1,0 +1,260 @@
+//! The catalog: the backups in one store and prefix, read from their
+//! statefiles, and the conditional updates that change them.
+
+mod delete;
+mod download;
+mod list;
+
+pub use delete::DeleteReport;
+pub use download::{DownloadedArtifact, StoreArtifactSource};
+pub use list::{CatalogEntry, ListFilter};
+
+use bytes::Bytes;
+use capsule_store::{Store, Version};
+use chrono::Utc;
+
+use crate::error::{Error, Result};
+use crate::id::{BackupId, ServiceType};
+use crate::statefile::{
+    legacy, RequestType, Restore, ServiceIdentity, Statefile, STATEFILE_NAME,
+};
+use crate::status::Status;
+
+/// How many times a conditional update is retried after a conflict.
+const UPDATE_ATTEMPTS: usize = 8;
+
+/// A statefile as loaded, with the object version a conditional update
+/// must match.
+#[derive(Clone, Debug)]
+pub struct StatefileHandle {
+    /// The parsed statefile.
+    pub statefile: Statefile,
+    /// The stored object's version.
+    pub version: Version,
+    /// The stored bytes (needed to patch legacy files in their own format).
+    pub raw: Bytes,
+}
+
+/// The backups of one store and prefix.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    store: Store,
+    concurrency: usize,
+}
+
+impl Catalog {
+    /// A catalog over `store` (its prefix is the dst-dir).
+    pub fn new(store: Store) -> Self {
+        Catalog {
+            store,
+            concurrency: 64,
+        }
+    }
+
+    /// How many statefiles are fetched at once when listing (default 64).
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key of `name` inside the folder of backup `id`.
+    pub fn key(id: &str, name: &str) -> String {
+        format!("{id}/{name}")
+    }
+
+    /// Loads the statefile of backup `id`.
+    ///
+    /// # Errors
+    /// [`Error::BackupNotFound`] when there is none, [`Error::UnreadableStatefile`]
+    /// when it cannot be parsed, storage errors otherwise.
+    pub async fn load(&self, id: &str) -> Result<StatefileHandle> {
+        check_id(id)?;
+        let key = Self::key(id, STATEFILE_NAME);
+        let obj = match self.store.get(&key).await {
+            Ok(obj) => obj,
+            Err(capsule_store::Error::NotFound { .. }) => {
+                return Err(Error::BackupNotFound {
+                    id: id.to_string(),
+                    store: self.store.url().to_string(),
+                });
+            }
+            Err(e) => return Err(Error::store(format!("backup {id}: reading the statefile"), e)),
+        };
+        let statefile = Statefile::from_slice(&obj.bytes).map_err(|e| {
+            Error::UnreadableStatefile {
+                id: id.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        if statefile.backup_id.as_str() != id {
+            return Err(Error::UnreadableStatefile {
+                id: id.to_string(),
+                reason: format!(
+                    "it names backup {} but lives in folder {id}",
+                    statefile.backup_id
+                ),
+            });
+        }
+        Ok(StatefileHandle {
+            statefile,
+            version: obj.version,
+            raw: obj.bytes,
+        })
+    }
+
+    /// The statefile of backup `id`, with legacy artifact sizes filled in
+    /// from the store.
+    ///
+    /// # Errors
+    /// As [`Catalog::load`].
+    pub async fn describe(&self, id: &str) -> Result<Statefile> {
+        let mut sf = self.load(id).await?.statefile;
+        for a in sf.artifacts.iter_mut().filter(|a| a.size_bytes.is_none()) {
+            if let Ok(info) = self.store.head(&Self::key(id, &a.name)).await {
+                a.size_bytes = Some(info.size);
+            }
+        }
+        Ok(sf)
+    }
+
+    /// Writes a new statefile; fails if the backup already exists.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when a statefile already exists for the id.
+    pub async fn create(&self, statefile: &Statefile) -> Result<StatefileHandle> {
+        let id = statefile.backup_id.as_str();
+        let bytes = Bytes::from(statefile.to_vec()?);
+        let version = self
+            .store
+            .create(&Self::key(id, STATEFILE_NAME), bytes.clone())
+            .await
+            .map_err(|e| match e {
+                capsule_store::Error::AlreadyExists { .. } => Error::Conflict { id: id.to_string() },
+                e => Error::store(format!("backup {id}: writing the statefile"), e),
+            })?;
+        Ok(StatefileHandle {
+            statefile: statefile.clone(),
+            version,
+            raw: bytes,
+        })
+    }
+
+    /// Applies `change` to the statefile and writes it back conditionally.
+    /// On a conflict (another writer got there first) the statefile is
+    /// reloaded and `change` applied again to the fresh copy, a few times.
+    /// `change` may refuse by returning an error, which is passed through.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] after repeated conflicts; [`Error::Unsupported`]
+    /// for legacy statefiles (see [`Catalog::request_restore`]); whatever
+    /// `change` returns.
+    pub async fn update<F>(&self, handle: &mut StatefileHandle, mut change: F) -> Result<()>
+    where
+        F: FnMut(&mut Statefile) -> Result<()> + Send,
+    {
+        let id = handle.statefile.backup_id.to_string();
+        for attempt in 0..UPDATE_ATTEMPTS {
+            let mut next = handle.statefile.clone();
+            change(&mut next)?;
+            let bytes = Bytes::from(next.to_vec()?);
+            match self
+                .store
+                .update(&Self::key(&id, STATEFILE_NAME), bytes.clone(), &handle.version)
+                .await
+            {
+                Ok(version) => {
+                    *handle = StatefileHandle {
+                        statefile: next,
+                        version,
+                        raw: bytes,
+                    };
+                    return Ok(());
+                }
+                Err(capsule_store::Error::Conflict { .. }) => {
+                    tracing::debug!(backup = %id, attempt, "statefile changed concurrently; reloading");
+                    *handle = self.load(&id).await?;
+                }
+                Err(e) => {
+                    return Err(Error::store(format!("backup {id}: updating the statefile"), e));
+                }
+            }
+        }
+        Err(Error::Conflict { id })
+    }
+
+    /// Queues a manual backup for a daemon: a `requested` statefile.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn request_backup(
+        &self,
+        service_type: ServiceType,
+        service: ServiceIdentity,
+        description: &str,
+    ) -> Result<Statefile> {
+        let mut sf = Statefile::new(
+            BackupId::generate(service_type),
+            RequestType::Manual,
+            Utc::now(),
+        );
+        sf.service = service;
+        sf.description = description.to_string();
+        Ok(self.create(&sf).await?.statefile)
+    }
+
+    /// Appends a restore request to a finished backup's history, for a
+    /// daemon to execute. Legacy statefiles get the legacy entry
+    /// (`{date, status: restorerequest}`) and keep their format.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the backup is not finished; storage errors.
+    pub async fn request_restore(&self, id: &str) -> Result<StatefileHandle> {
+        let mut handle = self.load(id).await?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            ensure_restorable(&handle.statefile)?;
+            let now = Utc::now();
+            if !handle.statefile.is_legacy() {
+                self.update(&mut handle, |sf| {
+                    ensure_restorable(sf)?;
+                    sf.restores.push(Restore::requested(now));
+                    Ok(())
+                })
+                .await?;
+                return Ok(handle);
+            }
+            let bytes = Bytes::from(legacy::append_restore_request(&handle.raw, now)?);
+            let key = Self::key(id, STATEFILE_NAME);
+            match self.store.update(&key, bytes, &handle.version).await {
+                Ok(_) => return self.load(id).await,
+                Err(capsule_store::Error::Conflict { .. }) => handle = self.load(id).await?,
+                Err(e) => {
+                    return Err(Error::store(format!("backup {id}: updating the statefile"), e));
+                }
+            }
+        }
+        Err(Error::Conflict { id: id.to_string() })
+    }
+}
+
+fn ensure_restorable(sf: &Statefile) -> Result<()> {
+    if sf.status != Status::Finished {
+        return Err(Error::invalid(
+            "backup",
+            format!(
+                "backup {} is {}: only finished backups can be restored",
+                sf.backup_id, sf.status
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects ids that could escape the prefix or name something else.
+fn check_id(id: &str) -> Result<()> {
+    id.parse::<BackupId>().map(|_| ())
+}

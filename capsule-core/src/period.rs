@@ -1,0 +1,180 @@
+//! Schedule periods: `<number><unit>` with unit `s`, `m` or `h`, as the
+//! legacy tool accepted (`24h`, `90m`, `1.5h`); `d` is accepted too.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// How often a periodic backup is due. Always at least one second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period(Duration);
+
+/// The longest period accepted (10 years): beyond it a typo is likelier than intent.
+pub const MAX_PERIOD: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+impl Period {
+    /// A period of `duration`, rounded to whole milliseconds.
+    ///
+    /// # Errors
+    /// When the duration is shorter than a second or longer than [`MAX_PERIOD`].
+    pub fn new(duration: Duration) -> Result<Self> {
+        if duration < Duration::from_secs(1) || duration > MAX_PERIOD {
+            return Err(Error::invalid(
+                "period",
+                format!("period {duration:?} out of range: must be between 1s and 10 years"),
+            ));
+        }
+        Ok(Period(Duration::from_millis(duration.as_millis() as u64)))
+    }
+
+    /// A period from the legacy statefile's float seconds.
+    ///
+    /// # Errors
+    /// When the value is not finite or out of range.
+    pub fn from_secs_f64(secs: f64) -> Result<Self> {
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(Error::invalid("period", format!("invalid period {secs} seconds")));
+        }
+        Self::new(Duration::try_from_secs_f64(secs).map_err(|_| {
+            Error::invalid("period", format!("invalid period {secs} seconds"))
+        })?)
+    }
+
+    /// The duration.
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for Period {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::invalid(
+                "period",
+                format!("invalid period {input:?}: {why} (expected e.g. 24h, 90m, 1.5h, 30s)"),
+            )
+        };
+        let s = input.trim();
+        let unit_at = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| bad("missing unit"))?;
+        let (number, unit) = s.split_at(unit_at);
+        if number.is_empty() {
+            return Err(bad("missing number"));
+        }
+        if number.len() > 20 {
+            return Err(bad("number too long"));
+        }
+        let value: f64 = number.parse().map_err(|_| bad("not a number"))?;
+        let scale = match unit {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return Err(bad("unknown unit")),
+        };
+        let secs = value * scale;
+        if !secs.is_finite() || secs < 1.0 || secs > MAX_PERIOD.as_secs_f64() {
+            return Err(bad("must be between 1s and 10 years"));
+        }
+        Period::new(Duration::from_secs_f64(secs)).map_err(|_| bad("out of range"))
+    }
+}
+
+impl fmt::Display for Period {
+    /// The shortest exact form: `24h`, `90m`, `1.5h` prints as `90m`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            return write!(f, "{}s", self.0.as_secs_f64());
+        }
+        let secs = ms / 1000;
+        if secs % 86400 == 0 {
+            write!(f, "{}d", secs / 86400)
+        } else if secs % 3600 == 0 {
+            write!(f, "{}h", secs / 3600)
+        } else if secs % 60 == 0 {
+            write!(f, "{}m", secs / 60)
+        } else {
+            write!(f, "{secs}s")
+        }
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn table() {
+        let cases = [
+            ("24h", 86400.0),
+            ("90m", 5400.0),
+            ("1.5h", 5400.0),
+            ("30s", 30.0),
+            ("1d", 86400.0),
+            (" 2h ", 7200.0),
+            ("0.5m", 30.0),
+        ];
+        for (input, secs) in cases {
+            let p: Period = input.parse().unwrap();
+            assert_eq!(p.duration().as_secs_f64(), secs, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_with_a_clear_message() {
+        for bad in ["", "h", "24", "24x", "-1h", "0s", "0.1s", "1e3h", "1..5h", "99999999999h", "24 h"] {
+            let err = bad.parse::<Period>().unwrap_err().to_string();
+            assert!(err.starts_with("invalid period"), "{bad}: {err}");
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn display_is_shortest() {
+        assert_eq!("1.5h".parse::<Period>().unwrap().to_string(), "90m");
+        assert_eq!("24h".parse::<Period>().unwrap().to_string(), "1d");
+        assert_eq!("7200s".parse::<Period>().unwrap().to_string(), "2h");
+        assert_eq!("61s".parse::<Period>().unwrap().to_string(), "61s");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in ".{0,40}") {
+            let _ = s.parse::<Period>();
+        }
+
+        #[test]
+        fn display_round_trips(secs in 1u64..(10 * 365 * 86400)) {
+            let p = Period::new(Duration::from_secs(secs)).unwrap();
+            prop_assert_eq!(p.to_string().parse::<Period>().unwrap(), p);
+        }
+
+        #[test]
+        fn units_scale(n in 1u32..80_000, unit in prop_oneof![Just(("s", 1u64)), Just(("m", 60)), Just(("h", 3600))]) {
+            let p: Period = format!("{n}{}", unit.0).parse().unwrap();
+            prop_assert_eq!(p.duration(), Duration::from_secs(n as u64 * unit.1));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Streaming pipelines between engines and the store.
+//!
+//! Upload: an `AsyncRead` source → zstd (multi-threaded) → SHA-256 and byte
+//! count → multipart upload. Download: object stream → SHA-256 and byte count
+//! → zstd decode → `AsyncWrite`. Memory is bounded by a few chunks plus the
+//! upload's parts in flight, whatever the size of the data; each stage waits
+//! for the next (back-pressure through bounded channels).
+//!
+//! Compression runs on a blocking thread (zstd's own workers do the heavy
+//! lifting), so the async runtime keeps serving the network.
+
+mod channel;
+mod download;
+mod upload;
+
+pub use download::{download, verify_object, DownloadReport, Expected};
+pub use upload::{upload, PipelineOptions, UploadReport};

@@ -1,0 +1,254 @@
+//! Source → compress → checksum → multipart upload.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use capsule_store::{Store, UploadOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use super::channel::{ChannelReader, ChannelWriter};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::statefile::Compression;
+
+/// Size of the chunks passed between stages.
+const CHUNK: usize = 1024 * 1024;
+/// Chunks buffered between two stages.
+const DEPTH: usize = 2;
+
+/// How the upload pipeline compresses and uploads.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PipelineOptions {
+    /// Compression of the stored bytes (default zstd).
+    pub compression: Compression,
+    /// zstd level (default 3; 1 is fastest, 19 smallest).
+    pub zstd_level: i32,
+    /// zstd worker threads (default: the machine's cores, at most 8; 0 = single-threaded).
+    pub zstd_workers: u32,
+    /// Multipart upload parameters.
+    pub upload: UploadOptions,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8) as u32;
+        PipelineOptions {
+            compression: Compression::Zstd,
+            zstd_level: 3,
+            zstd_workers: cores,
+            upload: UploadOptions::default(),
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// Sets the compression.
+    pub fn with_compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+    /// Sets the zstd level.
+    pub fn with_zstd_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
+    }
+    /// Sets the zstd worker count.
+    pub fn with_zstd_workers(mut self, workers: u32) -> Self {
+        self.zstd_workers = workers;
+        self
+    }
+    /// Sets the multipart upload options.
+    pub fn with_upload(mut self, upload: UploadOptions) -> Self {
+        self.upload = upload;
+        self
+    }
+}
+
+/// What an upload stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadReport {
+    /// Bytes stored (after compression).
+    pub size_bytes: u64,
+    /// Bytes read from the source.
+    pub raw_size_bytes: u64,
+    /// Hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// Compression applied.
+    pub compression: Compression,
+}
+
+/// Streams `source` into the object `key` of `store`, compressed and
+/// checksummed. The object becomes visible only when the whole source was
+/// read without error and every part was uploaded; on any failure the
+/// multipart upload is aborted and nothing is left at `key`.
+///
+/// # Errors
+/// A read error of the source (e.g. the dump tool died), a compression
+/// error, or a storage error; each names `key`.
+pub async fn upload<R>(
+    store: &Store,
+    key: &str,
+    mut source: R,
+    options: &PipelineOptions,
+    progress: &dyn Progress,
+) -> Result<UploadReport>
+where
+    R: AsyncRead + Send + Unpin,
+{
+    let ctx = || format!("upload of {key}");
+    let mut upload = store
+        .upload(key, options.upload.clone())
+        .await
+        .map_err(|e| Error::store(ctx(), e))?;
+    progress.start(key, None);
+
+    // Stage 1 (this task): read the source. Stage 2 (blocking thread):
+    // compress and hash. Stage 3 (this task, interleaved): upload.
+    let (raw_tx, raw_rx) = mpsc::channel(DEPTH);
+    let (out_tx, mut out_rx) = mpsc::channel(DEPTH);
+    let compression = options.compression;
+    let (level, workers) = (options.zstd_level, options.zstd_workers);
+    let stage = tokio::task::spawn_blocking(move || -> io::Result<(u64, Option<String>)> {
+        let mut input = ChannelReader::new(raw_rx);
+        let mut output = ChannelWriter::new(out_tx, CHUNK, true);
+        match compression {
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(&mut output, level)?;
+                enc.include_checksum(true)?;
+                if workers > 0 {
+                    enc.multithread(workers)?;
+                }
+                io::copy(&mut input, &mut enc)?;
+                enc.finish()?;
+            }
+            _ => {
+                io::copy(&mut input, &mut output)?;
+            }
+        }
+        output.finish()
+    });
+
+    let mut raw_size = 0u64;
+    let mut source_error: Option<io::Error> = None;
+    let mut upload_error: Option<capsule_store::Error> = None;
+    let mut raw_tx = Some(raw_tx);
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    // A full chunk waiting for room in the compressor's channel. It is sent
+    // through a select branch, never awaited inline, so uploading keeps
+    // draining the compressor's output while we wait (no deadlock).
+    let mut pending: Option<Bytes> = None;
+    let mut eof = false;
+    loop {
+        let tx = raw_tx.clone();
+        tokio::select! {
+            biased;
+            chunk = out_rx.recv() => match chunk {
+                Some(chunk) => {
+                    let n = chunk.len() as u64;
+                    if let Err(e) = upload.write(chunk).await {
+                        upload_error = Some(e);
+                        break;
+                    }
+                    progress.advance(n);
+                }
+                None => break,
+            },
+            permit = async move {
+                match tx {
+                    Some(tx) => tx.reserve_owned().await.ok(),
+                    None => std::future::pending().await,
+                }
+            }, if pending.is_some() => {
+                match permit {
+                    Some(permit) => {
+                        permit.send(pending.take().expect("guarded"));
+                        if eof {
+                            raw_tx = None; // EOF for the compressor
+                        }
+                    }
+                    // The compressor stopped: its error is reported below.
+                    None => {
+                        pending = None;
+                        eof = true;
+                        raw_tx = None;
+                    }
+                }
+            },
+            read = source.read_buf(&mut buf), if pending.is_none() && !eof => match read {
+                Ok(0) => {
+                    eof = true;
+                    if buf.is_empty() {
+                        raw_tx = None;
+                    } else {
+                        pending = Some(buf.split().freeze());
+                    }
+                }
+                Ok(n) => {
+                    raw_size += n as u64;
+                    if buf.len() >= CHUNK {
+                        pending = Some(buf.split().freeze());
+                        buf.reserve(CHUNK);
+                    } else if buf.capacity() - buf.len() < 64 * 1024 {
+                        buf.reserve(CHUNK);
+                    }
+                }
+                Err(e) => {
+                    source_error = Some(e);
+                    break;
+                }
+            },
+        }
+    }
+    drop(raw_tx);
+    drop(out_rx);
+    let stage_result = stage
+        .await
+        .map_err(|e| io::Error::other(format!("compression stage panicked: {e}")));
+
+    let failure = if let Some(e) = source_error {
+        Some(Error::io(format!("{}: reading the source failed", ctx()), e))
+    } else if let Some(e) = upload_error {
+        Some(Error::store(ctx(), e))
+    } else {
+        match &stage_result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) | Err(e) => Some(Error::io(
+                format!("{}: compression failed", ctx()),
+                io::Error::new(e.kind(), e.to_string()),
+            )),
+        }
+    };
+    if let Some(err) = failure {
+        progress.finish();
+        let _ = upload.abort().await;
+        return Err(err);
+    }
+    let (size, sha) = stage_result.expect("checked").expect("checked");
+    let sha256 = sha.unwrap_or_else(|| hex::encode(Sha256::digest([])));
+    let uploaded = upload.bytes_written();
+    if uploaded != size {
+        let _ = upload.abort().await;
+        progress.finish();
+        return Err(Error::Corrupt {
+            id: key.split('/').next().unwrap_or(key).to_string(),
+            object: key.to_string(),
+            reason: format!("pipeline produced {size} bytes but {uploaded} were uploaded"),
+        });
+    }
+    upload.finish().await.map_err(|e| Error::store(ctx(), e))?;
+    progress.finish();
+    tracing::debug!(key, size, raw_size, "artifact uploaded");
+    Ok(UploadReport {
+        size_bytes: size,
+        raw_size_bytes: raw_size,
+        sha256,
+        compression,
+    })
+}

@@ -1,0 +1,7 @@
+//! capsule-core integration tests against real stores (file://, memory://,
+//! SeaweedFS S3 started by test-support).
+
+mod backup;
+mod catalog;
+mod pipeline;
+mod stores;
