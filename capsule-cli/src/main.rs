@@ -1,1 +1,32 @@
-fn main() {}
+//! `capsule`: the command line of the capsule backup engine. Parsing,
+//! prompts, progress and output only; the domain lives in `capsule-core`.
+
+mod args;
+mod commands;
+mod exit;
+mod logging;
+mod output;
+mod picker;
+mod progress;
+mod store_args;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    logging::init(cli.global.verbose, cli.global.secrets());
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(commands::run(cli)));
+    match result {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::SUCCESS),
+        Err(err) => {
+            output::note(&format!("error: {}", exit::render(&err)));
+            ExitCode::from(exit::code_for(&err))
+        }
+    }
+}

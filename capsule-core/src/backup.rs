@@ -131,13 +131,13 @@ impl ArtifactSink for StoreSink<'_> {
 
 fn prefix(id: &str, e: Error) -> Error {
     match e {
-        Error::Store { context, source } => Error::Store {
+        Error::Store { context, error } => Error::Store {
             context: format!("backup {id}: {context}"),
-            source,
+            error,
         },
-        Error::Io { context, source } => Error::Io {
+        Error::Io { context, error } => Error::Io {
             context: format!("backup {id}: {context}"),
-            source,
+            error,
         },
         e => e,
     }

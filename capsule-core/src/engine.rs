@@ -114,6 +114,28 @@ pub struct RestoreOutcome {
     pub fingerprint: Option<Fingerprint>,
 }
 
+/// Where and how [`Engine::restore`] will write, recorded in the restore
+/// history before it starts (so a failed restore still says what it was
+/// about to change).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestorePlan {
+    /// The target, without credentials (`127.0.0.1:5432/app`).
+    pub target: String,
+    /// How it will restore (`safe-swap`, `in-place`, `target-db`, …).
+    pub mode: String,
+}
+
+impl RestorePlan {
+    /// A plan writing to `target` in `mode`.
+    pub fn new(target: impl Into<String>, mode: impl Into<String>) -> Self {
+        RestorePlan {
+            target: target.into(),
+            mode: mode.into(),
+        }
+    }
+}
+
 /// A database engine: backs a service up into artifacts and restores it.
 ///
 /// Implementors are configured with their connection settings when built
@@ -143,4 +165,37 @@ pub trait Engine: fmt::Display + Send + Sync {
     /// Fingerprints the engine's live target, comparable with the one
     /// recorded at backup.
     async fn fingerprint(&self, ctx: &JobContext<'_>) -> Result<Fingerprint>;
+
+    /// Where and how [`Engine::restore`] will write. The default names the
+    /// identity's endpoint and database, mode `restore`.
+    fn restore_plan(&self) -> RestorePlan {
+        let id = self.identity();
+        let target = match (id.endpoint, id.database) {
+            (Some(e), Some(d)) => format!("{e}/{d}"),
+            (Some(e), None) => e,
+            (None, Some(d)) => d,
+            (None, None) => self.to_string(),
+        };
+        RestorePlan::new(target, "restore")
+    }
+
+    /// The restore drill: restores the backup from `source` into a
+    /// throwaway target (never the live data), fingerprints what was
+    /// restored, removes the throwaway target and returns the fingerprint
+    /// in [`RestoreOutcome::fingerprint`]. Called by
+    /// [`run_verify`](crate::run_verify) only when
+    /// [`Capabilities::verify`] is true; like `restore`, it must verify
+    /// artifacts before it restores anything.
+    ///
+    /// The default refuses with [`Error::Unsupported`](crate::Error::Unsupported).
+    async fn restore_scratch(
+        &self,
+        source: &dyn ArtifactSource,
+        ctx: &JobContext<'_>,
+    ) -> Result<RestoreOutcome> {
+        let _ = (source, ctx);
+        Err(crate::Error::Unsupported(format!(
+            "{self}: restore drills are not supported"
+        )))
+    }
 }

@@ -69,26 +69,34 @@ pub enum Error {
         /// The tool's message, credentials stripped.
         message: String,
     },
+    /// A restore drill restored data that differs from the fingerprint
+    /// recorded at backup.
+    #[error("backup {id}: verification failed: {}", mismatches.join("; "))]
+    VerificationFailed {
+        /// The backup.
+        id: String,
+        /// One line per differing object (e.g. `public.users: expected 500, found 499`).
+        mismatches: Vec<String>,
+    },
     /// The operation was cancelled (signal, shutdown).
     #[error("{0}: cancelled")]
     Cancelled(String),
     /// Object storage failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Store {
         /// What capsule was doing.
         context: String,
-        /// The storage error (already names the store and object).
-        #[source]
-        source: capsule_store::Error,
+        /// The storage error (already names the store and object); shown in
+        /// the message, so it is not also a `source` (no doubled chains in `{:#}`).
+        error: capsule_store::Error,
     },
     /// Local I/O failed (a download target, a pipe to a tool).
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What capsule was doing and on which file.
         context: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The I/O error, shown in the message.
+        error: std::io::Error,
     },
 }
 
@@ -97,7 +105,7 @@ impl Error {
     pub fn store(context: impl Into<String>, source: capsule_store::Error) -> Self {
         Error::Store {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 
@@ -105,7 +113,7 @@ impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 
@@ -123,7 +131,7 @@ impl Error {
             self,
             Error::BackupNotFound { .. }
                 | Error::Store {
-                    source: capsule_store::Error::NotFound { .. },
+                    error: capsule_store::Error::NotFound { .. },
                     ..
                 }
         )

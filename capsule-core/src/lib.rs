@@ -14,7 +14,9 @@
 //! - [`pipeline`]: streaming upload (source → zstd → SHA-256 → multipart)
 //!   and download (→ verify → decompress → sink) with bounded memory.
 //! - [`Engine`]: the trait the PostgreSQL, Redis and Elasticsearch engines
-//!   implement; [`run_backup`] drives one into a store.
+//!   implement; [`run_backup`] drives one into a store, [`run_restore`]
+//!   back out of it and [`run_verify`] runs a restore drill; each records
+//!   its outcome in the statefile.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -41,6 +43,7 @@ mod id;
 mod period;
 pub mod pipeline;
 mod progress;
+mod restore;
 pub mod statefile;
 mod status;
 
@@ -51,12 +54,13 @@ pub use catalog::{
 };
 pub use engine::{
     ArtifactSink, ArtifactSource, ArtifactSpec, ByteStream, Capabilities, Engine, JobContext,
-    RestoreOutcome,
+    RestoreOutcome, RestorePlan,
 };
 pub use error::{Error, Result};
 pub use id::{BackupId, ServiceType, BACKUP_ID_RANDOM_LEN};
 pub use period::Period;
 pub use progress::{NoProgress, Progress};
+pub use restore::{run_restore, run_verify, RestoreOptions, RestoreReport, VerifyReport};
 pub use statefile::{
     Artifact, ArtifactRole, Compression, EngineInfo, Fingerprint, LegacyInfo, Owner, RequestType,
     Restore, Schedule, ServiceIdentity, Statefile, Verification, VerificationStatus,

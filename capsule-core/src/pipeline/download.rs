@@ -168,7 +168,7 @@ where
         let tx = in_tx.clone();
         tokio::select! {
             biased;
-            out = out_rx.recv(), if !(decoder_gone && !stream_done) => match out {
+            out = out_rx.recv(), if !decoder_gone || stream_done => match out {
                 Some(chunk) => {
                     if let Err(e) = sink.write_all(&chunk).await {
                         failure = Some(Error::io(format!("{}: writing the output failed", ctx()), e));

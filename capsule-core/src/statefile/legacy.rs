@@ -252,3 +252,51 @@ pub fn append_restore_request(bytes: &[u8], at: DateTime<Utc>) -> Result<Vec<u8>
     serde_json::to_vec(&doc)
         .map_err(|e| Error::invalid("statefile", format!("cannot serialize: {e}")))
 }
+
+/// Records the outcome of a restore in a legacy statefile, in the legacy
+/// shape: the `restores` entry whose `date` is `request` (a queued
+/// `restorerequest`) gets `status`; without `request`, or when no such
+/// entry is found, `{date: at, status}` is appended. Every other byte of
+/// meaning is left unchanged. `status` is a legacy word (`finished`,
+/// `failed`).
+///
+/// # Errors
+/// When `bytes` is not a JSON object.
+pub fn record_restore(
+    bytes: &[u8],
+    request: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+    status: &str,
+) -> Result<Vec<u8>> {
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid("statefile", format!("invalid v1alpha1 statefile: {e}")))?;
+    let obj = doc
+        .as_object_mut()
+        .ok_or_else(|| Error::invalid("statefile", "v1alpha1 statefile is not an object"))?;
+    if !matches!(obj.get("restores"), Some(serde_json::Value::Array(_))) {
+        obj.insert("restores".into(), serde_json::Value::Array(Vec::new()));
+    }
+    let Some(serde_json::Value::Array(list)) = obj.get_mut("restores") else {
+        unreachable!("inserted above")
+    };
+    let claimed = request.and_then(|want| {
+        list.iter_mut().find(|e| {
+            e.get("status").and_then(|s| s.as_str()) == Some("restorerequest")
+                && e.get("date")
+                    .and_then(|d| d.as_str())
+                    .and_then(|d| parse_date(d).ok())
+                    == Some(want)
+        })
+    });
+    match claimed {
+        Some(entry) => {
+            entry["status"] = serde_json::Value::String(status.to_string());
+        }
+        None => list.push(serde_json::json!({
+            "date": at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "status": status,
+        })),
+    }
+    serde_json::to_vec(&doc)
+        .map_err(|e| Error::invalid("statefile", format!("cannot serialize: {e}")))
+}

@@ -1,0 +1,398 @@
+//! `capsule pg|redis|es`: list, describe, create, restore, download and
+//! delete backups. Each action is one [`Catalog`] call plus rendering.
+
+use anyhow::{Context, Result};
+use capsule_core::{BackupId, Catalog, CatalogEntry, ListFilter, ServiceIdentity, ServiceType};
+
+use crate::args::{Action, GlobalArgs, ServiceArgs};
+use crate::exit::{Interrupted, UsageError};
+use crate::table::{Cell, Table};
+use crate::{output, picker, progress, store_args};
+
+/// The statuses `--status` accepts.
+const STATUSES: [&str; 6] = [
+    "requested",
+    "running",
+    "finished",
+    "failed",
+    "deleting",
+    "unreadable",
+];
+
+/// Runs one action of a service subcommand.
+///
+/// # Errors
+/// [`UsageError`] for bad flag values or a missing `--id`/`--yes` without a
+/// terminal; the core's and the store's errors otherwise.
+pub async fn run(g: &GlobalArgs, service_type: ServiceType, args: &ServiceArgs) -> Result<()> {
+    let filter = list_filter(service_type, args)?;
+    let catalog = Catalog::new(store_args::build(g)?);
+    let cmd = Ctx {
+        g,
+        service_type,
+        args,
+        catalog: &catalog,
+    };
+    match args.action() {
+        Action::List => cmd.list(&filter).await,
+        Action::Describe => cmd.describe().await,
+        Action::Create => cmd.create().await,
+        Action::Restore => cmd.restore().await,
+        Action::Download => cmd.download().await,
+        Action::Delete => cmd.delete().await,
+    }
+}
+
+/// What every action needs.
+struct Ctx<'a> {
+    g: &'a GlobalArgs,
+    service_type: ServiceType,
+    args: &'a ServiceArgs,
+    catalog: &'a Catalog,
+}
+
+impl Ctx<'_> {
+    fn url(&self) -> String {
+        self.catalog.store().url().to_string()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<()> {
+        let entries = self.catalog.list(filter).await?;
+        if self.g.json {
+            let all: Vec<_> = entries.iter().map(CatalogEntry::summary_json).collect();
+            output::json(&serde_json::Value::Array(all))?;
+            return Ok(());
+        }
+        output::note(&format!("store: {}", self.url()));
+        if entries.is_empty() {
+            output::note(&format!("no {} backups", self.service_type));
+            return Ok(());
+        }
+        for line in list_table(&entries).render() {
+            output::out(&line)?;
+        }
+        let unreadable: Vec<_> = entries
+            .iter()
+            .filter_map(|e| e.unreadable.as_ref().map(|r| (&e.id, r)))
+            .collect();
+        if !unreadable.is_empty() {
+            output::out("")?;
+            for (id, reason) in unreadable {
+                output::out(&format!("{id}: unreadable: {reason}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn describe(&self) -> Result<()> {
+        let id = self.backup_id("Describe which backup?", None).await?;
+        let sf = self.catalog.describe(&id).await?;
+        output::json(&sf.to_display_json())?;
+        Ok(())
+    }
+
+    /// Queues a manual backup for a daemon. When engine connection flags
+    /// exist (e.g. `--pg-url`), a "run now" branch goes here, calling
+    /// `capsule_core::run_backup` with the engine instead.
+    async fn create(&self) -> Result<()> {
+        self.queue_backup().await
+    }
+
+    async fn queue_backup(&self) -> Result<()> {
+        // As the legacy tool did: prove the store works before accepting a request.
+        self.catalog
+            .store()
+            .ping()
+            .await
+            .context("checking the store before queueing a backup request")?;
+        let (namespace, name) = match self.args.service.as_deref().and_then(|s| s.split_once('/')) {
+            Some((ns, name)) => (Some(ns.to_string()), Some(name.to_string())),
+            None => (None, None),
+        };
+        let service = ServiceIdentity {
+            cluster: self.args.cluster.clone(),
+            namespace,
+            name,
+            ..Default::default()
+        };
+        let sf = self
+            .catalog
+            .request_backup(self.service_type, service, &self.args.description)
+            .await?;
+        if self.g.json {
+            output::json(&sf.to_display_json())?;
+        } else {
+            output::out(sf.backup_id.as_str())?;
+            output::note(&format!(
+                "backup {} requested: a capsule daemon watching {} will run it",
+                sf.backup_id,
+                self.url()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<()> {
+        let id = self
+            .backup_id("Restore which backup?", Some("finished"))
+            .await?;
+        if !self.g.yes {
+            can_confirm("restore")?;
+            let sf = self.catalog.describe(&id).await?;
+            let target = sf
+                .service
+                .qualified_name()
+                .map(|s| format!(" into {s}"))
+                .unwrap_or_default();
+            let prompt = format!(
+                "Restore backup {id} ({}, {}){target}, replacing its current data?",
+                sf.status,
+                output::date(sf.requested_at),
+            );
+            ask("restore", &prompt)?;
+        }
+        let handle = self.catalog.request_restore(&id).await?;
+        let sf = &handle.statefile;
+        if self.g.json {
+            output::json(&sf.to_display_json())?;
+        } else {
+            output::out(&format!(
+                "restore of backup {id} requested ({} restore{} recorded): a capsule daemon watching {} will run it",
+                sf.restores.len(),
+                if sf.restores.len() == 1 { "" } else { "s" },
+                self.url()
+            ))?;
+        }
+        Ok(())
+    }
+
+    async fn download(&self) -> Result<()> {
+        let id = self
+            .backup_id("Download which backup?", Some("finished"))
+            .await?;
+        let progress = progress::for_output(self.g.json);
+        let files = tokio::select! {
+            r = self.catalog.download(&id, &self.g.dumpdir, progress.as_ref()) => r?,
+            _ = tokio::signal::ctrl_c() => return Err(Interrupted.into()),
+        };
+        if self.g.json {
+            let files: Vec<_> = files
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "name": f.name,
+                        "path": f.path,
+                        "sizeBytes": f.report.raw_size_bytes,
+                        "storedSizeBytes": f.report.size_bytes,
+                        "sha256": f.report.sha256,
+                        "checksumVerified": f.report.checksum_verified,
+                    })
+                })
+                .collect();
+            output::json(&serde_json::json!({ "backupId": id, "files": files }))?;
+            return Ok(());
+        }
+        let mut table = Table::new(&["FILE", "SIZE", "CHECK"]);
+        for f in &files {
+            let check = if f.report.checksum_verified {
+                Cell::styled(
+                    "sha256 verified",
+                    console::Style::new().for_stdout().green(),
+                )
+            } else {
+                Cell::plain("length checked (no checksum recorded)")
+            };
+            table.row(vec![
+                Cell::plain(f.path.display().to_string()),
+                Cell::plain(output::size(f.report.raw_size_bytes)),
+                check,
+            ]);
+        }
+        for line in table.render() {
+            output::out(&line)?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self) -> Result<()> {
+        let id = self.backup_id("Delete which backup?", None).await?;
+        if !self.g.yes {
+            can_confirm("delete")?;
+            let what = match self.catalog.describe(&id).await {
+                Ok(sf) => format!(
+                    "{}, {}",
+                    sf.status,
+                    sf.size_bytes()
+                        .map(output::size)
+                        .unwrap_or_else(|| "no data".into())
+                ),
+                Err(capsule_core::Error::UnreadableStatefile { .. }) => "unreadable".into(),
+                Err(capsule_core::Error::BackupNotFound { .. }) => "no statefile".into(),
+                Err(e) => return Err(e.into()),
+            };
+            ask("delete", &format!("Delete backup {id} ({what})?"))?;
+        }
+        let report = self.catalog.delete(&id).await?;
+        if self.g.json {
+            output::json(&serde_json::json!({
+                "backupId": report.id,
+                "objects": report.objects,
+                "bytes": report.bytes,
+            }))?;
+        } else {
+            output::out(&format!(
+                "deleted backup {} ({} objects, {})",
+                report.id,
+                report.objects,
+                output::size(report.bytes)
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// The backup to act on: `--id` (checked), else one picked on the
+    /// terminal among this service type's backups (only those with
+    /// `status` when given).
+    async fn backup_id(&self, prompt: &str, status: Option<&str>) -> Result<String> {
+        if let Some(id) = &self.args.id {
+            return check_id(id, self.service_type);
+        }
+        if !picker::interactive() {
+            return Err(
+                UsageError::new("no --id given and no terminal to pick from: pass --id").into(),
+            );
+        }
+        let mut filter = ListFilter::default().with_service_type(self.service_type);
+        if let Some(s) = status {
+            filter = filter.with_status(s);
+        }
+        let entries = self.catalog.list(&filter).await?;
+        if entries.is_empty() {
+            anyhow::bail!(
+                "no {}{} backups in {} to pick from",
+                status.map(|s| format!("{s} ")).unwrap_or_default(),
+                self.service_type,
+                self.url()
+            );
+        }
+        picker::pick(prompt, &entries)?.ok_or_else(|| anyhow::anyhow!("no backup picked"))
+    }
+}
+
+/// Without a terminal to ask on, `action` needs `--yes`: a usage error.
+fn can_confirm(action: &str) -> Result<()> {
+    if picker::interactive() {
+        Ok(())
+    } else {
+        Err(UsageError::new(format!(
+            "refusing to {action} without confirmation and no terminal to ask on: pass --yes"
+        ))
+        .into())
+    }
+}
+
+/// Asks `prompt`; a "no" fails the command, changing nothing.
+fn ask(action: &str, prompt: &str) -> Result<()> {
+    if picker::confirm(prompt)? {
+        Ok(())
+    } else {
+        anyhow::bail!("{action} cancelled: nothing was changed")
+    }
+}
+
+/// Checks `--id`: a well-formed id of this subcommand's service type.
+fn check_id(id: &str, service_type: ServiceType) -> Result<String> {
+    let parsed: BackupId = id
+        .parse()
+        .map_err(|e| UsageError::new(format!("--id: {e}")))?;
+    if parsed.service_type() != service_type {
+        return Err(UsageError::new(format!(
+            "--id {id} is a {} backup: use `capsule {}`",
+            parsed.service_type(),
+            parsed.service_type().short_name()
+        ))
+        .into());
+    }
+    Ok(parsed.to_string())
+}
+
+/// The list filter of the flags; checks `--status` and `--service`.
+fn list_filter(service_type: ServiceType, args: &ServiceArgs) -> Result<ListFilter> {
+    let mut filter = ListFilter::default().with_service_type(service_type);
+    if let Some(c) = &args.cluster {
+        filter = filter.with_cluster(c);
+    }
+    if let Some(s) = &args.service {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {}
+            _ => {
+                return Err(UsageError::new(format!(
+                    "invalid --service {s:?}: expected namespace/name"
+                ))
+                .into());
+            }
+        }
+        filter = filter.with_service(s);
+    }
+    if let Some(s) = &args.status {
+        if !STATUSES.iter().any(|k| k.eq_ignore_ascii_case(s)) {
+            return Err(UsageError::new(format!(
+                "invalid --status {s:?}: expected one of {}",
+                STATUSES.join(", ")
+            ))
+            .into());
+        }
+        filter = filter.with_status(s);
+    }
+    Ok(filter)
+}
+
+/// The `--list` table.
+fn list_table(entries: &[CatalogEntry]) -> Table {
+    let now = chrono::Utc::now();
+    let mut table = Table::new(&[
+        "ID", "TYPE", "REQUEST", "STATUS", "DATE", "AGE", "SIZE", "DURATION", "VERIFIED",
+    ]);
+    let dash = || "-".to_string();
+    for e in entries {
+        let sf = e.statefile.as_ref();
+        let status = e.status_label();
+        let verified = match sf.and_then(|s| s.last_verification()) {
+            Some(v) if v.status == capsule_core::VerificationStatus::Passed => "yes",
+            Some(_) => "no",
+            None => "-",
+        };
+        table.row(vec![
+            Cell::plain(&e.id),
+            Cell::plain(e.service_type().map(|t| t.to_string()).unwrap_or_else(dash)),
+            Cell::plain(sf.map(|s| s.request_type.to_string()).unwrap_or_else(dash)),
+            Cell::styled(status, output::status_style(status, false)),
+            Cell::plain(e.date().map(output::date).unwrap_or_else(dash)),
+            Cell::plain(e.date().map(|d| output::age(d, now)).unwrap_or_else(dash)),
+            Cell::plain(e.size_bytes().map(output::size).unwrap_or_else(dash)),
+            Cell::plain(
+                sf.and_then(|s| s.duration())
+                    .map(output::duration)
+                    .unwrap_or_else(dash),
+            ),
+            Cell::plain(verified),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_against_the_subcommand() {
+        let id = "postgresql-9nVJ8sGmQbXc3RkHzW2tLp";
+        assert_eq!(check_id(id, ServiceType::Postgresql).unwrap(), id);
+        let e = check_id(id, ServiceType::Redis).unwrap_err();
+        assert!(e.to_string().contains("capsule pg"), "{e}");
+        assert!(e.is::<UsageError>());
+        let e = check_id("../etc", ServiceType::Redis).unwrap_err();
+        assert!(e.to_string().starts_with("--id: invalid backup id"), "{e}");
+    }
+}

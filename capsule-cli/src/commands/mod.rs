@@ -1,0 +1,38 @@
+//! The subcommands: argument handling, one core call each, rendering.
+
+mod backups;
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::args::{Cli, Command};
+use crate::output;
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Whatever the command hit; [`crate::exit::code_for`] maps it to an exit code.
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Version => version(cli.global.json),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "capsule", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Pg(_) | Command::Redis(_) | Command::Es(_) => {
+            let (service_type, args) = cli.command.service().expect("a service subcommand");
+            backups::run(&cli.global, service_type, args).await
+        }
+    }
+}
+
+fn version(json: bool) -> Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    if json {
+        output::json(&serde_json::json!({ "version": version }))?;
+    } else {
+        output::out(&format!("capsule {version}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1112 @@
+//! The `capsule` binary run for real against real stores: a `file://`
+//! directory, SeaweedFS (S3) and Azurite (Azure blob), each loaded with the
+//! legacy v1alpha1 fixture bucket. Every command's stdout and stderr are
+//! checked for secrets.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use capsule_core::pipeline::PipelineOptions;
+use capsule_core::{
+    ArtifactSink, ArtifactSource, ArtifactSpec, BackupOptions, Capabilities, Catalog, Compression,
+    Engine, EngineInfo, Fingerprint, JobContext, NoProgress, RestoreOutcome, ServiceIdentity,
+    ServiceType,
+};
+use capsule_store::{Secret, Store, StoreBuilder};
+use serde_json::Value;
+use tempfile::TempDir;
+use test_support::azurite::Azurite;
+use test_support::fixtures::legacy_bucket_dir;
+use test_support::seaweedfs::SeaweedFs;
+
+const PREFIX: &str = "cnvrg-smart-backups";
+const FINISHED: &str = "postgresql-9nVJ8sGmQbXc3RkHzW2tLp";
+const FAILED: &str = "postgresql-4GfT7uYpWq2ZsLmK9bXcRv";
+const REQUESTED: &str = "postgresql-Ts6Yh2KqPw9LmZc4NbXvRe";
+const DUMP: &str = "Hq4mTzR7xKd2VwPbN8cYsE-pgdump.tar";
+const DUMP_SHA256: &str = "e87c12cf3eaf4fe65b2478476a9b1eed9765b267686c6b1d3a474c84fa95190b";
+/// Secrets stored in plain text in the legacy statefiles.
+const FIXTURE_SECRETS: [&str; 3] = [
+    "AKIALEGACYEXAMPLE",
+    "legacySecretKeyExample0123456789abcdef",
+    "s3cr3tPgPass",
+];
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// What one run of the binary produced.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success:\n{self:#?}");
+        self
+    }
+
+    fn fails_with(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "expected exit {code}:\n{self:#?}");
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self:#?}"))
+    }
+
+    /// The `error: ...` line; asserts there is exactly one line on stderr
+    /// (logs are off unless asked for).
+    fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error:\n{self:#?}");
+        assert!(lines[0].starts_with("error: "), "{self:#?}");
+        lines[0]
+    }
+}
+
+/// A store loaded with the legacy fixture, and how the CLI reaches it.
+struct Target {
+    name: &'static str,
+    /// Global flags selecting the store.
+    flags: Vec<String>,
+    /// Values that must never be printed.
+    secrets: Vec<String>,
+    /// The store at the backups' prefix, for assertions.
+    store: Store,
+    rt: tokio::runtime::Runtime,
+    /// Scratch space (dump dir, CAPSULE_HOME); the file store's root too.
+    dir: TempDir,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A name no other test of this run uses (buckets, containers).
+fn unique(kind: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{kind}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Every file of the fixture bucket, as (key relative to the bucket root, bytes).
+fn fixture_objects() -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for entry in std::fs::read_dir(dir).expect("read fixture dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let key = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((key, std::fs::read(&path).expect("read fixture")));
+            }
+        }
+    }
+    let root = legacy_bucket_dir();
+    let mut out = Vec::new();
+    walk(&root, &root.join(PREFIX), &mut out);
+    assert!(out.len() >= 5, "fixture incomplete: {out:?}");
+    out
+}
+
+/// Puts the fixture into `root` (a store at the bucket root).
+fn load_fixture(rt: &tokio::runtime::Runtime, root: &Store) {
+    rt.block_on(async {
+        for (key, bytes) in fixture_objects() {
+            root.put(&key, Bytes::from(bytes))
+                .await
+                .unwrap_or_else(|e| panic!("loading {key}: {e}"));
+        }
+    });
+}
+
+impl Target {
+    /// A `file://` store: a copy of the fixture directory.
+    fn file() -> Target {
+        let dir = TempDir::new().unwrap();
+        let root = dir.path().join("bucket");
+        for (key, bytes) in fixture_objects() {
+            let path = root.join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let url = format!("file://{}", root.display());
+        let store = Store::from_url(&url).unwrap().with_prefix(PREFIX).unwrap();
+        Target {
+            name: "file",
+            flags: vec!["--store".into(), url],
+            secrets: Vec::new(),
+            store,
+            rt: runtime(),
+            dir,
+        }
+    }
+
+    /// A fresh SeaweedFS bucket holding the fixture; the CLI gets the URL
+    /// and the keys as flags.
+    fn seaweedfs() -> Target {
+        let s3 = SeaweedFs::shared();
+        let bucket = unique("cli");
+        s3.create_bucket(&bucket);
+        let url = s3.s3_url(&bucket);
+        let rt = runtime();
+        let root = StoreBuilder::from_url(&url)
+            .unwrap()
+            .with_access_key(
+                Secret::new(s3.access_key.clone()),
+                Secret::new(s3.secret_key.clone()),
+            )
+            .build()
+            .unwrap();
+        load_fixture(&rt, &root);
+        Target {
+            name: "seaweedfs",
+            flags: vec![
+                "--store".into(),
+                url,
+                "--access-key".into(),
+                s3.access_key.clone(),
+                "--secret-key".into(),
+                s3.secret_key.clone(),
+            ],
+            secrets: vec![s3.access_key.clone(), s3.secret_key.clone()],
+            store: root.with_prefix(PREFIX).unwrap(),
+            rt,
+            dir: TempDir::new().unwrap(),
+        }
+    }
+
+    /// A fresh Azurite container holding the fixture; the CLI gets one URL
+    /// with the account key in it.
+    fn azurite() -> Target {
+        let az = Azurite::shared();
+        let container = unique("cli");
+        az.create_container(&container);
+        let url = az.az_url_with_credentials(&container);
+        let rt = runtime();
+        let root = Store::from_url(&url).unwrap();
+        load_fixture(&rt, &root);
+        Target {
+            name: "azurite",
+            flags: vec!["--store".into(), url],
+            secrets: vec![az.key.clone()],
+            store: root.with_prefix(PREFIX).unwrap(),
+            rt,
+            dir: TempDir::new().unwrap(),
+        }
+    }
+
+    fn dumpdir(&self) -> PathBuf {
+        self.dir.path().join("dumps")
+    }
+
+    /// Runs `capsule <flags> <args>` with logs at the default level.
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// Runs with `RUST_LOG=trace`: every library's logs, still redacted.
+    fn run_traced(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[("RUST_LOG", "trace")])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let dumpdir = self.dumpdir();
+        let mut all: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        all.extend(["--dumpdir", dumpdir.to_str().unwrap()]);
+        all.extend(args);
+        let run = capsule(&all, env, self.dir.path());
+        assert_no_secrets(&run, &self.secrets);
+        run
+    }
+
+    /// Keys (relative to the prefix) of the objects under `folder/`.
+    fn objects(&self, folder: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let mut keys: Vec<String> = self
+                .store
+                .list(&format!("{folder}/"))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            keys.sort();
+            keys
+        })
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        self.rt
+            .block_on(self.store.get(key))
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+            .bytes
+            .to_vec()
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        self.rt
+            .block_on(self.store.put(key, Bytes::from(bytes)))
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+}
+
+/// Runs the binary in `cwd` with a clean environment: no `CNVRG_CAPSULE_*`
+/// from the caller, `CAPSULE_HOME` in the scratch dir, no colours.
+fn capsule(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsule"));
+    cmd.args(args).current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNVRG_CAPSULE_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CAPSULE_HOME", cwd.join("capsule-home"))
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied());
+    let out = cmd.output().expect("run capsule");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_no_secrets(run: &Run, extra: &[String]) {
+    for secret in FIXTURE_SECRETS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "secret {secret:?} printed:\n{run:#?}"
+        );
+    }
+}
+
+fn ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|e| e["backupId"].as_str().unwrap())
+        .collect()
+}
+
+fn entry<'a>(list: &'a Value, id: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["backupId"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {list:#}"))
+}
+
+// ---------------------------------------------------------------------------
+// The legacy bucket on every store: list, describe, download, delete
+// ---------------------------------------------------------------------------
+
+fn legacy_round_trip(t: &Target) {
+    // --list: the three legacy backups, newest first.
+    let run = t.run_traced(&["pg", "--list"]).ok();
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        rows[0].starts_with("ID ") && rows[0].contains("STATUS"),
+        "{run:#?}"
+    );
+    let order: Vec<&str> = rows[1..4]
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(order, [REQUESTED, FAILED, FINISHED], "{}: {run:#?}", t.name);
+    let row = |id: &str| *rows.iter().find(|r| r.starts_with(id)).unwrap();
+    assert!(
+        row(FINISHED).contains(" finished ") && row(FINISHED).contains("1.8 MiB"),
+        "{run:#?}"
+    );
+    assert!(row(FINISHED).contains(" periodic "), "{run:#?}");
+    assert!(row(FAILED).contains(" failed "), "{run:#?}");
+    assert!(
+        row(REQUESTED).contains(" requested ") && row(REQUESTED).contains(" manual "),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains("store: "),
+        "header names the store: {run:#?}"
+    );
+
+    // --list --json
+    let run = t.run_traced(&["pg", "--list", "--json"]).ok();
+    let list = run.json();
+    assert_eq!(ids(&list), [REQUESTED, FAILED, FINISHED]);
+    let fin = entry(&list, FINISHED);
+    assert_eq!(fin["status"], "finished");
+    assert_eq!(fin["serviceType"], "postgresql");
+    assert_eq!(fin["requestType"], "periodic");
+    assert_eq!(fin["statefileVersion"], "v1alpha1");
+    assert_eq!(fin["sizeBytes"], 1_855_488);
+    assert!(
+        fin["date"]
+            .as_str()
+            .unwrap()
+            .starts_with("2021-06-10T09:15:42")
+    );
+    assert_eq!(entry(&list, FAILED)["status"], "failed");
+    assert_eq!(entry(&list, REQUESTED)["status"], "requested");
+    // Other service types see nothing of it.
+    assert_eq!(
+        t.run(&["redis", "--list", "--json"]).ok().json(),
+        serde_json::json!([])
+    );
+
+    // --describe: the statefile, with its restore, without secrets.
+    for extra in [&[][..], &["--json"][..]] {
+        let mut args = vec!["pg", "--describe", "--id", FINISHED];
+        args.extend(extra);
+        let sf = t.run_traced(&args).ok().json();
+        assert_eq!(sf["backupId"], FINISHED);
+        assert_eq!(sf["statefileVersion"], "v1alpha1");
+        assert_eq!(sf["status"], "finished");
+        assert_eq!(sf["restores"].as_array().unwrap().len(), 1, "{sf:#}");
+    }
+
+    // --download: byte-identical to the fixture dump.
+    let run = t
+        .run_traced(&["pg", "--download", "--id", FINISHED, "--json"])
+        .ok();
+    let report = run.json();
+    assert_eq!(report["backupId"], FINISHED);
+    let file = &report["files"][0];
+    assert_eq!(file["name"], DUMP);
+    assert_eq!(file["sha256"], DUMP_SHA256);
+    assert_eq!(file["sizeBytes"], 1_855_488);
+    assert_eq!(
+        file["checksumVerified"], false,
+        "legacy dumps have no checksum"
+    );
+    let path = t.dumpdir().join(FINISHED).join(DUMP);
+    assert_eq!(file["path"], path.to_str().unwrap());
+    let fixture =
+        std::fs::read(legacy_bucket_dir().join(PREFIX).join(FINISHED).join(DUMP)).unwrap();
+    assert!(
+        std::fs::read(&path).unwrap() == fixture,
+        "downloaded dump differs"
+    );
+    let run = t.run(&["pg", "--download", "--id", FINISHED]).ok();
+    assert!(
+        run.stdout.contains(path.to_str().unwrap()) && run.stdout.contains("1.8 MiB"),
+        "{run:#?}"
+    );
+
+    // --delete --yes: gone from the list and from the store.
+    assert_eq!(t.objects(FINISHED).len(), 2);
+    let run = t
+        .run_traced(&["pg", "--delete", "--yes", "--id", FINISHED])
+        .ok();
+    assert!(run.stdout.contains(FINISHED), "{run:#?}");
+    assert_eq!(t.objects(FINISHED), Vec::<String>::new());
+    let list = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(ids(&list), [REQUESTED, FAILED]);
+}
+
+#[test]
+fn legacy_bucket_on_a_local_directory() {
+    legacy_round_trip(&Target::file());
+}
+
+#[test]
+fn legacy_bucket_on_seaweedfs() {
+    legacy_round_trip(&Target::seaweedfs());
+}
+
+#[test]
+fn legacy_bucket_on_azurite() {
+    legacy_round_trip(&Target::azurite());
+}
+
+#[test]
+fn legacy_flags_select_an_s3_bucket() {
+    let s3 = SeaweedFs::shared();
+    let t = Target::seaweedfs();
+    let bucket = t.flags[1]
+        .trim_start_matches("s3://")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let endpoint = s3.endpoint.trim_start_matches("http://").to_string();
+    let dumpdir = t.dumpdir();
+    let run = capsule(
+        &[
+            "pg",
+            "--list",
+            "--json",
+            "--dumpdir",
+            dumpdir.to_str().unwrap(),
+        ],
+        &[
+            ("CNVRG_CAPSULE_BUCKET_TYPE", "minio"),
+            ("CNVRG_CAPSULE_ENDPOINT", &endpoint),
+            ("CNVRG_CAPSULE_USE_SSL", "false"),
+            ("CNVRG_CAPSULE_REGION", "us-east-1"),
+            ("CNVRG_CAPSULE_BUCKET_NAME", &bucket),
+            ("CNVRG_CAPSULE_ACCESS_KEY", &s3.access_key),
+            ("CNVRG_CAPSULE_SECRET_KEY", &s3.secret_key),
+            ("RUST_LOG", "trace"),
+        ],
+        t.dir.path(),
+    );
+    assert_no_secrets(&run, &t.secrets);
+    assert_eq!(ids(&run.ok().json()), [REQUESTED, FAILED, FINISHED]);
+}
+
+// ---------------------------------------------------------------------------
+// Requests: create and restore
+// ---------------------------------------------------------------------------
+
+#[test]
+fn create_queues_a_requested_backup() {
+    let t = Target::file();
+    let run = t
+        .run_traced(&[
+            "pg",
+            "--create",
+            "--description",
+            "before upgrade",
+            "--cluster",
+            "east",
+            "--service",
+            "db/pg-main",
+        ])
+        .ok();
+    let id = run.stdout.trim().to_string();
+    assert!(id.starts_with("postgresql-"), "{run:#?}");
+    let list = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(ids(&list)[0], id, "the newest comes first");
+    let e = entry(&list, &id);
+    assert_eq!(e["status"], "requested");
+    assert_eq!(e["requestType"], "manual");
+    assert_eq!(e["description"], "before upgrade");
+    assert_eq!(e["statefileVersion"], "v1");
+    // The list filters.
+    for filter in [&["--cluster", "east"][..], &["--service", "db/pg-main"][..]] {
+        let mut args = vec!["pg", "--list", "--json"];
+        args.extend(filter);
+        assert_eq!(ids(&t.run(&args).ok().json()), [id.as_str()], "{filter:?}");
+    }
+    let requested = t
+        .run(&["pg", "--list", "--json", "--status", "requested"])
+        .ok()
+        .json();
+    assert_eq!(ids(&requested), [id.as_str(), REQUESTED]);
+    let run = t.run(&["pg", "--list"]).ok();
+    let row = run.stdout.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(row.contains(" requested "), "{run:#?}");
+    // --json prints the statefile.
+    let sf = t.run(&["es", "--create", "--json"]).ok().json();
+    assert_eq!(sf["serviceType"], "elasticsearch");
+    assert_eq!(sf["status"], "requested");
+}
+
+#[test]
+fn restore_appends_a_request_to_a_legacy_statefile() {
+    let t = Target::file();
+    let key = format!("{FINISHED}/statefile.json");
+    let before: Value = serde_json::from_slice(&t.get(&key)).unwrap();
+    let run = t
+        .run_traced(&["pg", "--restore", "--yes", "--id", FINISHED])
+        .ok();
+    assert!(run.stdout.contains(FINISHED), "{run:#?}");
+
+    let sf = t.run(&["pg", "--describe", "--id", FINISHED]).ok().json();
+    assert_eq!(sf["restores"].as_array().unwrap().len(), 2, "{sf:#}");
+    assert_eq!(sf["statefileVersion"], "v1alpha1");
+
+    let after: Value = serde_json::from_slice(&t.get(&key)).unwrap();
+    assert_eq!(after["statefileVersion"], "v1alpha1");
+    let restores = after["restores"].as_array().unwrap();
+    assert_eq!(restores.len(), 2);
+    assert_eq!(restores[0], before["restores"][0]);
+    assert_eq!(restores[1]["status"], "restorerequest");
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("restores");
+        v
+    };
+    assert_eq!(
+        strip(&after),
+        strip(&before),
+        "nothing else of the statefile changed"
+    );
+
+    // Only finished backups can be restored; the statefile is untouched.
+    let failed_key = format!("{FAILED}/statefile.json");
+    let raw = t.get(&failed_key);
+    let run = t
+        .run(&["pg", "--restore", "--yes", "--id", FAILED])
+        .fails_with(1);
+    assert!(run.error_line().contains(FAILED), "{run:#?}");
+    assert_eq!(t.get(&failed_key), raw);
+}
+
+// ---------------------------------------------------------------------------
+// Confirmation and the picker without a terminal
+// ---------------------------------------------------------------------------
+
+#[test]
+fn delete_without_yes_and_without_a_terminal_refuses() {
+    let t = Target::file();
+    let run = t.run(&["pg", "--delete", "--id", FINISHED]).fails_with(2);
+    assert!(run.error_line().contains("--yes"), "{run:#?}");
+    let run = t.run(&["pg", "--restore", "--id", FINISHED]).fails_with(2);
+    assert!(run.error_line().contains("--yes"), "{run:#?}");
+    assert_eq!(t.objects(FINISHED).len(), 2, "nothing deleted");
+    let sf = t.run(&["pg", "--describe", "--id", FINISHED]).ok().json();
+    assert_eq!(
+        sf["restores"].as_array().unwrap().len(),
+        1,
+        "nothing requested"
+    );
+}
+
+#[test]
+fn no_id_without_a_terminal_is_a_usage_error() {
+    let t = Target::file();
+    for action in ["--describe", "--download", "--delete", "--restore"] {
+        let run = t.run(&["pg", action]).fails_with(2);
+        assert_eq!(
+            run.error_line(),
+            "error: no --id given and no terminal to pick from: pass --id",
+            "{action}"
+        );
+    }
+    assert_eq!(t.objects(FINISHED).len(), 2);
+}
+
+/// Runs the binary on a pseudo-terminal (util-linux `script`), typing
+/// `input`; stdout and stderr both arrive in `stdout`.
+fn on_terminal(t: &Target, args: &[&str], input: &str) -> Run {
+    use std::io::Write;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let dumpdir = t.dumpdir();
+    let mut all: Vec<&str> = vec![env!("CARGO_BIN_EXE_capsule")];
+    all.extend(t.flags.iter().map(String::as_str));
+    all.extend(["--dumpdir", dumpdir.to_str().unwrap()]);
+    all.extend(args);
+    let line: Vec<String> = all.iter().map(|a| quote(a)).collect();
+    let mut cmd = Command::new("script");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNVRG_CAPSULE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .current_dir(t.dir.path())
+        .env("CAPSULE_HOME", t.dir.path().join("capsule-home"))
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "util-linux `script` runs commands on a pseudo-terminal (apt-get install util-linux)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_secrets(&run, &t.secrets);
+    run
+}
+
+#[test]
+fn on_a_terminal_the_picker_and_confirmations_are_shown() {
+    let t = Target::file();
+    // The picker lists newest first: Enter picks the newest.
+    let run = on_terminal(&t, &["pg", "--describe"], "\r").ok();
+    assert!(run.stdout.contains("Describe which backup?"), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains(&format!("\"backupId\": \"{REQUESTED}\"")),
+        "{run:#?}"
+    );
+    // --restore and --download only offer finished backups.
+    let run = on_terminal(&t, &["pg", "--download"], "\r").ok();
+    assert!(t.dumpdir().join(FINISHED).join(DUMP).is_file(), "{run:#?}");
+    // Declining changes nothing and fails.
+    let run = on_terminal(&t, &["pg", "--delete", "--id", FINISHED], "n").fails_with(1);
+    assert!(
+        run.stdout.contains(&format!(
+            "Delete backup {FINISHED} (finished, 1.8 MiB)? [y/N]"
+        )),
+        "{run:#?}"
+    );
+    assert_eq!(t.objects(FINISHED).len(), 2);
+    // Pick, then confirm.
+    on_terminal(&t, &["pg", "--restore"], "\ry").ok();
+    let sf = t.run(&["pg", "--describe", "--id", FINISHED]).ok().json();
+    assert_eq!(sf["restores"].as_array().unwrap().len(), 2);
+    on_terminal(&t, &["pg", "--delete", "--id", FINISHED], "y").ok();
+    assert_eq!(t.objects(FINISHED), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------
+
+#[test]
+fn usage_errors_name_the_flag_and_exit_2() {
+    let t = Target::file();
+    let home = t.dir.path();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bucket-type", "foo", "pg", "--list"], "--bucket-type"),
+        (
+            &["--bucket-type", "foo", "--bucket-name", "b", "pg", "--list"],
+            "--bucket-type",
+        ),
+        (&["--store", "s3//nope", "pg", "--list"], "--store"),
+        (&["--store", "ftp://host/x", "pg", "--list"], "--store"),
+        (&["--store", "relative/path", "pg", "--list"], "--store"),
+        (&["pg", "--describe", "--id", "../etc/passwd"], "--id"),
+        (&["redis", "--describe", "--id", FINISHED], "capsule pg"),
+        (&["pg", "--list", "--status", "done"], "--status"),
+        (&["pg", "--list", "--service", "noslash"], "--service"),
+    ];
+    for (args, named) in cases {
+        let run = capsule(args, &[], home).fails_with(2);
+        let line = run.error_line();
+        assert!(
+            line.contains(named),
+            "{args:?} should name {named}: {run:#?}"
+        );
+    }
+    let run = capsule(&["--bucket-type", "foo", "pg", "--list"], &[], home);
+    assert!(run.stderr.contains("foo"), "{run:#?}");
+    // clap's own errors.
+    capsule(&["pg"], &[], home).fails_with(2);
+    capsule(&["pg", "--list", "--delete"], &[], home).fails_with(2);
+    capsule(&["pg", "--list", "--use-ssl=maybe"], &[], home).fails_with(2);
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_fast() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let home = TempDir::new().unwrap();
+    let url = format!("s3://b?endpoint=http://127.0.0.1:{port}&region=us-east-1&allow_http=true");
+    let started = Instant::now();
+    let run = capsule(
+        &[
+            "--store",
+            &url,
+            "--access-key",
+            "AKUNREACHABLE",
+            "--secret-key",
+            "unreachableSecret",
+            "pg",
+            "--list",
+        ],
+        &[],
+        home.path(),
+    )
+    .fails_with(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.error_line().contains(&port.to_string()),
+        "names the endpoint: {run:#?}"
+    );
+    assert_no_secrets(&run, &["unreachableSecret".into()]);
+}
+
+#[test]
+fn wrong_keys_fail_without_printing_them() {
+    let s3 = SeaweedFs::shared();
+    let t = Target::seaweedfs();
+    let wrong = "wrongSecretKey0123456789";
+    let run = capsule(
+        &[
+            "--store",
+            &t.flags[1],
+            "--access-key",
+            &s3.access_key,
+            "--secret-key",
+            wrong,
+            "pg",
+            "--list",
+        ],
+        &[("RUST_LOG", "trace")],
+        t.dir.path(),
+    )
+    .fails_with(1);
+    assert_no_secrets(
+        &run,
+        &[
+            wrong.to_string(),
+            s3.secret_key.clone(),
+            s3.access_key.clone(),
+        ],
+    );
+    let run = capsule(
+        &[
+            "--store",
+            &t.flags[1],
+            "--access-key",
+            &s3.access_key,
+            "--secret-key",
+            wrong,
+            "pg",
+            "--list",
+        ],
+        &[],
+        t.dir.path(),
+    )
+    .fails_with(1);
+    let bucket = t.flags[1]["s3://".len()..].split('?').next().unwrap();
+    assert!(
+        run.error_line().contains(bucket),
+        "names the bucket: {run:#?}"
+    );
+}
+
+#[test]
+fn a_missing_bucket_is_named() {
+    let s3 = SeaweedFs::shared();
+    let home = TempDir::new().unwrap();
+    let bucket = unique("missing");
+    for action in ["--list", "--create"] {
+        let run = capsule(
+            &[
+                "--store",
+                &s3.s3_url(&bucket),
+                "--access-key",
+                &s3.access_key,
+                "--secret-key",
+                &s3.secret_key,
+                "pg",
+                action,
+            ],
+            &[],
+            home.path(),
+        )
+        .fails_with(1);
+        assert!(run.error_line().contains(&bucket), "{action}: {run:#?}");
+        assert_no_secrets(&run, &[s3.secret_key.clone(), s3.access_key.clone()]);
+    }
+}
+
+#[test]
+fn a_corrupt_statefile_is_listed_as_unreadable() {
+    let t = Target::file();
+    t.put(
+        &format!("{FAILED}/statefile.json"),
+        b"{not json at all".to_vec(),
+    );
+    let run = t.run(&["pg", "--list"]).ok();
+    let row = run.stdout.lines().find(|l| l.starts_with(FAILED)).unwrap();
+    assert!(row.contains(" unreadable"), "{run:#?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{FAILED}: unreadable: "))),
+        "the reason is shown: {run:#?}"
+    );
+    let list = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let e = entry(&list, FAILED);
+    assert_eq!(e["status"], "unreadable");
+    assert!(e["reason"].as_str().unwrap().contains("JSON"), "{e:#}");
+    assert_eq!(entry(&list, FINISHED)["status"], "finished");
+    let only = t
+        .run(&["pg", "--list", "--json", "--status", "unreadable"])
+        .ok()
+        .json();
+    assert_eq!(ids(&only), [FAILED]);
+
+    let run = t.run(&["pg", "--describe", "--id", FAILED]).fails_with(1);
+    assert!(run.error_line().contains(FAILED), "{run:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// v1 backups: checked downloads
+// ---------------------------------------------------------------------------
+
+/// An engine whose "dump" is fixed bytes.
+struct FakeEngine(Vec<u8>);
+
+impl std::fmt::Display for FakeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fake")
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for FakeEngine {
+    fn service_type(&self) -> ServiceType {
+        ServiceType::Postgresql
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    fn identity(&self) -> ServiceIdentity {
+        ServiceIdentity::default()
+    }
+    async fn backup(
+        &self,
+        sink: &mut dyn ArtifactSink,
+        _ctx: &JobContext<'_>,
+    ) -> capsule_core::Result<EngineInfo> {
+        let data = std::io::Cursor::new(self.0.clone());
+        sink.put(ArtifactSpec::new("dump.bin", "raw"), Box::new(data))
+            .await?;
+        Ok(EngineInfo::default())
+    }
+    async fn restore(
+        &self,
+        _source: &dyn ArtifactSource,
+        _ctx: &JobContext<'_>,
+    ) -> capsule_core::Result<RestoreOutcome> {
+        Err(capsule_core::Error::Unsupported("fake restore".into()))
+    }
+    async fn fingerprint(&self, _ctx: &JobContext<'_>) -> capsule_core::Result<Fingerprint> {
+        Err(capsule_core::Error::Unsupported("fake fingerprint".into()))
+    }
+}
+
+/// Runs a real v1 backup of `data` into `t`; returns its id and artifact key.
+fn v1_backup(t: &Target, data: &[u8], compression: Compression) -> (String, String) {
+    let catalog = Catalog::new(t.store.clone());
+    let engine = FakeEngine(data.to_vec());
+    let options = BackupOptions::default()
+        .with_pipeline(PipelineOptions::default().with_compression(compression));
+    let report =
+        t.rt.block_on(capsule_core::run_backup(
+            &catalog,
+            &engine,
+            options,
+            &JobContext::new(&NoProgress),
+        ))
+        .expect("backup");
+    let sf = report.statefile;
+    let artifact = &sf.artifacts[0];
+    (
+        sf.backup_id.to_string(),
+        format!("{}/{}", sf.backup_id, artifact.name),
+    )
+}
+
+fn artifact_path(t: &Target, key: &str) -> PathBuf {
+    t.dir.path().join("bucket").join(PREFIX).join(key)
+}
+
+#[test]
+fn v1_downloads_are_verified_and_corruption_is_caught() {
+    let t = Target::file();
+    let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+
+    for compression in [Compression::None, Compression::Zstd] {
+        let (id, key) = v1_backup(&t, &data, compression);
+        let local = t.dumpdir().join(&id).join("dump.bin");
+
+        // Intact: verified, identical.
+        let run = t.run(&["pg", "--download", "--id", &id]).ok();
+        assert!(run.stdout.contains("sha256 verified"), "{run:#?}");
+        assert!(std::fs::read(&local).unwrap() == data);
+        let json = t
+            .run(&["pg", "--download", "--id", &id, "--json"])
+            .ok()
+            .json();
+        assert_eq!(json["files"][0]["checksumVerified"], true);
+        assert_eq!(json["files"][0]["sizeBytes"], data.len());
+        std::fs::remove_dir_all(t.dumpdir()).unwrap();
+
+        // One byte flipped, same length: checksum (or frame) mismatch.
+        let path = artifact_path(&t, &key);
+        let good = std::fs::read(&path).unwrap();
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        std::fs::write(&path, &flipped).unwrap();
+        let run = t.run(&["pg", "--download", "--id", &id]).fails_with(1);
+        let line = run.error_line();
+        assert!(
+            line.contains(&key) || line.contains("dump.bin"),
+            "names the object: {run:#?}"
+        );
+        if compression == Compression::None {
+            assert!(line.contains("checksum mismatch"), "{run:#?}");
+        }
+        assert!(
+            !local.exists(),
+            "no file at the final path after a bad checksum"
+        );
+
+        // Truncated: length mismatch.
+        std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+        let run = t.run(&["pg", "--download", "--id", &id]).fails_with(1);
+        let line = run.error_line();
+        assert!(
+            line.contains(&key) || line.contains("dump.bin"),
+            "names the object: {run:#?}"
+        );
+        assert!(
+            !local.exists(),
+            "no file at the final path after truncation"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Secrets in --help, version, completion
+// ---------------------------------------------------------------------------
+
+#[test]
+fn help_does_not_show_secret_environment_values() {
+    let home = TempDir::new().unwrap();
+    let secrets = [
+        ("CNVRG_CAPSULE_ACCESS_KEY", "AKIAHELPSECRET"),
+        ("CNVRG_CAPSULE_SECRET_KEY", "helpSecretKey0123"),
+        ("CNVRG_CAPSULE_ACCOUNT_KEY", "helpAccountKey0123"),
+        (
+            "CNVRG_CAPSULE_KEY_JSON",
+            "{\"private_key\":\"helpPrivateKey\"}",
+        ),
+        (
+            "CNVRG_CAPSULE_STORE",
+            "s3://b?secret_access_key=helpUrlSecret",
+        ),
+        (
+            "CNVRG_CAPSULE_ENDPOINT",
+            "http://user:helpEndpointPass@minio:9000",
+        ),
+    ];
+    for args in [
+        &["--help"][..],
+        &["pg", "--help"][..],
+        &["-h"][..],
+        &["pg", "-h"][..],
+    ] {
+        let run = capsule(args, &secrets, home.path()).ok();
+        for (name, value) in secrets {
+            assert!(
+                !run.stdout.contains(value),
+                "{name} value shown by {args:?}:\n{}",
+                run.stdout
+            );
+        }
+        assert!(
+            [
+                "helpSecretKey",
+                "helpAccountKey",
+                "helpPrivateKey",
+                "helpUrlSecret",
+                "helpEndpointPass"
+            ]
+            .iter()
+            .all(|s| !run.stdout.contains(s) && !run.stderr.contains(s))
+        );
+        assert!(
+            run.stdout.contains("CNVRG_CAPSULE_SECRET_KEY"),
+            "env names are documented"
+        );
+    }
+    let run = capsule(&["--help"], &[], home.path()).ok();
+    for flag in [
+        "--verbose",
+        "--dumpdir",
+        "--auto-discovery",
+        "--ns-whitelist",
+        "--kubeconfig",
+        "--endpoint",
+        "--region",
+        "--access-key",
+        "--secret-key",
+        "--use-ssl",
+        "--bucket-name",
+        "--dst-dir",
+        "--bucket-type",
+        "--account-name",
+        "--account-key",
+        "--key-json",
+        "--project-id",
+        "--store",
+        "--json",
+        "--yes",
+        "CAPSULE_HOME",
+    ] {
+        assert!(run.stdout.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn version_and_completion() {
+    let home = TempDir::new().unwrap();
+    let run = capsule(&["version"], &[], home.path()).ok();
+    assert_eq!(
+        run.stdout.trim(),
+        format!("capsule {}", env!("CARGO_PKG_VERSION"))
+    );
+    let v = capsule(&["version", "--json"], &[], home.path())
+        .ok()
+        .json();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    for shell in ["bash", "zsh", "fish"] {
+        let run = capsule(&["completion", shell], &[], home.path()).ok();
+        assert!(
+            run.stdout.contains("capsule") && run.stdout.contains("bucket-type"),
+            "{shell}"
+        );
+    }
+    capsule(&["completion", "tcsh"], &[], home.path()).fails_with(2);
+}
+
+#[test]
+fn the_default_store_is_local() {
+    let home = TempDir::new().unwrap();
+    let run = capsule(&["pg", "--list", "--json"], &[], home.path()).ok();
+    assert_eq!(run.json(), serde_json::json!([]));
+    let id = capsule(&["pg", "--create"], &[], home.path())
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let statefile = home
+        .path()
+        .join("capsule-home")
+        .join(PREFIX)
+        .join(&id)
+        .join("statefile.json");
+    assert!(statefile.is_file(), "{statefile:?}");
+}

