@@ -47,11 +47,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// PostgreSQL backups.
-    Pg(ServiceArgs),
+    Pg(PgArgs),
     /// Redis backups.
-    Redis(ServiceArgs),
+    Redis(RedisArgs),
     /// Elasticsearch backups.
-    Es(ServiceArgs),
+    Es(EsArgs),
     /// Print capsule's version.
     Version,
     /// Print a shell completion script.
@@ -66,9 +66,9 @@ impl Command {
     /// The service type and arguments of a service subcommand.
     pub fn service(&self) -> Option<(ServiceType, &ServiceArgs)> {
         match self {
-            Command::Pg(a) => Some((ServiceType::Postgresql, a)),
-            Command::Redis(a) => Some((ServiceType::Redis, a)),
-            Command::Es(a) => Some((ServiceType::Elasticsearch, a)),
+            Command::Pg(a) => Some((ServiceType::Postgresql, &a.common)),
+            Command::Redis(a) => Some((ServiceType::Redis, &a.common)),
+            Command::Es(a) => Some((ServiceType::Elasticsearch, &a.common)),
             Command::Version | Command::Completion { .. } => None,
         }
     }
@@ -96,6 +96,10 @@ pub struct ServiceArgs {
     /// Delete a backup (asks for confirmation).
     #[arg(long, group = "action")]
     pub delete: bool,
+    /// Restore drill: restore into a scratch target, compare with the
+    /// fingerprint recorded at backup, record the result (needs connection settings).
+    #[arg(long, group = "action")]
+    pub verify: bool,
 
     /// The backup; without it, pick one interactively (needs a terminal).
     #[arg(long, value_name = "ID")]
@@ -128,6 +132,8 @@ impl ServiceArgs {
             Action::Restore
         } else if self.download {
             Action::Download
+        } else if self.verify {
+            Action::Verify
         } else {
             Action::Delete
         }
@@ -149,6 +155,41 @@ pub enum Action {
     Download,
     /// `--delete`.
     Delete,
+    /// `--verify`.
+    Verify,
+}
+
+/// `capsule pg`: the common actions plus PostgreSQL connection settings.
+#[derive(Debug, Args)]
+pub struct PgArgs {
+    /// Actions and options every service has.
+    #[command(flatten)]
+    pub common: ServiceArgs,
+    /// PostgreSQL connection and restore settings.
+    #[command(flatten)]
+    pub engine: crate::engine_args::PgEngineArgs,
+}
+
+/// `capsule redis`: the common actions plus Redis connection settings.
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Actions and options every service has.
+    #[command(flatten)]
+    pub common: ServiceArgs,
+    /// Redis connection and restore settings.
+    #[command(flatten)]
+    pub engine: crate::engine_args::RedisEngineArgs,
+}
+
+/// `capsule es`: the common actions plus Elasticsearch connection settings.
+#[derive(Debug, Args)]
+pub struct EsArgs {
+    /// Actions and options every service has.
+    #[command(flatten)]
+    pub common: ServiceArgs,
+    /// Elasticsearch connection and restore settings.
+    #[command(flatten)]
+    pub engine: crate::engine_args::EsEngineArgs,
 }
 
 /// Global flags: the legacy ones (same names, defaults and environment

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod engine_args;
 mod exit;
 mod logging;
 mod output;

@@ -110,13 +110,28 @@ impl ArtifactSink for StoreSink<'_> {
         if compression == crate::Compression::Zstd && !name.ends_with(".zst") {
             name.push_str(".zst");
         }
-        if name.contains('/') || name == crate::statefile::STATEFILE_NAME || self.artifacts.iter().any(|a| a.name == name) {
-            return Err(Error::invalid("artifact", format!("backup {}: invalid or duplicate artifact name {name}", self.id)));
+        if name.contains('/')
+            || name == crate::statefile::STATEFILE_NAME
+            || self.artifacts.iter().any(|a| a.name == name)
+        {
+            return Err(Error::invalid(
+                "artifact",
+                format!(
+                    "backup {}: invalid or duplicate artifact name {name}",
+                    self.id
+                ),
+            ));
         }
         let key = Catalog::key(&self.id, &name);
-        let report = pipeline::upload(self.catalog.store(), &key, data, self.options, self.progress)
-            .await
-            .map_err(|e| prefix(&self.id, e))?;
+        let report = pipeline::upload(
+            self.catalog.store(),
+            &key,
+            data,
+            self.options,
+            self.progress,
+        )
+        .await
+        .map_err(|e| prefix(&self.id, e))?;
         let mut a = Artifact::new(name, spec.format);
         a.role = spec.role;
         a.compression = report.compression;

@@ -155,12 +155,17 @@ pub trait Engine: fmt::Display + Send + Sync {
     /// Backs the service up: writes every artifact through `sink` and
     /// returns what it learnt (server version, fingerprint taken in the same
     /// snapshot as the data).
-    async fn backup(&self, sink: &mut dyn ArtifactSink, ctx: &JobContext<'_>) -> Result<EngineInfo>;
+    async fn backup(&self, sink: &mut dyn ArtifactSink, ctx: &JobContext<'_>)
+    -> Result<EngineInfo>;
 
     /// Restores the backup from `source` into the engine's target.
     /// Must verify artifacts before changing the target where the format
     /// allows it, and leave the live data untouched when it fails.
-    async fn restore(&self, source: &dyn ArtifactSource, ctx: &JobContext<'_>) -> Result<RestoreOutcome>;
+    async fn restore(
+        &self,
+        source: &dyn ArtifactSource,
+        ctx: &JobContext<'_>,
+    ) -> Result<RestoreOutcome>;
 
     /// Fingerprints the engine's live target, comparable with the one
     /// recorded at backup.

@@ -203,7 +203,14 @@ mod tests {
 
     #[test]
     fn bad_ids_are_named() {
-        for bad in ["", "postgresql", "postgresql-", "mysql-abc", "redis-a/b", "redis-a b"] {
+        for bad in [
+            "",
+            "postgresql",
+            "postgresql-",
+            "mysql-abc",
+            "redis-a/b",
+            "redis-a b",
+        ] {
             let err = bad.parse::<BackupId>().unwrap_err().to_string();
             assert!(err.contains("invalid backup id"), "{err}");
         }

@@ -47,7 +47,7 @@ mod restore;
 pub mod statefile;
 mod status;
 
-pub use backup::{run_backup, BackupOptions, BackupReport};
+pub use backup::{BackupOptions, BackupReport, run_backup};
 pub use catalog::{
     Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, ListFilter, StatefileHandle,
     StoreArtifactSource,
@@ -57,10 +57,10 @@ pub use engine::{
     RestoreOutcome, RestorePlan,
 };
 pub use error::{Error, Result};
-pub use id::{BackupId, ServiceType, BACKUP_ID_RANDOM_LEN};
+pub use id::{BACKUP_ID_RANDOM_LEN, BackupId, ServiceType};
 pub use period::Period;
 pub use progress::{NoProgress, Progress};
-pub use restore::{run_restore, run_verify, RestoreOptions, RestoreReport, VerifyReport};
+pub use restore::{RestoreOptions, RestoreReport, VerifyReport, run_restore, run_verify};
 pub use statefile::{
     Artifact, ArtifactRole, Compression, EngineInfo, Fingerprint, LegacyInfo, Owner, RequestType,
     Restore, Schedule, ServiceIdentity, Statefile, Verification, VerificationStatus,

@@ -37,11 +37,15 @@ impl Period {
     /// When the value is not finite or out of range.
     pub fn from_secs_f64(secs: f64) -> Result<Self> {
         if !secs.is_finite() || secs < 0.0 {
-            return Err(Error::invalid("period", format!("invalid period {secs} seconds")));
+            return Err(Error::invalid(
+                "period",
+                format!("invalid period {secs} seconds"),
+            ));
         }
-        Self::new(Duration::try_from_secs_f64(secs).map_err(|_| {
-            Error::invalid("period", format!("invalid period {secs} seconds"))
-        })?)
+        Self::new(
+            Duration::try_from_secs_f64(secs)
+                .map_err(|_| Error::invalid("period", format!("invalid period {secs} seconds")))?,
+        )
     }
 
     /// The duration.
@@ -91,15 +95,15 @@ impl fmt::Display for Period {
     /// The shortest exact form: `24h`, `90m`, `1.5h` prints as `90m`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return write!(f, "{}s", self.0.as_secs_f64());
         }
         let secs = ms / 1000;
-        if secs % 86400 == 0 {
+        if secs.is_multiple_of(86400) {
             write!(f, "{}d", secs / 86400)
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             write!(f, "{}h", secs / 3600)
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             write!(f, "{}m", secs / 60)
         } else {
             write!(f, "{secs}s")
@@ -144,7 +148,19 @@ mod tests {
 
     #[test]
     fn rejects_with_a_clear_message() {
-        for bad in ["", "h", "24", "24x", "-1h", "0s", "0.1s", "1e3h", "1..5h", "99999999999h", "24 h"] {
+        for bad in [
+            "",
+            "h",
+            "24",
+            "24x",
+            "-1h",
+            "0s",
+            "0.1s",
+            "1e3h",
+            "1..5h",
+            "99999999999h",
+            "24 h",
+        ] {
             let err = bad.parse::<Period>().unwrap_err().to_string();
             assert!(err.starts_with("invalid period"), "{bad}: {err}");
             assert!(err.contains(&format!("{bad:?}")), "{err}");

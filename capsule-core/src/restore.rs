@@ -9,8 +9,8 @@ use crate::catalog::{Catalog, StatefileHandle};
 use crate::engine::{ArtifactSource, Engine, JobContext, RestoreOutcome};
 use crate::error::{Error, Result};
 use crate::statefile::{
-    legacy, Fingerprint, Owner, Restore, Statefile, Verification, VerificationStatus,
-    STATEFILE_NAME,
+    Fingerprint, Owner, Restore, STATEFILE_NAME, Statefile, Verification, VerificationStatus,
+    legacy,
 };
 use crate::status::RestoreStatus;
 
@@ -139,24 +139,38 @@ pub async fn run_restore(
     let entry = match &result {
         Ok(outcome) => {
             tracing::info!(backup = %id, target = %outcome.target, "restore finished");
-            record_restore(catalog, &mut handle, requested_at, &owner.id, finished, |r| {
-                r.status = RestoreStatus::Finished;
-                if !outcome.target.is_empty() {
-                    r.target = Some(outcome.target.clone());
-                }
-                if !outcome.mode.is_empty() {
-                    r.mode = Some(outcome.mode.clone());
-                }
-            })
+            record_restore(
+                catalog,
+                &mut handle,
+                requested_at,
+                &owner.id,
+                finished,
+                |r| {
+                    r.status = RestoreStatus::Finished;
+                    if !outcome.target.is_empty() {
+                        r.target = Some(outcome.target.clone());
+                    }
+                    if !outcome.mode.is_empty() {
+                        r.mode = Some(outcome.mode.clone());
+                    }
+                },
+            )
             .await
         }
         Err(e) => {
             tracing::warn!(backup = %id, error = %e, "restore failed");
             let message = e.to_string();
-            record_restore(catalog, &mut handle, requested_at, &owner.id, finished, |r| {
-                r.status = RestoreStatus::Failed;
-                r.error = Some(message.clone());
-            })
+            record_restore(
+                catalog,
+                &mut handle,
+                requested_at,
+                &owner.id,
+                finished,
+                |r| {
+                    r.status = RestoreStatus::Failed;
+                    r.error = Some(message.clone());
+                },
+            )
             .await
         }
     };
@@ -202,7 +216,10 @@ where
                 Ok(_) => return Ok(None),
                 Err(capsule_store::Error::Conflict { .. }) => *handle = catalog.load(&id).await?,
                 Err(e) => {
-                    return Err(Error::store(format!("backup {id}: updating the statefile"), e));
+                    return Err(Error::store(
+                        format!("backup {id}: updating the statefile"),
+                        e,
+                    ));
                 }
             }
         }

@@ -40,6 +40,9 @@ pub async fn run(g: &GlobalArgs, service_type: ServiceType, args: &ServiceArgs) 
         Action::Restore => cmd.restore().await,
         Action::Download => cmd.download().await,
         Action::Delete => cmd.delete().await,
+        Action::Verify => {
+            Err(UsageError::new("--verify needs the engine's connection settings").into())
+        }
     }
 }
 

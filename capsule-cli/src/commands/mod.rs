@@ -1,6 +1,9 @@
 //! The subcommands: argument handling, one core call each, rendering.
 
 mod backups;
+mod es;
+mod pg;
+mod redis;
 
 use anyhow::Result;
 use clap::CommandFactory;
@@ -20,10 +23,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(*shell, &mut cmd, "capsule", &mut std::io::stdout());
             Ok(())
         }
-        Command::Pg(_) | Command::Redis(_) | Command::Es(_) => {
-            let (service_type, args) = cli.command.service().expect("a service subcommand");
-            backups::run(&cli.global, service_type, args).await
-        }
+        Command::Pg(args) => pg::run(&cli.global, args).await,
+        Command::Redis(args) => redis::run(&cli.global, args).await,
+        Command::Es(args) => es::run(&cli.global, args).await,
     }
 }
 

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::list::DELETING_MARKER;
 use super::Catalog;
+use super::list::DELETING_MARKER;
 use crate::error::{Error, Result};
 use crate::statefile::STATEFILE_NAME;
 use crate::status::Status;
@@ -50,18 +50,18 @@ impl Catalog {
         match self.load(id).await {
             Ok(mut handle) => {
                 let sf = &handle.statefile;
-                if sf.status == Status::Running {
-                    if let Some(owner) = &sf.owner {
-                        let age = (Utc::now() - owner.heartbeat_at).num_seconds();
-                        if age < LIVE_HEARTBEAT_SECS {
-                            return Err(Error::invalid(
-                                "backup",
-                                format!(
-                                    "backup {id} is running (owner {}, last heartbeat {age}s ago): wait for it to end",
-                                    owner.id
-                                ),
-                            ));
-                        }
+                if sf.status == Status::Running
+                    && let Some(owner) = &sf.owner
+                {
+                    let age = (Utc::now() - owner.heartbeat_at).num_seconds();
+                    if age < LIVE_HEARTBEAT_SECS {
+                        return Err(Error::invalid(
+                            "backup",
+                            format!(
+                                "backup {id} is running (owner {}, last heartbeat {age}s ago): wait for it to end",
+                                owner.id
+                            ),
+                        ));
                     }
                 }
                 self.mark(id).await?;
@@ -112,7 +112,12 @@ impl Catalog {
             .delete(&marker_key)
             .await
             .map_err(|e| Error::store(format!("backup {id}: deleting the delete marker"), e))?;
-        tracing::info!(backup = id, objects = report.objects, bytes = report.bytes, "backup deleted");
+        tracing::info!(
+            backup = id,
+            objects = report.objects,
+            bytes = report.bytes,
+            "backup deleted"
+        );
         Ok(report)
     }
 

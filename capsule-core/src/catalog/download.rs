@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
 use capsule_store::Store;
@@ -59,11 +59,17 @@ impl Catalog {
         if sf.status != Status::Finished {
             return Err(Error::invalid(
                 "backup",
-                format!("backup {id} is {}: only finished backups can be downloaded", sf.status),
+                format!(
+                    "backup {id} is {}: only finished backups can be downloaded",
+                    sf.status
+                ),
             ));
         }
         if sf.artifacts.is_empty() {
-            return Err(Error::invalid("backup", format!("backup {id} has no artifacts")));
+            return Err(Error::invalid(
+                "backup",
+                format!("backup {id} has no artifacts"),
+            ));
         }
         let folder = dir.join(id);
         tokio::fs::create_dir_all(&folder)
@@ -214,7 +220,9 @@ impl AsyncRead for CheckedReader {
         match result {
             Ok(Ok(())) => Poll::Ready(Ok(())),
             Ok(Err(e)) => Poll::Ready(Err(std::io::Error::other(e.to_string()))),
-            Err(e) => Poll::Ready(Err(std::io::Error::other(format!("download task failed: {e}")))),
+            Err(e) => Poll::Ready(Err(std::io::Error::other(format!(
+                "download task failed: {e}"
+            )))),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::Catalog;
 use crate::error::{Error, Result};
 use crate::id::ServiceType;
-use crate::statefile::{Statefile, STATEFILE_NAME};
+use crate::statefile::{STATEFILE_NAME, Statefile};
 
 /// Name of the marker object written first when a backup is deleted, so
 /// an interrupted delete (of any statefile version) stays visible.
@@ -52,10 +52,10 @@ impl ListFilter {
     }
 
     fn matches(&self, e: &CatalogEntry) -> bool {
-        if let Some(t) = self.service_type {
-            if e.service_type() != Some(t) {
-                return false;
-            }
+        if let Some(t) = self.service_type
+            && e.service_type() != Some(t)
+        {
+            return false;
         }
         if let Some(c) = &self.cluster {
             match &e.statefile {
@@ -63,10 +63,10 @@ impl ListFilter {
                 _ => return false,
             }
         }
-        if let Some(s) = &self.status {
-            if !e.status_label().eq_ignore_ascii_case(s) {
-                return false;
-            }
+        if let Some(s) = &self.status
+            && !e.status_label().eq_ignore_ascii_case(s)
+        {
+            return false;
         }
         if let Some(s) = &self.service {
             match &e.statefile {
@@ -164,7 +164,10 @@ impl CatalogEntry {
                 obj.insert("durationMs".into(), d.num_milliseconds().into());
             }
             if let Some(ver) = sf.last_verification() {
-                obj.insert("verified".into(), serde_json::to_value(ver.status).unwrap_or_default());
+                obj.insert(
+                    "verified".into(),
+                    serde_json::to_value(ver.status).unwrap_or_default(),
+                );
             }
             obj.insert("restores".into(), sf.restores.len().into());
         }

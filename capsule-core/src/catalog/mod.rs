@@ -15,9 +15,7 @@ use chrono::Utc;
 
 use crate::error::{Error, Result};
 use crate::id::{BackupId, ServiceType};
-use crate::statefile::{
-    legacy, RequestType, Restore, ServiceIdentity, Statefile, STATEFILE_NAME,
-};
+use crate::statefile::{RequestType, Restore, STATEFILE_NAME, ServiceIdentity, Statefile, legacy};
 use crate::status::Status;
 
 /// How many times a conditional update is retried after a conflict.
@@ -83,14 +81,18 @@ impl Catalog {
                     store: self.store.url().to_string(),
                 });
             }
-            Err(e) => return Err(Error::store(format!("backup {id}: reading the statefile"), e)),
+            Err(e) => {
+                return Err(Error::store(
+                    format!("backup {id}: reading the statefile"),
+                    e,
+                ));
+            }
         };
-        let statefile = Statefile::from_slice(&obj.bytes).map_err(|e| {
-            Error::UnreadableStatefile {
+        let statefile =
+            Statefile::from_slice(&obj.bytes).map_err(|e| Error::UnreadableStatefile {
                 id: id.to_string(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         if statefile.backup_id.as_str() != id {
             return Err(Error::UnreadableStatefile {
                 id: id.to_string(),
@@ -134,7 +136,9 @@ impl Catalog {
             .create(&Self::key(id, STATEFILE_NAME), bytes.clone())
             .await
             .map_err(|e| match e {
-                capsule_store::Error::AlreadyExists { .. } => Error::Conflict { id: id.to_string() },
+                capsule_store::Error::AlreadyExists { .. } => {
+                    Error::Conflict { id: id.to_string() }
+                }
                 e => Error::store(format!("backup {id}: writing the statefile"), e),
             })?;
         Ok(StatefileHandle {
@@ -164,7 +168,11 @@ impl Catalog {
             let bytes = Bytes::from(next.to_vec()?);
             match self
                 .store
-                .update(&Self::key(&id, STATEFILE_NAME), bytes.clone(), &handle.version)
+                .update(
+                    &Self::key(&id, STATEFILE_NAME),
+                    bytes.clone(),
+                    &handle.version,
+                )
                 .await
             {
                 Ok(version) => {
@@ -180,7 +188,10 @@ impl Catalog {
                     *handle = self.load(&id).await?;
                 }
                 Err(e) => {
-                    return Err(Error::store(format!("backup {id}: updating the statefile"), e));
+                    return Err(Error::store(
+                        format!("backup {id}: updating the statefile"),
+                        e,
+                    ));
                 }
             }
         }
@@ -233,7 +244,10 @@ impl Catalog {
                 Ok(_) => return self.load(id).await,
                 Err(capsule_store::Error::Conflict { .. }) => handle = self.load(id).await?,
                 Err(e) => {
-                    return Err(Error::store(format!("backup {id}: updating the statefile"), e));
+                    return Err(Error::store(
+                        format!("backup {id}: updating the statefile"),
+                        e,
+                    ));
                 }
             }
         }

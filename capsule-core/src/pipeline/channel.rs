@@ -77,7 +77,10 @@ impl ChannelWriter {
     /// Sends what is buffered; returns the byte count and the hex SHA-256.
     pub(crate) fn finish(mut self) -> io::Result<(u64, Option<String>)> {
         self.send()?;
-        Ok((self.count, self.hasher.take().map(|h| hex::encode(h.finalize()))))
+        Ok((
+            self.count,
+            self.hasher.take().map(|h| hex::encode(h.finalize())),
+        ))
     }
 }
 

@@ -52,24 +52,18 @@ pub struct DownloadReport {
     pub checksum_verified: bool,
 }
 
-fn check(
-    backup: &str,
-    key: &str,
-    expected: &Expected,
-    size: u64,
-    sha256: &str,
-) -> Result<bool> {
+fn check(backup: &str, key: &str, expected: &Expected, size: u64, sha256: &str) -> Result<bool> {
     let corrupt = |reason: String| Error::Corrupt {
         id: backup.to_string(),
         object: key.to_string(),
         reason,
     };
-    if let Some(want) = expected.size_bytes {
-        if want != size {
-            return Err(corrupt(format!(
-                "length mismatch: statefile records {want} bytes, store holds {size}"
-            )));
-        }
+    if let Some(want) = expected.size_bytes
+        && want != size
+    {
+        return Err(corrupt(format!(
+            "length mismatch: statefile records {want} bytes, store holds {size}"
+        )));
     }
     match &expected.sha256 {
         Some(want) if !want.eq_ignore_ascii_case(sha256) => Err(corrupt(format!(
@@ -93,7 +87,10 @@ pub async fn verify_object(
     progress: &dyn Progress,
 ) -> Result<DownloadReport> {
     let ctx = || format!("backup {backup}: verify of {key}");
-    let obj = store.get_stream(key).await.map_err(|e| Error::store(ctx(), e))?;
+    let obj = store
+        .get_stream(key)
+        .await
+        .map_err(|e| Error::store(ctx(), e))?;
     progress.start(key, Some(obj.size));
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -136,7 +133,10 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let ctx = || format!("backup {backup}: download of {key}");
-    let obj = store.get_stream(key).await.map_err(|e| Error::store(ctx(), e))?;
+    let obj = store
+        .get_stream(key)
+        .await
+        .map_err(|e| Error::store(ctx(), e))?;
     progress.start(key, Some(obj.size));
     let (in_tx, in_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(DEPTH);
@@ -231,7 +231,10 @@ where
             });
         }
         Err(e) => {
-            return Err(Error::io(ctx(), io::Error::other(format!("decoder panicked: {e}"))));
+            return Err(Error::io(
+                ctx(),
+                io::Error::other(format!("decoder panicked: {e}")),
+            ));
         }
     };
     sink.flush()

@@ -13,5 +13,5 @@ mod channel;
 mod download;
 mod upload;
 
-pub use download::{download, verify_object, DownloadReport, Expected};
-pub use upload::{upload, PipelineOptions, UploadReport};
+pub use download::{DownloadReport, Expected, download, verify_object};
+pub use upload::{PipelineOptions, UploadReport, upload};

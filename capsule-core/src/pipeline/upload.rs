@@ -213,7 +213,10 @@ where
         .map_err(|e| io::Error::other(format!("compression stage panicked: {e}")));
 
     let failure = if let Some(e) = source_error {
-        Some(Error::io(format!("{}: reading the source failed", ctx()), e))
+        Some(Error::io(
+            format!("{}: reading the source failed", ctx()),
+            e,
+        ))
     } else if let Some(e) = upload_error {
         Some(Error::store(ctx(), e))
     } else {

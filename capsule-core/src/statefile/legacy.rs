@@ -29,8 +29,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{
-    Artifact, ArtifactRole, Compression, LegacyInfo, RequestType, Restore, Schedule,
-    ServiceIdentity, Statefile, STATEFILE_V1ALPHA1,
+    Artifact, ArtifactRole, Compression, LegacyInfo, RequestType, Restore, STATEFILE_V1ALPHA1,
+    Schedule, ServiceIdentity, Statefile,
 };
 use crate::error::{Error, Result};
 use crate::id::{BackupId, ServiceType};
@@ -178,10 +178,10 @@ pub fn parse(bytes: &[u8]) -> Result<Statefile> {
         }
         dumpfile = s.dumpfile.filter(|d| !d.is_empty());
     }
-    if let Some(d) = &dumpfile {
-        if d.contains('/') || d == "." || d == ".." || d == super::STATEFILE_NAME {
-            return Err(invalid(&id_text, format!("invalid dumpfile {d:?}")));
-        }
+    if let Some(d) = &dumpfile
+        && (d.contains('/') || d == "." || d == ".." || d == super::STATEFILE_NAME)
+    {
+        return Err(invalid(&id_text, format!("invalid dumpfile {d:?}")));
     }
 
     let mut restores = Vec::new();
@@ -193,7 +193,12 @@ pub fn parse(bytes: &[u8]) -> Result<Statefile> {
             "finished" => RestoreStatus::Finished,
             "failed" => RestoreStatus::Failed,
             "restoring" | "downloading" | "running" => RestoreStatus::Running,
-            other => return Err(invalid(&id_text, format!("unknown restore status {other:?}"))),
+            other => {
+                return Err(invalid(
+                    &id_text,
+                    format!("unknown restore status {other:?}"),
+                ));
+            }
         };
         restores.push(entry);
     }

@@ -51,7 +51,9 @@ impl Statefile {
             Some(STATEFILE_V1ALPHA1) | None => legacy::parse(bytes),
             Some(other) => Err(Error::invalid(
                 "statefile",
-                format!("unsupported statefile version {other:?} (this capsule reads v1 and v1alpha1)"),
+                format!(
+                    "unsupported statefile version {other:?} (this capsule reads v1 and v1alpha1)"
+                ),
             )),
         }
     }

@@ -60,7 +60,10 @@ fn legacy_fixture_maps_into_the_model_without_secrets() {
 fn legacy_offsets_statuses_and_descriptions() {
     let failed = Statefile::from_slice(&fixture("postgresql-4GfT7uYpWq2ZsLmK9bXcRv")).unwrap();
     assert_eq!(failed.status, Status::Failed);
-    assert!(failed.artifacts.is_empty(), "a failed legacy backup has no usable dump");
+    assert!(
+        failed.artifacts.is_empty(),
+        "a failed legacy backup has no usable dump"
+    );
     let expected: DateTime<Utc> = DateTime::parse_from_rfc3339("2021-06-11T06:15:44.000000001Z")
         .unwrap()
         .into();
@@ -96,10 +99,22 @@ fn legacy_restore_request_keeps_the_legacy_shape() {
 fn bad_statefiles_are_named() {
     let cases: [(&[u8], &str); 5] = [
         (b"not json", "not a JSON statefile"),
-        (br#"{"statefileVersion":"v9"}"#, "unsupported statefile version \"v9\""),
-        (br#"{"statefileVersion":"v1","backupId":"x"}"#, "invalid v1 statefile"),
-        (br#"{"backupId":"postgresql-abc","date":"yesterday","status":"finished"}"#, "invalid date"),
-        (br#"{"backupId":"postgresql-abc","date":"2021-06-10T09:15:42Z","status":"weird"}"#, "unknown status"),
+        (
+            br#"{"statefileVersion":"v9"}"#,
+            "unsupported statefile version \"v9\"",
+        ),
+        (
+            br#"{"statefileVersion":"v1","backupId":"x"}"#,
+            "invalid v1 statefile",
+        ),
+        (
+            br#"{"backupId":"postgresql-abc","date":"yesterday","status":"finished"}"#,
+            "invalid date",
+        ),
+        (
+            br#"{"backupId":"postgresql-abc","date":"2021-06-10T09:15:42Z","status":"weird"}"#,
+            "unknown status",
+        ),
     ];
     for (input, expect) in cases {
         let err = Statefile::from_slice(input).unwrap_err().to_string();
@@ -114,7 +129,8 @@ fn v1_keeps_unknown_fields() {
         RequestType::Manual,
         Utc::now(),
     );
-    sf.extra.insert("futureField".into(), serde_json::json!({"a": 1}));
+    sf.extra
+        .insert("futureField".into(), serde_json::json!({"a": 1}));
     let bytes = sf.to_vec().unwrap();
     let back = Statefile::from_slice(&bytes).unwrap();
     assert_eq!(back.extra["futureField"]["a"], 1);
@@ -144,22 +160,35 @@ fn resolve<'a>(node: &'a serde_json::Value, root: &'a serde_json::Value) -> &'a 
     }
 }
 
-fn check_keys(value: &serde_json::Value, schema: &serde_json::Value, root: &serde_json::Value, path: &str) {
+fn check_keys(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    root: &serde_json::Value,
+    path: &str,
+) {
     let schema = resolve(schema, root);
     match value {
         serde_json::Value::Object(map) => {
             let props = &schema["properties"];
-            let open = schema.get("additionalProperties").map(|a| a != false).unwrap_or(true);
+            let open = schema
+                .get("additionalProperties")
+                .map(|a| a != false)
+                .unwrap_or(true);
             for (k, v) in map {
                 match props.get(k) {
                     Some(s) => check_keys(v, s, root, &format!("{path}.{k}")),
-                    None => assert!(open && props.is_null() || schema["additionalProperties"].is_object(),
-                        "{path}.{k} is not in the schema"),
+                    None => assert!(
+                        open && props.is_null() || schema["additionalProperties"].is_object(),
+                        "{path}.{k} is not in the schema"
+                    ),
                 }
             }
             if let Some(req) = schema["required"].as_array() {
                 for r in req {
-                    assert!(map.contains_key(r.as_str().unwrap()), "{path}: required {r} missing");
+                    assert!(
+                        map.contains_key(r.as_str().unwrap()),
+                        "{path}: required {r} missing"
+                    );
                 }
             }
         }
@@ -174,7 +203,11 @@ fn check_keys(value: &serde_json::Value, schema: &serde_json::Value, root: &serd
 
 fn sample_full() -> Statefile {
     let now = Utc::now();
-    let mut sf = Statefile::new(BackupId::generate(ServiceType::Postgresql), RequestType::Periodic, now);
+    let mut sf = Statefile::new(
+        BackupId::generate(ServiceType::Postgresql),
+        RequestType::Periodic,
+        now,
+    );
     sf.service = ServiceIdentity {
         cluster: Some("dev-eu".into()),
         namespace: Some("cnvrg".into()),
@@ -203,7 +236,8 @@ fn sample_full() -> Statefile {
         fingerprint: Some(fp),
         ..Default::default()
     };
-    info.details.insert("snapshot".into(), "00000003-0000001B-1".into());
+    info.details
+        .insert("snapshot".into(), "00000003-0000001B-1".into());
     sf.engine = Some(info);
     sf.owner = Some(Owner::this_process(Some("dev-eu".into()), now));
     let mut r = Restore::requested(now);
@@ -233,8 +267,7 @@ fn arb_text() -> impl Strategy<Value = String> {
 }
 
 fn arb_time() -> impl Strategy<Value = DateTime<Utc>> {
-    (0i64..4_000_000_000, 0u32..1_000_000_000)
-        .prop_map(|(s, ns)| Utc.timestamp_opt(s, ns).unwrap())
+    (0i64..4_000_000_000, 0u32..1_000_000_000).prop_map(|(s, ns)| Utc.timestamp_opt(s, ns).unwrap())
 }
 
 fn arb_status() -> impl Strategy<Value = Status> {
@@ -268,7 +301,11 @@ fn arb_artifact() -> impl Strategy<Value = Artifact> {
             let mut a = Artifact::new(name, format);
             a.size_bytes = size;
             a.sha256 = sha;
-            a.compression = if zstd { Compression::Zstd } else { Compression::None };
+            a.compression = if zstd {
+                Compression::Zstd
+            } else {
+                Compression::None
+            };
             a.raw_size_bytes = size.map(|s| s / 2);
             a.tool_version = tool;
             a

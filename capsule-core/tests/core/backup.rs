@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use capsule_core::{
-    run_backup, ArtifactSink, ArtifactSource, ArtifactSpec, BackupOptions, Capabilities, Catalog,
-    Engine, EngineInfo, Error, Fingerprint, JobContext, ListFilter, NoProgress, RestoreOutcome,
-    Result, ServiceIdentity, ServiceType, Status,
+    ArtifactSink, ArtifactSource, ArtifactSpec, BackupOptions, Capabilities, Catalog, Engine,
+    EngineInfo, Error, Fingerprint, JobContext, ListFilter, NoProgress, RestoreOutcome, Result,
+    ServiceIdentity, ServiceType, Status, run_backup,
 };
 use tokio::io::AsyncReadExt;
 
@@ -36,14 +36,22 @@ impl Engine for ScriptedEngine {
         Capabilities::default()
     }
     fn identity(&self) -> ServiceIdentity {
-        ServiceIdentity { name: Some("scripted".into()), ..Default::default() }
+        ServiceIdentity {
+            name: Some("scripted".into()),
+            ..Default::default()
+        }
     }
-    async fn backup(&self, sink: &mut dyn ArtifactSink, _ctx: &JobContext<'_>) -> Result<EngineInfo> {
+    async fn backup(
+        &self,
+        sink: &mut dyn ArtifactSink,
+        _ctx: &JobContext<'_>,
+    ) -> Result<EngineInfo> {
         let bytes = data(self.len, 11);
         if self.hang {
             let (w, r) = tokio::io::duplex(1024);
             let _keep = w;
-            sink.put(ArtifactSpec::new("dump.rdb", "rdb"), Box::new(r)).await?;
+            sink.put(ArtifactSpec::new("dump.rdb", "rdb"), Box::new(r))
+                .await?;
             unreachable!();
         }
         let reader: capsule_core::ByteStream = if self.fail {
@@ -54,10 +62,17 @@ impl Engine for ScriptedEngine {
         } else {
             Box::new(std::io::Cursor::new(bytes))
         };
-        sink.put(ArtifactSpec::new("dump.rdb", "rdb").with_tool_version("test 1"), reader).await?;
+        sink.put(
+            ArtifactSpec::new("dump.rdb", "rdb").with_tool_version("test 1"),
+            reader,
+        )
+        .await?;
         let mut fp = Fingerprint::default();
         fp.counts.insert("db0".into(), 42);
-        Ok(EngineInfo { fingerprint: Some(fp), ..Default::default() })
+        Ok(EngineInfo {
+            fingerprint: Some(fp),
+            ..Default::default()
+        })
     }
     async fn restore(&self, _: &dyn ArtifactSource, _: &JobContext<'_>) -> Result<RestoreOutcome> {
         Err(Error::Unsupported("scripted".into()))
@@ -69,7 +84,11 @@ impl Engine for ScriptedEngine {
 
 struct FailAfter;
 impl tokio::io::AsyncRead for FailAfter {
-    fn poll_read(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, _: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Err(io::Error::other("redis connection reset")))
     }
 }
@@ -78,10 +97,19 @@ impl tokio::io::AsyncRead for FailAfter {
 async fn finished_backup_records_checksums_and_restores_byte_for_byte() {
     for (name, ts) in stores::all() {
         let catalog = Catalog::new(ts.store.clone());
-        let engine = ScriptedEngine { len: 6 * 1024 * 1024, fail: false, hang: false };
-        let report = run_backup(&catalog, &engine, BackupOptions::default().with_description("t"), &JobContext::new(&NoProgress))
-            .await
-            .unwrap();
+        let engine = ScriptedEngine {
+            len: 6 * 1024 * 1024,
+            fail: false,
+            hang: false,
+        };
+        let report = run_backup(
+            &catalog,
+            &engine,
+            BackupOptions::default().with_description("t"),
+            &JobContext::new(&NoProgress),
+        )
+        .await
+        .unwrap();
         let sf = report.statefile;
         assert_eq!(sf.status, Status::Finished, "{name}");
         assert_eq!(sf.artifacts.len(), 1);
@@ -89,13 +117,31 @@ async fn finished_backup_records_checksums_and_restores_byte_for_byte() {
         assert_eq!(a.name, "dump.rdb.zst");
         assert_eq!(a.raw_size_bytes, Some(6 * 1024 * 1024));
         assert!(a.sha256.is_some() && a.size_bytes.is_some());
-        assert_eq!(sf.engine.as_ref().unwrap().fingerprint.as_ref().unwrap().counts["db0"], 42);
+        assert_eq!(
+            sf.engine
+                .as_ref()
+                .unwrap()
+                .fingerprint
+                .as_ref()
+                .unwrap()
+                .counts["db0"],
+            42
+        );
 
         // Read it back through the restore source: identical bytes.
-        let source = catalog.artifact_source(sf.backup_id.as_str()).await.unwrap();
+        let source = catalog
+            .artifact_source(sf.backup_id.as_str())
+            .await
+            .unwrap();
         source.verify("dump.rdb.zst").await.unwrap();
         let mut out = Vec::new();
-        source.open("dump.rdb.zst").await.unwrap().read_to_end(&mut out).await.unwrap();
+        source
+            .open("dump.rdb.zst")
+            .await
+            .unwrap()
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
         assert!(out == data(6 * 1024 * 1024, 11), "{name}");
 
         // And the stored statefile agrees.
@@ -108,16 +154,33 @@ async fn finished_backup_records_checksums_and_restores_byte_for_byte() {
 async fn failing_engine_leaves_a_failed_statefile() {
     for (name, ts) in stores::all() {
         let catalog = Catalog::new(ts.store.clone());
-        let engine = ScriptedEngine { len: 2 * 1024 * 1024, fail: true, hang: false };
-        let err = run_backup(&catalog, &engine, BackupOptions::default(), &JobContext::new(&NoProgress))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("redis connection reset"), "{name}: {err}");
+        let engine = ScriptedEngine {
+            len: 2 * 1024 * 1024,
+            fail: true,
+            hang: false,
+        };
+        let err = run_backup(
+            &catalog,
+            &engine,
+            BackupOptions::default(),
+            &JobContext::new(&NoProgress),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("redis connection reset"),
+            "{name}: {err}"
+        );
         let list = catalog.list(&ListFilter::default()).await.unwrap();
         assert_eq!(list.len(), 1);
         let sf = list[0].statefile.as_ref().unwrap();
         assert_eq!(sf.status, Status::Failed, "{name}");
-        assert!(sf.error.as_ref().unwrap().contains("redis connection reset"));
+        assert!(
+            sf.error
+                .as_ref()
+                .unwrap()
+                .contains("redis connection reset")
+        );
         assert!(sf.artifacts.is_empty(), "{name}: no artifact recorded");
         let objects = ts.store.list(&format!("{}/", sf.backup_id)).await.unwrap();
         assert_eq!(objects.len(), 1, "{name}: only the statefile: {objects:?}");
@@ -128,7 +191,11 @@ async fn failing_engine_leaves_a_failed_statefile() {
 async fn interrupted_backup_never_says_finished() {
     let ts = stores::file();
     let catalog = Catalog::new(ts.store.clone());
-    let engine = ScriptedEngine { len: 0, fail: false, hang: true };
+    let engine = ScriptedEngine {
+        len: 0,
+        fail: false,
+        hang: true,
+    };
     let opts = BackupOptions::default().with_heartbeat(Duration::from_millis(100));
     // The process "dies": the future is dropped mid-stream.
     let r = tokio::time::timeout(Duration::from_millis(700), async {
@@ -140,7 +207,10 @@ async fn interrupted_backup_never_says_finished() {
     let sf = list[0].statefile.as_ref().unwrap();
     assert_eq!(sf.status, Status::Running);
     let owner = sf.owner.as_ref().unwrap();
-    assert!(owner.heartbeat_at > sf.requested_at, "heartbeat was renewed");
+    assert!(
+        owner.heartbeat_at > sf.requested_at,
+        "heartbeat was renewed"
+    );
 
     // Cancellation marks it failed.
     let ctx = JobContext::new(&NoProgress);
@@ -149,8 +219,13 @@ async fn interrupted_backup_never_says_finished() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel.cancel();
     });
-    let err = run_backup(&catalog, &engine, BackupOptions::default(), &ctx).await.unwrap_err();
+    let err = run_backup(&catalog, &engine, BackupOptions::default(), &ctx)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Cancelled(_)), "{err}");
-    let failed = catalog.list(&ListFilter::default().with_status("failed")).await.unwrap();
+    let failed = catalog
+        .list(&ListFilter::default().with_status("failed"))
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 1);
 }

@@ -15,7 +15,11 @@ const FAILED: &str = "postgresql-4GfT7uYpWq2ZsLmK9bXcRv";
 const REQUESTED: &str = "postgresql-Ts6Yh2KqPw9LmZc4NbXvRe";
 const DUMP: &str = "Hq4mTzR7xKd2VwPbN8cYsE-pgdump.tar";
 const DUMP_SHA256: &str = "e87c12cf3eaf4fe65b2478476a9b1eed9765b267686c6b1d3a474c84fa95190b";
-const SECRETS: [&str; 3] = ["AKIALEGACYEXAMPLE", "legacySecretKeyExample0123456789abcdef", "s3cr3tPgPass"];
+const SECRETS: [&str; 3] = [
+    "AKIALEGACYEXAMPLE",
+    "legacySecretKeyExample0123456789abcdef",
+    "s3cr3tPgPass",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_bucket_lists_describes_downloads_and_deletes() {
@@ -29,33 +33,58 @@ async fn legacy_bucket_lists_describes_downloads_and_deletes() {
         let labels: Vec<&str> = list.iter().map(|e| e.status_label()).collect();
         assert_eq!(labels, ["requested", "failed", "finished"], "{name}");
         assert_eq!(list[2].size_bytes(), Some(1_855_488), "{name}");
-        let json = serde_json::to_string(&list.iter().map(|e| e.summary_json()).collect::<Vec<_>>()).unwrap();
+        let json =
+            serde_json::to_string(&list.iter().map(|e| e.summary_json()).collect::<Vec<_>>())
+                .unwrap();
         for s in SECRETS {
             assert!(!json.contains(s), "{name}: {s} in {json}");
         }
 
-        let finished = catalog.list(&ListFilter::default().with_status("finished")).await.unwrap();
+        let finished = catalog
+            .list(&ListFilter::default().with_status("finished"))
+            .await
+            .unwrap();
         assert_eq!(finished.len(), 1);
-        let redis = catalog.list(&ListFilter::default().with_service_type(ServiceType::Redis)).await.unwrap();
+        let redis = catalog
+            .list(&ListFilter::default().with_service_type(ServiceType::Redis))
+            .await
+            .unwrap();
         assert!(redis.is_empty());
 
         let sf = catalog.describe(FINISHED).await.unwrap();
         assert_eq!(sf.artifacts[0].size_bytes, Some(1_855_488));
 
         let dir = tempfile::tempdir().unwrap();
-        let files = catalog.download(FINISHED, dir.path(), &NoProgress).await.unwrap();
+        let files = catalog
+            .download(FINISHED, dir.path(), &NoProgress)
+            .await
+            .unwrap();
         assert_eq!(files.len(), 1);
         assert!(!files[0].report.checksum_verified, "legacy has no checksum");
         let bytes = std::fs::read(&files[0].path).unwrap();
         assert_eq!(files[0].path, dir.path().join(FINISHED).join(DUMP));
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), DUMP_SHA256, "{name}: byte-identical dump");
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            DUMP_SHA256,
+            "{name}: byte-identical dump"
+        );
 
-        let err = catalog.download(FAILED, dir.path(), &NoProgress).await.unwrap_err();
+        let err = catalog
+            .download(FAILED, dir.path(), &NoProgress)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("only finished backups"), "{err}");
 
         let report = catalog.delete(FINISHED).await.unwrap();
         assert_eq!(report.objects, 2);
-        assert!(store.list(&format!("{FINISHED}/")).await.unwrap().is_empty(), "{name}");
+        assert!(
+            store
+                .list(&format!("{FINISHED}/"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
         assert_eq!(catalog.list(&ListFilter::default()).await.unwrap().len(), 2);
         assert!(catalog.describe(FINISHED).await.unwrap_err().is_not_found());
     }
@@ -65,17 +94,28 @@ async fn legacy_bucket_lists_describes_downloads_and_deletes() {
 async fn corrupt_statefile_is_listed_as_unreadable() {
     let ts = stores::file();
     let store = stores::with_legacy_fixture(&ts.store).await;
-    store.put(&format!("{FAILED}/{STATEFILE_NAME}"), "{garbage".into()).await.unwrap();
+    store
+        .put(&format!("{FAILED}/{STATEFILE_NAME}"), "{garbage".into())
+        .await
+        .unwrap();
     let catalog = Catalog::new(store.clone());
     let list = catalog.list(&ListFilter::default()).await.unwrap();
     assert_eq!(list.len(), 3);
     let bad = list.iter().find(|e| e.id == FAILED).unwrap();
     assert_eq!(bad.status_label(), "unreadable");
-    assert!(bad.unreadable.as_ref().unwrap().contains("not a JSON statefile"));
+    assert!(
+        bad.unreadable
+            .as_ref()
+            .unwrap()
+            .contains("not a JSON statefile")
+    );
     let err = catalog.describe(FAILED).await.unwrap_err().to_string();
     assert!(err.contains(FAILED) && err.contains("unreadable"), "{err}");
     // A folder with an artifact and no statefile is listed, not ignored.
-    store.put("postgresql-OrphanOrphanOrphan123456/dump.zst", "x".into()).await.unwrap();
+    store
+        .put("postgresql-OrphanOrphanOrphan123456/dump.zst", "x".into())
+        .await
+        .unwrap();
     let list = catalog.list(&ListFilter::default()).await.unwrap();
     let orphan = list.iter().find(|e| e.id.contains("Orphan")).unwrap();
     assert_eq!(orphan.unreadable.as_deref(), Some("statefile missing"));
@@ -89,12 +129,23 @@ async fn restore_request_on_legacy_keeps_v1alpha1() {
     let h = catalog.request_restore(FINISHED).await.unwrap();
     assert_eq!(h.statefile.restores.len(), 2);
     assert_eq!(h.statefile.restores[1].status, RestoreStatus::Requested);
-    let raw = store.get(&format!("{FINISHED}/{STATEFILE_NAME}")).await.unwrap().bytes;
+    let raw = store
+        .get(&format!("{FINISHED}/{STATEFILE_NAME}"))
+        .await
+        .unwrap()
+        .bytes;
     let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(doc["statefileVersion"], "v1alpha1");
     assert_eq!(doc["restores"][1]["status"], "restorerequest");
-    let err = catalog.request_restore(FAILED).await.unwrap_err().to_string();
-    assert!(err.contains("only finished backups can be restored"), "{err}");
+    let err = catalog
+        .request_restore(FAILED)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("only finished backups can be restored"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,10 +162,16 @@ async fn concurrent_updates_lose_nothing() {
         let key = format!("{id}/{STATEFILE_NAME}");
         let v = ts.store.head(&key).await.unwrap().version;
         let (a, b) = tokio::join!(
-            ts.store.update(&key, sf_bytes(&catalog, &id, "a").await, &v),
-            ts.store.update(&key, sf_bytes(&catalog, &id, "b").await, &v),
+            ts.store
+                .update(&key, sf_bytes(&catalog, &id, "a").await, &v),
+            ts.store
+                .update(&key, sf_bytes(&catalog, &id, "b").await, &v),
         );
-        assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{name}: exactly one conditional update wins");
+        assert_eq!(
+            a.is_ok() as u8 + b.is_ok() as u8,
+            1,
+            "{name}: exactly one conditional update wins"
+        );
 
         // Catalog updates retry on conflict: 8 concurrent changes all land.
         let mut tasks = Vec::new();
@@ -141,7 +198,10 @@ async fn concurrent_updates_lose_nothing() {
         }
         let desc = catalog.load(&id).await.unwrap().statefile.description;
         let landed = (0..8).filter(|i| desc.contains(&format!("[{i}]"))).count();
-        assert_eq!(landed, ok, "{name}: every reported success is in the file ({desc})");
+        assert_eq!(
+            landed, ok,
+            "{name}: every reported success is in the file ({desc})"
+        );
         assert!(ok >= 1);
     }
 }
@@ -157,14 +217,27 @@ async fn requests_are_listed_and_deletable() {
     let ts = stores::memory();
     let catalog = Catalog::new(ts.store.clone());
     let sf = catalog
-        .request_backup(ServiceType::Elasticsearch, ServiceIdentity::default(), "manual")
+        .request_backup(
+            ServiceType::Elasticsearch,
+            ServiceIdentity::default(),
+            "manual",
+        )
         .await
         .unwrap();
     let list = catalog.list(&ListFilter::default()).await.unwrap();
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0].statefile.as_ref().unwrap().status, Status::Requested);
+    assert_eq!(
+        list[0].statefile.as_ref().unwrap().status,
+        Status::Requested
+    );
     catalog.delete(sf.backup_id.as_str()).await.unwrap();
-    assert!(catalog.list(&ListFilter::default()).await.unwrap().is_empty());
+    assert!(
+        catalog
+            .list(&ListFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let err = catalog.delete(sf.backup_id.as_str()).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(catalog.describe("../etc").await.is_err());

@@ -20,7 +20,11 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if i % 3 == 0 { b'a' + (i % 7) as u8 } else { x as u8 }
+            if i % 3 == 0 {
+                b'a' + (i % 7) as u8
+            } else {
+                x as u8
+            }
         })
         .collect()
 }
@@ -46,9 +50,16 @@ async fn round_trip_on_every_store() {
             assert_eq!(report.raw_size_bytes, input.len() as u64, "{name}");
             let stored = ts.store.get(&key).await.unwrap().bytes;
             assert_eq!(stored.len() as u64, report.size_bytes, "{name}");
-            assert_eq!(hex::encode(Sha256::digest(&stored)), report.sha256, "{name}");
+            assert_eq!(
+                hex::encode(Sha256::digest(&stored)),
+                report.sha256,
+                "{name}"
+            );
             if compression == Compression::Zstd {
-                assert!(report.size_bytes < report.raw_size_bytes, "{name}: compressed");
+                assert!(
+                    report.size_bytes < report.raw_size_bytes,
+                    "{name}: compressed"
+                );
             }
             let expected = Expected {
                 size_bytes: Some(report.size_bytes),
@@ -69,10 +80,18 @@ async fn round_trip_on_every_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_source_round_trips() {
     let ts = stores::memory();
-    let r = pipeline::upload(&ts.store, "e", &b""[..], &opts(), &NoProgress).await.unwrap();
+    let r = pipeline::upload(&ts.store, "e", &b""[..], &opts(), &NoProgress)
+        .await
+        .unwrap();
     let mut out = Vec::new();
-    let expected = Expected { size_bytes: Some(r.size_bytes), sha256: Some(r.sha256), compression: Compression::Zstd };
-    pipeline::download(&ts.store, "b", "e", &expected, &mut out, &NoProgress).await.unwrap();
+    let expected = Expected {
+        size_bytes: Some(r.size_bytes),
+        sha256: Some(r.sha256),
+        compression: Compression::Zstd,
+    };
+    pipeline::download(&ts.store, "b", "e", &expected, &mut out, &NoProgress)
+        .await
+        .unwrap();
     assert!(out.is_empty());
 }
 
@@ -82,7 +101,11 @@ struct FailingSource {
 }
 
 impl AsyncRead for FailingSource {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.left == 0 {
             return Poll::Ready(Err(io::Error::other("pg_dump exited with status 1")));
         }
@@ -96,11 +119,22 @@ impl AsyncRead for FailingSource {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_source_leaves_nothing() {
     for (name, ts) in stores::all() {
-        let err = pipeline::upload(&ts.store, "x/dump.zst", FailingSource { left: 12 * 1024 * 1024 }, &opts(), &NoProgress)
-            .await
-            .unwrap_err();
+        let err = pipeline::upload(
+            &ts.store,
+            "x/dump.zst",
+            FailingSource {
+                left: 12 * 1024 * 1024,
+            },
+            &opts(),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("x/dump.zst") && msg.contains("pg_dump exited"), "{name}: {msg}");
+        assert!(
+            msg.contains("x/dump.zst") && msg.contains("pg_dump exited"),
+            "{name}: {msg}"
+        );
         let left = ts.store.list("x/").await.unwrap();
         assert!(left.is_empty(), "{name}: a failed upload left {left:?}");
     }
@@ -110,8 +144,14 @@ async fn failing_source_leaves_nothing() {
 async fn flipped_byte_and_truncation_are_caught() {
     for (name, ts) in stores::all() {
         let input = data(3 * 1024 * 1024, 3);
-        let r = pipeline::upload(&ts.store, "c/obj.zst", &input[..], &opts(), &NoProgress).await.unwrap();
-        let expected = Expected { size_bytes: Some(r.size_bytes), sha256: Some(r.sha256.clone()), compression: Compression::Zstd };
+        let r = pipeline::upload(&ts.store, "c/obj.zst", &input[..], &opts(), &NoProgress)
+            .await
+            .unwrap();
+        let expected = Expected {
+            size_bytes: Some(r.size_bytes),
+            sha256: Some(r.sha256.clone()),
+            compression: Compression::Zstd,
+        };
         let good = ts.store.get("c/obj.zst").await.unwrap().bytes.to_vec();
 
         let mut flipped = good.clone();
@@ -119,24 +159,66 @@ async fn flipped_byte_and_truncation_are_caught() {
         ts.store.put("c/obj.zst", flipped.into()).await.unwrap();
         for verify_only in [true, false] {
             let err = if verify_only {
-                pipeline::verify_object(&ts.store, "b", "c/obj.zst", &expected, &NoProgress).await.unwrap_err()
+                pipeline::verify_object(&ts.store, "b", "c/obj.zst", &expected, &NoProgress)
+                    .await
+                    .unwrap_err()
             } else {
                 let mut out = Vec::new();
-                pipeline::download(&ts.store, "b", "c/obj.zst", &expected, &mut out, &NoProgress).await.unwrap_err()
+                pipeline::download(
+                    &ts.store,
+                    "b",
+                    "c/obj.zst",
+                    &expected,
+                    &mut out,
+                    &NoProgress,
+                )
+                .await
+                .unwrap_err()
             };
             assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
             let msg = err.to_string();
-            assert!(msg.contains("c/obj.zst") && msg.contains("checksum mismatch"), "{name}: {msg}");
+            assert!(
+                msg.contains("c/obj.zst") && msg.contains("checksum mismatch"),
+                "{name}: {msg}"
+            );
         }
 
-        ts.store.put("c/obj.zst", good[..good.len() - 100].to_vec().into()).await.unwrap();
+        ts.store
+            .put("c/obj.zst", good[..good.len() - 100].to_vec().into())
+            .await
+            .unwrap();
         let mut out = Vec::new();
-        let err = pipeline::download(&ts.store, "b", "c/obj.zst", &expected, &mut out, &NoProgress).await.unwrap_err();
+        let err = pipeline::download(
+            &ts.store,
+            "b",
+            "c/obj.zst",
+            &expected,
+            &mut out,
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("length mismatch"), "{name}: {err}");
 
         // Without a recorded checksum (legacy), a truncated zstd frame still fails.
-        let no_sum = Expected { size_bytes: None, sha256: None, compression: Compression::Zstd };
-        let err = pipeline::download(&ts.store, "b", "c/obj.zst", &no_sum, &mut Vec::new(), &NoProgress).await.unwrap_err();
-        assert!(err.to_string().contains("cannot decompress"), "{name}: {err}");
+        let no_sum = Expected {
+            size_bytes: None,
+            sha256: None,
+            compression: Compression::Zstd,
+        };
+        let err = pipeline::download(
+            &ts.store,
+            "b",
+            "c/obj.zst",
+            &no_sum,
+            &mut Vec::new(),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot decompress"),
+            "{name}: {err}"
+        );
     }
 }

@@ -55,7 +55,12 @@ pub async fn load_tree(store: &Store, root: &Path) {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let key = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+                let key = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 store
                     .put(&key, std::fs::read(&path).unwrap().into())
                     .await
@@ -69,7 +74,9 @@ pub async fn load_tree(store: &Store, root: &Path) {
 /// the default `cnvrg-smart-backups`).
 pub async fn with_legacy_fixture(store: &Store) -> Store {
     let root = test_support::fixtures::legacy_bucket_dir().join("cnvrg-smart-backups");
-    let s = store.with_prefix(&format!("{}/cnvrg-smart-backups", store.prefix()).trim_start_matches('/')).unwrap();
+    let s = store
+        .with_prefix(format!("{}/cnvrg-smart-backups", store.prefix()).trim_start_matches('/'))
+        .unwrap();
     load_tree(&s, &root).await;
     s
 }
