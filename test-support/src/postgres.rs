@@ -55,6 +55,8 @@ impl Postgres {
     /// tail of its log).
     pub fn start() -> Postgres {
         let initdb = find_binary("initdb", "CAPSULE_PG_INITDB", &pg_bin_dirs());
+        // `/usr/local/bin/initdb` may be a link into the real bin directory.
+        let initdb = initdb.canonicalize().unwrap_or(initdb);
         let bin_dir = initdb
             .parent()
             .expect("initdb has a parent directory")

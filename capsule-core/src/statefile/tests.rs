@@ -96,6 +96,26 @@ fn legacy_restore_request_keeps_the_legacy_shape() {
 }
 
 #[test]
+fn legacy_restore_outcome_claims_the_request_or_appends() {
+    let raw = fixture("postgresql-9nVJ8sGmQbXc3RkHzW2tLp");
+    let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    let later = Utc.with_ymd_and_hms(2026, 1, 2, 3, 9, 0).unwrap();
+    let queued = legacy::append_restore_request(&raw, at).unwrap();
+    // The queued request gets its outcome in place.
+    let claimed = legacy::record_restore(&queued, Some(at), later, "finished").unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&claimed).unwrap();
+    assert_eq!(doc["restores"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["restores"][1]["status"], "finished");
+    assert_eq!(doc["statefileVersion"], "v1alpha1");
+    // Without a matching request, an entry is appended.
+    let appended = legacy::record_restore(&raw, None, later, "failed").unwrap();
+    let sf = Statefile::from_slice(&appended).unwrap();
+    assert_eq!(sf.restores.len(), 2);
+    assert_eq!(sf.restores[1].status, RestoreStatus::Failed);
+    assert_eq!(sf.restores[1].requested_at, later);
+}
+
+#[test]
 fn bad_statefiles_are_named() {
     let cases: [(&[u8], &str); 5] = [
         (b"not json", "not a JSON statefile"),

@@ -1,0 +1,372 @@
+//! Failures: a killed pg_dump, corrupt artifacts, bad credentials and
+//! servers, old client tools, a restore that breaks half-way.
+
+use std::time::{Duration, Instant};
+
+use capsule_core::{
+    Error, JobContext, NoProgress, RestoreOptions, RestoreStatus, Status, run_restore, run_verify,
+};
+use capsule_engines::{PgEngine, PgOptions};
+use sha2::{Digest, Sha256};
+use test_support::postgres::PASSWORD;
+
+use super::support::*;
+
+/// Holds an exclusive lock on `public.items` of `db`, so pg_dump waits
+/// (connected, mid-backup) until it is killed.
+async fn lock_items(db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            pg().port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; LOCK TABLE public.items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    client
+}
+
+/// Waits until pg_dump's session on `db` exists and returns its backend pid.
+fn wait_for_pg_dump_session(db: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pid = pg().psql(
+            "postgres",
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = '{db}' \
+                 AND application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+            ),
+        );
+        if !pid.is_empty() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "pg_dump never started on {db}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pid of the pg_dump process (a child of this test process) dumping `db`.
+fn pg_dump_process(db: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let entry = entry.ok()?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "pg_dump" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1));
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let wanted = format!("PGDATABASE={db}");
+        if ppid == Some(me.as_str()) && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+async fn assert_failed_without_dump(fc: &FileCatalog, needle: &[&str]) -> String {
+    let entries = fc.catalog.list(&Default::default()).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    let sf = fc.catalog.load(&entries[0].id).await.unwrap().statefile;
+    assert_eq!(sf.status, Status::Failed, "never finished");
+    let error = sf.error.clone().unwrap();
+    for n in needle {
+        assert!(error.contains(n), "{error:?} lacks {n:?}");
+    }
+    assert!(
+        !fc.object_path(&entries[0].id, "dump.pgc.zst").exists(),
+        "the aborted upload left nothing"
+    );
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_pg_dump_session_fails_the_backup() {
+    let db = small_database("killdump", 1000);
+    let fc = FileCatalog::new();
+    let locker = lock_items(&db).await;
+    let engine = engine(&db);
+    let running = tokio::spawn({
+        let catalog = fc.catalog.clone();
+        async move { backup(&catalog, &engine).await }
+    });
+    let pid = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || wait_for_pg_dump_session(&db)
+    })
+    .await
+    .unwrap();
+    pg().psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
+    let err = running.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("pg_dump exited with status 1"), "{err}");
+    let error =
+        assert_failed_without_dump(&fc, &["pg_dump exited with status 1", "terminat"]).await;
+    assert_eq!(error, err);
+    drop(locker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pg_dump_process_fails_the_backup() {
+    let db = small_database("sigkill", 1000);
+    let fc = FileCatalog::new();
+    let locker = lock_items(&db).await;
+    let engine = engine(&db);
+    let running = tokio::spawn({
+        let catalog = fc.catalog.clone();
+        async move { backup(&catalog, &engine).await }
+    });
+    let pid = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || {
+            wait_for_pg_dump_session(&db);
+            pg_dump_process(&db).expect("pg_dump runs as a child of the test")
+        }
+    })
+    .await
+    .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = running.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("pg_dump was killed by signal 9"), "{err}");
+    assert_failed_without_dump(&fc, &["pg_dump was killed by signal 9"]).await;
+    drop(locker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_refused_before_the_target_is_touched() {
+    let db = small_database("flip", 2000);
+    let fc = FileCatalog::new();
+    let engine = engine(&db);
+    let report = backup(&fc.catalog, &engine).await.unwrap();
+    let id = report.statefile.backup_id.to_string();
+    pg().psql(
+        &db,
+        "INSERT INTO public.notes VALUES (1000, 'written after the backup')",
+    );
+    let live = content_checksums(&db);
+
+    let path = fc.object_path(&id, "dump.pgc.zst");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let progress = NoProgress;
+    let ctx = JobContext::new(&progress);
+    let err = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("dump.pgc.zst") && text.contains("checksum mismatch"),
+        "{text}"
+    );
+    assert_eq!(
+        content_checksums(&db),
+        live,
+        "the live database is unchanged"
+    );
+    assert!(
+        pg().databases_like(&format!("{db}__capsule")).is_empty(),
+        "no database was created"
+    );
+
+    let err = run_verify(&fc.catalog, &engine, &id, &ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(pg().databases_like(&format!("{db}__capsule")).is_empty());
+
+    let sf = fc.catalog.load(&id).await.unwrap().statefile;
+    assert_eq!(sf.restores.len(), 1);
+    assert_eq!(sf.restores[0].status, RestoreStatus::Failed);
+    assert!(
+        sf.restores[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("dump.pgc.zst")
+    );
+    assert!(
+        sf.verifications[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("dump.pgc.zst")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_failing_half_way_leaves_the_live_database_untouched() {
+    let db = small_database("halfway", 20000);
+    let fc = FileCatalog::new();
+    let engine = engine(&db);
+    let report = backup(&fc.catalog, &engine).await.unwrap();
+    let id = report.statefile.backup_id.to_string();
+    pg().psql(&db, "INSERT INTO public.notes VALUES (1000, 'live change')");
+    let live = content_checksums(&db);
+
+    // A dump broken inside its data yet stored with a matching checksum
+    // (as a faulty tool might have produced): only pg_restore notices.
+    let out = tempfile::tempdir().unwrap();
+    let files = fc
+        .catalog
+        .download(&id, out.path(), &NoProgress)
+        .await
+        .unwrap();
+    let dump = std::fs::read(
+        &files
+            .iter()
+            .find(|f| f.name == "dump.pgc.zst")
+            .unwrap()
+            .path,
+    )
+    .unwrap();
+    let truncated = &dump[..dump.len() * 7 / 10];
+    std::fs::write(fc.object_path(&id, "broken.pgc"), truncated).unwrap();
+    let mut json = fc.statefile_json(&id);
+    for a in json["artifacts"].as_array_mut().unwrap() {
+        if a["role"] == "data" {
+            a["name"] = "broken.pgc".into();
+            a["compression"] = "none".into();
+            a["sizeBytes"] = truncated.len().into();
+            a["rawSizeBytes"] = truncated.len().into();
+            a["sha256"] = hex::encode(Sha256::digest(truncated)).into();
+        }
+    }
+    fc.write_statefile_json(&id, &json);
+
+    let progress = NoProgress;
+    let ctx = JobContext::new(&progress);
+    let err = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_restore"), "{err}");
+    assert!(err.contains("was dropped again"), "{err}");
+    assert_eq!(
+        content_checksums(&db),
+        live,
+        "the live database is untouched"
+    );
+    assert!(
+        pg().databases_like(&format!("{db}__capsule")).is_empty(),
+        "the new database was dropped"
+    );
+    let sf = fc.catalog.load(&id).await.unwrap().statefile;
+    assert_eq!(sf.restores[0].status, RestoreStatus::Failed);
+    assert_eq!(sf.restores[0].error.as_deref(), Some(err.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_servers_give_clear_errors_without_the_password() {
+    let db = small_database("creds", 50);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            pg().url_with_password(&db, "wrong-Pa55word-x"),
+            "wrong-Pa55word-x",
+            "password authentication failed for user \"capsule_pw\"",
+        ),
+        (
+            format!(
+                "postgres://postgres:Sekrit-Unreach@127.0.0.1:{}/{db}",
+                test_support::process::free_port()
+            ),
+            "Sekrit-Unreach",
+            "connecting to postgresql postgres@127.0.0.1:",
+        ),
+        (
+            pg().url_with_password("no_such_database_x", PASSWORD),
+            PASSWORD,
+            "database \"no_such_database_x\" does not exist",
+        ),
+    ];
+    for (url, secret, expected) in cases {
+        let fc = FileCatalog::new();
+        let engine = PgEngine::new(PgOptions::from_url(&url).unwrap());
+        assert!(!engine.to_string().contains(secret));
+        assert!(!format!("{engine:?}").contains(secret));
+        let err = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        assert!(!err.contains(secret), "{err}");
+        let error = assert_failed_without_dump(&fc, &[expected]).await;
+        assert!(!error.contains(secret));
+        let statefile = std::fs::read_dir(fc.dir.path().join(PREFIX))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let text = std::fs::read_to_string(statefile.join("statefile.json")).unwrap();
+        assert!(!text.contains(secret), "{text}");
+    }
+
+    // The right password works end to end (pg_dump and pg_restore get it
+    // through their environment).
+    let fc = FileCatalog::new();
+    let url = pg().url_with_password(&db, PASSWORD);
+    let engine = PgEngine::new(PgOptions::from_url(&url).unwrap());
+    let report = backup(&fc.catalog, &engine).await.unwrap();
+    assert_eq!(
+        report.statefile.service.database.as_deref(),
+        Some(db.as_str())
+    );
+    let text = std::fs::read_to_string(
+        fc.object_path(report.statefile.backup_id.as_str(), "statefile.json"),
+    )
+    .unwrap();
+    assert!(!text.contains(PASSWORD), "{text}");
+    let progress = NoProgress;
+    let ctx = JobContext::new(&progress);
+    run_restore(
+        &fc.catalog,
+        &engine,
+        report.statefile.backup_id.as_str(),
+        RestoreOptions::default(),
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&db, "public.items"), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_older_than_the_server_is_refused_naming_both_versions() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = small_database("oldclient", 10);
+    let tools = tempfile::tempdir().unwrap();
+    let fake = tools.path().join("pg_dump");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let engine = PgEngine::new(
+        PgOptions::from_url(&pg().url(&db))
+            .unwrap()
+            .with_tool_dir(tools.path()),
+    );
+    let fc = FileCatalog::new();
+    let err = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
+    let server = format!("PostgreSQL {}.", pg().major);
+    assert!(
+        err.contains("pg_dump 9 (pg_dump (PostgreSQL) 9.6.24) is older than the server"),
+        "{err}"
+    );
+    assert!(err.contains(&server), "{err}");
+    assert_failed_without_dump(&fc, &["is older than the server"]).await;
+}
