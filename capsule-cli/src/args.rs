@@ -43,6 +43,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Every secret value given on this run, for redaction: the global ones
+    /// ([`GlobalArgs::secrets`]) and the engine's (database passwords).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = self.global.secrets();
+        if let Command::Pg(a) = &self.command {
+            out.extend(a.engine.secrets());
+        }
+        out
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -52,6 +64,8 @@ pub enum Command {
     Redis(RedisArgs),
     /// Elasticsearch backups.
     Es(EsArgs),
+    /// Run the daemon: scheduler, bucket watcher, HTTP API and dashboard.
+    Start(crate::commands::start::StartArgs),
     /// Print capsule's version.
     Version,
     /// Print a shell completion script.
@@ -69,7 +83,7 @@ impl Command {
             Command::Pg(a) => Some((ServiceType::Postgresql, &a.common)),
             Command::Redis(a) => Some((ServiceType::Redis, &a.common)),
             Command::Es(a) => Some((ServiceType::Elasticsearch, &a.common)),
-            Command::Version | Command::Completion { .. } => None,
+            Command::Version | Command::Completion { .. } | Command::Start(_) => None,
         }
     }
 }
@@ -84,10 +98,12 @@ pub struct ServiceArgs {
     /// Print one backup's statefile.
     #[arg(long, group = "action")]
     pub describe: bool,
-    /// Request a manual backup (queued for a capsule daemon).
+    /// Back up now with the engine's connection settings (--pg-url,
+    /// --redis-url, --es-url), else queue a request for a capsule daemon.
     #[arg(long, group = "action")]
     pub create: bool,
-    /// Request a restore of a finished backup (asks for confirmation).
+    /// Restore a finished backup (asks for confirmation): now with the
+    /// engine's connection settings, else queued for a capsule daemon.
     #[arg(long, group = "action")]
     pub restore: bool,
     /// Download a finished backup's files to --dumpdir, checking them.

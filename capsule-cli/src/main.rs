@@ -18,7 +18,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    logging::init(cli.global.verbose, cli.global.secrets());
+    match &cli.command {
+        // The daemon logs at info, as text or JSON lines.
+        args::Command::Start(a) => commands::start::init_logging(&cli.global, a),
+        _ => logging::init(cli.global.verbose, cli.secrets()),
+    }
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(commands::run(cli)));

@@ -1110,3 +1110,715 @@ fn the_default_store_is_local() {
         .join("statefile.json");
     assert!(statefile.is_file(), "{statefile:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Redis: backups, restores, drills and downloads run now with --redis-url
+// ---------------------------------------------------------------------------
+
+mod redis {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use test_support::redis::{Redis, RedisConfig};
+
+    use super::*;
+
+    fn fill(redis: &Redis, keys: usize) {
+        let mut c = redis.client();
+        for i in 0..keys {
+            let k = format!("key:{i}");
+            match i % 4 {
+                0 => c.send(&[b"SET", k.as_bytes(), b"value"]),
+                1 => c.send(&[b"RPUSH", k.as_bytes(), b"a", b"b"]),
+                2 => c.send(&[b"HSET", k.as_bytes(), b"f", b"v"]),
+                _ => c.send(&[b"SADD", k.as_bytes(), b"1", b"2"]),
+            }
+        }
+        c.send(&[b"SELECT", b"3"]);
+        c.send(&[b"SET", b"elsewhere", b"x", b"EX", b"86400"]);
+        c.flush();
+        for _ in 0..keys + 2 {
+            c.read();
+        }
+    }
+
+    /// The `error: ...` line (the core also logs the failure as a warning).
+    fn error(run: &Run) -> &str {
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "expected one error line:\n{run:#?}");
+        errors[0]
+    }
+
+    fn statefile(t: &Target, id: &str) -> Value {
+        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
+    }
+
+    #[test]
+    fn create_restore_verify_and_download_run_now_with_a_url() {
+        let t = Target::file();
+        let redis = Redis::start_with(RedisConfig::default().with_password("cl1-Redis-Pw"));
+        fill(&redis, 400);
+        let digest = redis.digest();
+        let url = redis.url();
+        let secrets = ["cl1-Redis-Pw".to_string()];
+
+        let run = t
+            .run_traced(&["redis", "--create", "--redis-url", &url])
+            .ok();
+        assert_no_secrets(&run, &secrets);
+        let id = run.stdout.trim().to_string();
+        assert!(id.starts_with("redis-"), "{run:#?}");
+        assert!(run.stderr.contains("by replication"), "{run:#?}");
+        let sf = statefile(&t, &id);
+        assert_eq!(sf["status"], "finished");
+        assert_eq!(sf["engine"]["fingerprint"]["counts"]["db0"], 400);
+        assert_eq!(sf["engine"]["fingerprint"]["counts"]["db3"], 1);
+        assert_eq!(sf["artifacts"][0]["name"], "dump.rdb.zst");
+        assert!(!sf.to_string().contains("cl1-Redis-Pw"));
+
+        // Restore: refused without --yes and no terminal; flushes with --flush.
+        redis.cmd(&[b"FLUSHALL"]);
+        redis.cmd(&[b"SET", b"stray", b"key"]);
+        let run = t.run(&["redis", "--restore", "--id", &id, "--redis-url", &url]);
+        run.fails_with(2);
+        let run = t
+            .run_env(
+                &[
+                    "redis",
+                    "--restore",
+                    "--id",
+                    &id,
+                    "--flush",
+                    "--yes",
+                    "--redis-url",
+                    "redis://127.0.0.1:1",
+                ],
+                &[],
+            )
+            .fails_with(1);
+        assert!(error(&run).contains("127.0.0.1:1"), "{run:#?}");
+        // The password may come from the legacy variable instead of the URL.
+        let plain = format!("redis://127.0.0.1:{}", redis.port);
+        let run = t
+            .run_env(
+                &[
+                    "redis",
+                    "--restore",
+                    "--id",
+                    &id,
+                    "--flush",
+                    "--yes",
+                    "--redis-url",
+                    &plain,
+                ],
+                &[("CNVRG_REDIS_PASSWORD", "cl1-Redis-Pw")],
+            )
+            .ok();
+        assert!(
+            run.stdout.contains("(flush)") && run.stdout.contains("401 keys"),
+            "{run:#?}"
+        );
+        assert_eq!(redis.digest(), digest);
+
+        // Verify: a drill on a redis-server capsule starts itself.
+        let run = t
+            .run(&["redis", "--verify", "--id", &id, "--redis-url", &url])
+            .ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        assert_eq!(statefile(&t, &id)["verifications"][0]["status"], "passed");
+
+        // Download: a dump.rdb that redis-server loads.
+        t.run(&["redis", "--download", "--id", &id]).ok();
+        let rdb = t.dumpdir().join(&id).join("dump.rdb");
+        let loaded = Redis::start_with(RedisConfig::default().with_rdb(&rdb));
+        assert_eq!(loaded.digest(), digest);
+
+        // Without a URL, --create still queues; --flush and --verify need one.
+        let run = t.run(&["redis", "--create"]).ok();
+        let queued = run.stdout.trim().to_string();
+        assert_eq!(statefile(&t, &queued)["status"], "requested");
+        t.run(&["redis", "--restore", "--id", &id, "--flush", "--yes"])
+            .fails_with(2);
+        t.run(&["redis", "--verify", "--id", &id]).fails_with(2);
+    }
+
+    #[test]
+    fn a_wrong_password_is_a_one_line_error_without_the_password() {
+        let t = Target::file();
+        let redis = Redis::start_with(RedisConfig::default().with_password("r1ght-pw"));
+        let url = format!("redis://:Wr0ng-Secret-9@127.0.0.1:{}", redis.port);
+        let run = t
+            .run_traced(&["redis", "--create", "--redis-url", &url])
+            .fails_with(1);
+        assert_no_secrets(&run, &["Wr0ng-Secret-9".to_string()]);
+        assert!(run.stderr.contains("WRONGPASS"), "{run:#?}");
+        let run = t
+            .run(&["redis", "--create", "--redis-url", &url])
+            .fails_with(1);
+        let line = error(&run);
+        assert!(
+            line.contains("authentication") && line.contains("127.0.0.1"),
+            "{line}"
+        );
+        let run = t
+            .run(&[
+                "redis",
+                "--create",
+                "--redis-url",
+                "redis://u:Wr0ng-Secret-9@host:notaport",
+            ])
+            .fails_with(2);
+        assert!(error(&run).contains("--redis-url"), "{run:#?}");
+        assert_no_secrets(&run, &["Wr0ng-Secret-9".to_string()]);
+    }
+
+    /// The statefile status of the only backup under `root`, once there is one.
+    fn only_status(root: &Path) -> Option<(String, String)> {
+        let dir = std::fs::read_dir(root.join(PREFIX)).ok()?.next()?.ok()?;
+        let bytes = std::fs::read(dir.path().join("statefile.json")).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        Some((
+            dir.file_name().into_string().ok()?,
+            v["status"].as_str()?.to_string(),
+        ))
+    }
+
+    #[test]
+    fn killing_capsule_mid_capture_never_leaves_finished() {
+        let redis =
+            Redis::start_with(RedisConfig::default().with_args(&["--rdb-key-save-delay", "1000"]));
+        fill(&redis, 20_000);
+        let home = TempDir::new().unwrap();
+        let root = home.path().join("store");
+        let store = format!("file://{}", root.display());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capsule"))
+            .args([
+                "--store",
+                &store,
+                "redis",
+                "--create",
+                "--redis-url",
+                &redis.url(),
+            ])
+            .current_dir(home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the capture is streaming (the server sees a replica).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replicas = redis.cmd(&[b"INFO", b"replication"]).text();
+            if replicas.contains("connected_slaves:1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica connected: {replicas}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (id, status) = only_status(&root).expect("a statefile");
+        assert_eq!(status, "running", "backup {id}");
+        assert!(!root.join(PREFIX).join(&id).join("dump.rdb.zst").exists());
+        // A later list shows it, never as finished.
+        let run = capsule(
+            &["--store", &store, "redis", "--list", "--json"],
+            &[],
+            home.path(),
+        )
+        .ok();
+        assert_ne!(entry(&run.json(), &id)["status"], "finished");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL: backups, restores and drills run now with --pg-url (or PG*)
+// ---------------------------------------------------------------------------
+
+mod pg {
+    use test_support::postgres::{PASSWORD, PASSWORD_USER, Postgres};
+
+    use super::*;
+
+    fn pg() -> &'static Postgres {
+        Postgres::shared()
+    }
+
+    /// libpq variables blanked, so a developer's environment cannot turn
+    /// a queued request into a run now (the CLI treats empty as unset).
+    const NO_LIBPQ: [(&str, &str); 5] = [
+        ("PGHOST", ""),
+        ("PGPORT", ""),
+        ("PGUSER", ""),
+        ("PGDATABASE", ""),
+        ("PGPASSWORD", ""),
+    ];
+
+    /// A new database holding two tables, a view, a sequence and non-ASCII
+    /// text; returns its name.
+    fn sample_db(prefix: &str) -> String {
+        let db = Postgres::unique_name(prefix);
+        pg().create_database(&db, None);
+        pg().psql(
+            &db,
+            "CREATE TABLE t (id int PRIMARY KEY, name text, data bytea);
+             INSERT INTO t SELECT i, 'Zoë ' || i, decode(md5(i::text), 'hex')
+               FROM generate_series(1, 500) i;
+             CREATE TABLE u (id bigserial PRIMARY KEY, t_id int REFERENCES t);
+             INSERT INTO u (t_id) SELECT 1 + i % 500 FROM generate_series(1, 1200) i;
+             CREATE VIEW v AS SELECT t_id, count(*) FROM u GROUP BY t_id;
+             CREATE SEQUENCE s START 40; SELECT setval('s', 42);",
+        );
+        db
+    }
+
+    fn counts(db: &str) -> String {
+        pg().psql(
+            db,
+            "SELECT (SELECT count(*) FROM t) || '/' || (SELECT count(*) FROM u) || '/' || \
+             (SELECT count(*) FROM v) || '/' || (SELECT last_value FROM s)",
+        )
+    }
+
+    /// The `error: ...` line, the only line on stderr apart from the
+    /// core's own warning about the failed job (logs are at `warn`).
+    fn error(run: &Run) -> &str {
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "expected one error line:\n{run:#?}");
+        let others = run
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("error: ") && !l.contains(" WARN "))
+            .count();
+        assert_eq!(others, 0, "unexpected stderr lines:\n{run:#?}");
+        errors[0]
+    }
+
+    fn statefile(t: &Target, id: &str) -> Value {
+        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
+    }
+
+    #[test]
+    fn create_verify_and_restore_run_now_with_a_url() {
+        let t = Target::file();
+        let db = sample_db("cli_pg");
+        let url = pg().url(&db);
+        let before = counts(&db);
+        assert_eq!(before, "500/1200/500/42");
+
+        // --create: the id on stdout, a summary on stderr.
+        let run = t.run_traced(&["pg", "--create", "--pg-url", &url]).ok();
+        let id = run.stdout.trim().to_string();
+        assert!(id.starts_with("postgresql-"), "{run:#?}");
+        assert!(
+            run.stderr.contains("2 tables (1700 rows), 2 sequences"),
+            "{run:#?}"
+        );
+        let sf = statefile(&t, &id);
+        assert_eq!(sf["status"], "finished");
+        assert_eq!(sf["engine"]["database"], db.as_str());
+        assert_eq!(sf["engine"]["fingerprint"]["counts"]["public.t"], 500);
+        assert_eq!(sf["engine"]["fingerprint"]["values"]["public.s"], "42");
+        let names: Vec<&str> = sf["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["roles.sql.zst", "dump.pgc.zst"]);
+        // --json: the statefile.
+        let run = t.run(&["pg", "--create", "--pg-url", &url, "--json"]).ok();
+        assert_eq!(run.json()["status"], "finished");
+
+        // --verify: every table compared, the result recorded.
+        let run = t
+            .run(&["pg", "--verify", "--id", &id, "--pg-url", &url])
+            .ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        for object in ["public.t ", "public.u ", "public.s ", "public.u_id_seq "] {
+            let line = run.stdout.lines().find(|l| l.starts_with(object));
+            assert!(
+                line.is_some_and(|l| l.ends_with(" ok")),
+                "{object}: {run:#?}"
+            );
+        }
+        assert_eq!(statefile(&t, &id)["verifications"][0]["status"], "passed");
+        assert!(
+            pg().databases_like(&format!("{db}__capsule_verify"))
+                .is_empty()
+        );
+
+        // --restore: refused without --yes and without a terminal, nothing changed.
+        pg().psql(&db, "DELETE FROM u WHERE id > 1000");
+        let run = t.run(&["pg", "--restore", "--id", &id, "--pg-url", &url]);
+        run.fails_with(2);
+        assert!(pg().databases_like(&format!("{db}__")).is_empty());
+        // Safe (default): restored beside, swapped, the previous one kept.
+        let run = t
+            .run(&["pg", "--restore", "--id", &id, "--pg-url", &url, "--yes"])
+            .ok();
+        assert!(run.stdout.contains("(safe-swap)"), "{run:#?}");
+        let prev = pg().databases_like(&format!("{db}__capsule_prev_"));
+        assert_eq!(prev.len(), 1, "{run:#?}");
+        assert!(
+            run.stdout.contains(&format!("kept as {}", prev[0])),
+            "{run:#?}"
+        );
+        assert!(run.stdout.contains("roles created: none"), "{run:#?}");
+        assert_eq!(counts(&db), before);
+        assert_eq!(
+            pg().psql(&prev[0], "SELECT count(*) FROM u"),
+            "1000",
+            "the previous database is kept as it was"
+        );
+        // --drop-previous: nothing kept.
+        let run = t
+            .run(&[
+                "pg",
+                "--restore",
+                "--id",
+                &id,
+                "--pg-url",
+                &url,
+                "--yes",
+                "--drop-previous",
+                "--json",
+            ])
+            .ok();
+        assert_eq!(run.json()["previousDatabase"], Value::Null);
+        assert_eq!(pg().databases_like(&format!("{db}__capsule_prev_")), prev);
+        // --target-db: a copy beside the live one.
+        let copy = format!("{db}_copy");
+        let run = t
+            .run(&[
+                "pg",
+                "--restore",
+                "--id",
+                &id,
+                "--pg-url",
+                &url,
+                "--yes",
+                "--target-db",
+                &copy,
+            ])
+            .ok();
+        assert!(
+            run.stdout.contains(&format!("/{copy} (target-db)")),
+            "{run:#?}"
+        );
+        assert_eq!(counts(&copy), before);
+        // ... refused when it exists.
+        let run = t
+            .run(&[
+                "pg",
+                "--restore",
+                "--id",
+                &id,
+                "--pg-url",
+                &url,
+                "--yes",
+                "--target-db",
+                &copy,
+            ])
+            .fails_with(1);
+        assert!(error(&run).contains("already exists"), "{run:#?}");
+        // --in-place: the legacy behaviour.
+        pg().psql(&db, "DELETE FROM u");
+        let run = t
+            .run(&[
+                "pg",
+                "--restore",
+                "--id",
+                &id,
+                "--pg-url",
+                &url,
+                "--yes",
+                "--in-place",
+            ])
+            .ok();
+        assert!(run.stdout.contains("(in-place)"), "{run:#?}");
+        assert_eq!(counts(&db), before);
+        let restores = &statefile(&t, &id)["restores"];
+        let modes: Vec<String> = restores
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["mode"].as_str().unwrap(),
+                    r["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                "safe-swap finished",
+                "safe-swap finished",
+                "target-db finished",
+                "target-db failed",
+                "in-place finished"
+            ]
+        );
+
+        // Conflicting or misplaced flags are usage errors.
+        for args in [
+            &["--in-place", "--target-db", "x"][..],
+            &["--in-place", "--drop-previous"],
+            &["--target-db", "x", "--drop-previous"],
+        ] {
+            let mut all = vec!["pg", "--restore", "--id", &id, "--pg-url", &url, "--yes"];
+            all.extend(args);
+            t.run(&all).fails_with(2);
+        }
+        let run = t
+            .run(&["pg", "--create", "--pg-url", &url, "--in-place"])
+            .fails_with(2);
+        assert!(
+            error(&run).contains("--in-place applies to --restore"),
+            "{run:#?}"
+        );
+
+        // Without connection settings: --create queues, --verify and the
+        // restore modes need them.
+        let run = t.run_env(&["pg", "--create"], &NO_LIBPQ).ok();
+        let queued = run.stdout.trim().to_string();
+        assert_eq!(statefile(&t, &queued)["status"], "requested");
+        let run = t
+            .run_env(&["pg", "--verify", "--id", &id], &NO_LIBPQ)
+            .fails_with(2);
+        assert!(error(&run).contains("--pg-url"), "{run:#?}");
+        t.run_env(
+            &["pg", "--restore", "--id", &id, "--in-place", "--yes"],
+            &NO_LIBPQ,
+        )
+        .fails_with(2);
+    }
+
+    #[test]
+    fn libpq_variables_are_connection_settings() {
+        let t = Target::file();
+        let db = sample_db("cli_pg_env");
+        let port = pg().port.to_string();
+        let env = [
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", port.as_str()),
+            ("PGUSER", PASSWORD_USER),
+            ("PGDATABASE", db.as_str()),
+            ("PGPASSWORD", PASSWORD),
+        ];
+        let run = t.run_env(&["pg", "--create"], &env).ok();
+        assert_no_secrets(&run, &[PASSWORD.to_string()]);
+        let id = run.stdout.trim().to_string();
+        let sf = statefile(&t, &id);
+        assert_eq!(sf["status"], "finished", "{run:#?}");
+        assert_eq!(sf["engine"]["database"], db.as_str());
+        assert!(!sf.to_string().contains(PASSWORD));
+        let run = t.run_env(&["pg", "--verify", "--id", &id], &env).ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        // A --pg-url wins over the variables.
+        let other = sample_db("cli_pg_env_other");
+        let run = t
+            .run_env(&["pg", "--create", "--pg-url", &pg().url(&other)], &env)
+            .ok();
+        let sf = statefile(&t, run.stdout.trim());
+        assert_eq!(sf["engine"]["database"], other.as_str());
+    }
+
+    #[test]
+    fn passwords_never_show_and_errors_are_one_line() {
+        let t = Target::file();
+        let db = sample_db("cli_pg_pw");
+        let good = pg().url_with_password(&db, PASSWORD);
+        let secrets = [PASSWORD.to_string(), "Wr0ng-Pg-Secret-7".to_string()];
+
+        // The right password, with every library's logs on: never printed.
+        let run = t.run_traced(&["pg", "--create", "--pg-url", &good]).ok();
+        assert_no_secrets(&run, &secrets);
+        let id = run.stdout.trim().to_string();
+        assert!(!statefile(&t, &id).to_string().contains(PASSWORD));
+        let run = t
+            .run_traced(&["pg", "--verify", "--id", &id, "--pg-url", &good])
+            .ok();
+        assert_no_secrets(&run, &secrets);
+        let run = t
+            .run_traced(&["pg", "--restore", "--id", &id, "--pg-url", &good, "--yes"])
+            .ok();
+        assert_no_secrets(&run, &secrets);
+
+        // A wrong password: one line naming the server, exit 1.
+        let bad = pg().url_with_password(&db, "Wr0ng-Pg-Secret-7");
+        for action in [
+            vec!["pg", "--create", "--pg-url", &bad],
+            vec!["pg", "--verify", "--id", &id, "--pg-url", &bad],
+            vec!["pg", "--restore", "--id", &id, "--pg-url", &bad, "--yes"],
+        ] {
+            let run = t.run(&action).fails_with(1);
+            assert_no_secrets(&run, &secrets);
+            let line = error(&run);
+            assert!(
+                line.contains("password authentication failed") && line.contains("127.0.0.1"),
+                "{line}"
+            );
+            let run = t.run_traced(&action).fails_with(1);
+            assert_no_secrets(&run, &secrets);
+        }
+        // ... also from PGPASSWORD.
+        let plain = format!("postgres://{PASSWORD_USER}@127.0.0.1:{}/{db}", pg().port);
+        let run = t
+            .run_env(
+                &["pg", "--create", "--pg-url", &plain],
+                &[("PGPASSWORD", "Wr0ng-Pg-Secret-7"), ("RUST_LOG", "trace")],
+            )
+            .fails_with(1);
+        assert_no_secrets(&run, &secrets);
+        // A passfile (0600) supplies it when the URL has none.
+        let passfile = t.dir.path().join("pgpass");
+        std::fs::write(&passfile, format!("*:*:*:{PASSWORD_USER}:{PASSWORD}\n")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let run = t
+            .run_env(
+                &["pg", "--create", "--pg-url", &plain],
+                &[
+                    ("PGPASSFILE", passfile.to_str().unwrap()),
+                    ("RUST_LOG", "trace"),
+                ],
+            )
+            .ok();
+        assert_no_secrets(&run, &secrets);
+
+        // A malformed URL: a usage error naming the flag, without the password.
+        let run = t
+            .run(&[
+                "pg",
+                "--create",
+                "--pg-url",
+                "postgres://u:Wr0ng-Pg-Secret-7@host:notaport/x",
+            ])
+            .fails_with(2);
+        assert!(error(&run).starts_with("error: --pg-url: "), "{run:#?}");
+        assert_no_secrets(&run, &secrets);
+        // An unreachable server: one line, exit 1.
+        let run = t
+            .run(&[
+                "pg",
+                "--create",
+                "--pg-url",
+                "postgres://postgres@127.0.0.1:1/x",
+            ])
+            .fails_with(1);
+        assert!(error(&run).contains("127.0.0.1:1"), "{run:#?}");
+        // A missing backup.
+        let run = t
+            .run(&[
+                "pg",
+                "--verify",
+                "--id",
+                "postgresql-AAAAAAAAAAAAAAAAAAAAAA",
+                "--pg-url",
+                &good,
+            ])
+            .fails_with(1);
+        assert!(error(&run).contains("not found"), "{run:#?}");
+        assert_no_secrets(&run, &secrets);
+    }
+
+    #[test]
+    fn a_failed_drill_names_the_tables_and_exits_1() {
+        let t = Target::file();
+        let db = sample_db("cli_pg_drill");
+        let url = pg().url(&db);
+        let id = t
+            .run(&["pg", "--create", "--pg-url", &url])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        // Pretend the backup saw other counts than its dump holds.
+        let key = format!("{id}/statefile.json");
+        let mut sf: Value = serde_json::from_slice(&t.get(&key)).unwrap();
+        sf["engine"]["fingerprint"]["counts"]["public.t"] = 501.into();
+        sf["engine"]["fingerprint"]["counts"]["public.u"] = 1199.into();
+        t.put(&key, serde_json::to_vec(&sf).unwrap());
+
+        let run = t
+            .run(&["pg", "--verify", "--id", &id, "--pg-url", &url])
+            .fails_with(1);
+        let line = error(&run);
+        assert!(
+            line.contains("verification failed")
+                && line.contains("public.t: expected 501, found 500")
+                && line.contains("public.u: expected 1199, found 1200"),
+            "{line}"
+        );
+        let t_line = run.stdout.lines().find(|l| l.starts_with("public.t "));
+        assert!(t_line.is_some_and(|l| l.contains("MISMATCH")), "{run:#?}");
+        let sf = statefile(&t, &id);
+        assert_eq!(sf["verifications"][0]["status"], "failed");
+        assert!(
+            pg().databases_like(&format!("{db}__capsule_verify"))
+                .is_empty()
+        );
+        // --json: the comparison.
+        let run = t
+            .run(&["pg", "--verify", "--id", &id, "--pg-url", &url, "--json"])
+            .fails_with(1);
+        assert_eq!(run.json()["mismatches"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_legacy_backup_restores_from_the_cli() {
+        let t = Target::file();
+        let db = Postgres::unique_name("cli_legacy");
+        let url = pg().url(&db);
+        let run = t
+            .run(&[
+                "pg",
+                "--restore",
+                "--id",
+                FINISHED,
+                "--pg-url",
+                &url,
+                "--yes",
+            ])
+            .ok();
+        assert!(
+            run.stdout.contains(&format!("/{db} (safe-swap)")),
+            "{run:#?}"
+        );
+        assert_eq!(
+            pg().psql(
+                &db,
+                "SELECT (SELECT count(*) FROM users) || '/' || (SELECT count(*) FROM projects) \
+                 || '/' || (SELECT count(*) FROM experiments) || '/' || \
+                 (SELECT count(*) FROM project_stats)"
+            ),
+            "500/1200/20000/1200"
+        );
+        // The legacy statefile keeps its format, with the restore appended.
+        let sf = statefile(&t, FINISHED);
+        assert_eq!(sf["statefileVersion"], "v1alpha1");
+        assert_eq!(sf["restores"].as_array().unwrap().len(), 2);
+        // A drill of a backup without a fingerprint: restores, compares nothing.
+        let run = t
+            .run(&["pg", "--verify", "--id", FINISHED, "--pg-url", &url])
+            .ok();
+        assert!(run.stdout.contains("nothing was compared"), "{run:#?}");
+    }
+}

@@ -17,6 +17,9 @@
 //!   implement; [`run_backup`] drives one into a store, [`run_restore`]
 //!   back out of it and [`run_verify`] runs a restore drill; each records
 //!   its outcome in the statefile.
+//! - Scheduling ([`periodic_due`], [`plan_rotation`]): pure decisions with
+//!   an injected `now`; [`Leases`]: who runs a job, via conditional writes
+//!   in the bucket, so several daemons can share one.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -40,10 +43,12 @@ mod catalog;
 mod engine;
 mod error;
 mod id;
+mod lease;
 mod period;
 pub mod pipeline;
 mod progress;
 mod restore;
+mod schedule;
 pub mod statefile;
 mod status;
 
@@ -58,9 +63,16 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use id::{BACKUP_ID_RANDOM_LEN, BackupId, ServiceType};
+pub use lease::{
+    Acquisition, LEASE_V1, LEASES_DIR, Lease, LeaseHolder, LeaseRecord, Leases, Renewal,
+};
 pub use period::Period;
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport, VerifyReport, run_restore, run_verify};
+pub use schedule::{
+    Due, DuePolicy, DueReason, RotationDecision, RotationPlan, RotationPolicy, RotationReason,
+    is_abandoned, periodic_due, plan_rotation,
+};
 pub use statefile::{
     Artifact, ArtifactRole, Compression, EngineInfo, Fingerprint, LegacyInfo, Owner, RequestType,
     Restore, Schedule, ServiceIdentity, Statefile, Verification, VerificationStatus,

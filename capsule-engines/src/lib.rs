@@ -1,14 +1,48 @@
 //! # capsule-engines
 //!
 //! The database engines of capsule, each implementing
-//! [`capsule_core::Engine`]: `postgresql`, `redis` and `elasticsearch`
-//! modules land with their own issues. This crate holds no domain logic of
-//! its own beyond driving each database's tools and protocols.
+//! [`capsule_core::Engine`]:
 //!
+//! - [`postgresql`]: [`PgEngine`] built from [`PgOptions`] (a
+//!   [`PgConnection`] from a `postgres://` URL or the libpq `PG*`
+//!   variables, plus the [`PgRestoreMode`]). Backs up roles and a
+//!   custom-format `pg_dump` streamed through the core's pipeline, with a
+//!   fingerprint taken in the dump's snapshot; restores safely beside the
+//!   live database and swaps; runs restore drills.
+//!
+//! `redis` and `elasticsearch` land with their own issues. This crate
+//! holds no domain logic of its own beyond driving each database's tools
+//! and protocols: the core's [`run_backup`](capsule_core::run_backup),
+//! [`run_restore`](capsule_core::run_restore) and
+//! [`run_verify`](capsule_core::run_verify) drive an engine and record
+//! every outcome in the statefile.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_core::{run_backup, run_restore, BackupOptions, Catalog, JobContext, NoProgress, RestoreOptions};
+//! use capsule_engines::{PgEngine, PgOptions};
+//! use capsule_store::Store;
+//!
+//! let catalog = Catalog::new(Store::from_url("file:///var/backups")?.with_prefix("cnvrg-smart-backups")?);
+//! let engine = PgEngine::new(PgOptions::from_url("postgres://app@127.0.0.1:5432/app")?);
+//! let ctx = JobContext::new(&NoProgress);
+//!
+//! let report = run_backup(&catalog, &engine, BackupOptions::default(), &ctx).await?;
+//! let id = report.statefile.backup_id.to_string();
+//! // Restores beside the live database, then swaps names (the default, safe mode).
+//! run_restore(&catalog, &engine, &id, RestoreOptions::default(), &ctx).await?;
+//! # Ok(()) }
 //! ```
-//! // Engines are used through the core's object-safe trait:
-//! fn label(engine: &dyn capsule_core::Engine) -> String {
-//!     engine.to_string()
-//! }
-//! # let _ = label;
-//! ```
+
+pub mod postgresql;
+
+pub use postgresql::{PgConnection, PgEngine, PgOptions, PgRestoreMode, PgRestoreReport};
+
+pub mod elasticsearch;
+
+pub use elasticsearch::{EsConnection, EsEngine, EsOptions, EsRename, EsRestoreReport};
+
+pub mod redis;
+
+pub use redis::{RedisCapture, RedisConnection, RedisEngine, RedisOptions, RedisRestoreReport};

@@ -7,6 +7,8 @@
 
 pub mod azurite;
 pub mod fixtures;
+pub mod opensearch;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod seaweedfs;

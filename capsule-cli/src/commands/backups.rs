@@ -108,16 +108,7 @@ impl Ctx<'_> {
             .ping()
             .await
             .context("checking the store before queueing a backup request")?;
-        let (namespace, name) = match self.args.service.as_deref().and_then(|s| s.split_once('/')) {
-            Some((ns, name)) => (Some(ns.to_string()), Some(name.to_string())),
-            None => (None, None),
-        };
-        let service = ServiceIdentity {
-            cluster: self.args.cluster.clone(),
-            namespace,
-            name,
-            ..Default::default()
-        };
+        let service = service_identity(self.args)?;
         let sf = self
             .catalog
             .request_backup(self.service_type, service, &self.args.description)
@@ -257,33 +248,110 @@ impl Ctx<'_> {
     /// terminal among this service type's backups (only those with
     /// `status` when given).
     async fn backup_id(&self, prompt: &str, status: Option<&str>) -> Result<String> {
-        if let Some(id) = &self.args.id {
-            return check_id(id, self.service_type);
-        }
-        if !picker::interactive() {
-            return Err(
-                UsageError::new("no --id given and no terminal to pick from: pass --id").into(),
-            );
-        }
-        let mut filter = ListFilter::default().with_service_type(self.service_type);
-        if let Some(s) = status {
-            filter = filter.with_status(s);
-        }
-        let entries = self.catalog.list(&filter).await?;
-        if entries.is_empty() {
-            anyhow::bail!(
-                "no {}{} backups in {} to pick from",
-                status.map(|s| format!("{s} ")).unwrap_or_default(),
-                self.service_type,
-                self.url()
-            );
-        }
-        picker::pick(prompt, &entries)?.ok_or_else(|| anyhow::anyhow!("no backup picked"))
+        backup_id(
+            self.catalog,
+            self.service_type,
+            self.args.id.as_deref(),
+            prompt,
+            status,
+        )
+        .await
     }
 }
 
+/// The backup to act on: `id` (checked against `service_type`), else one
+/// picked on the terminal among `service_type`'s backups in `catalog`
+/// (only those with `status` when given).
+///
+/// # Errors
+/// [`UsageError`] for a malformed id or one of another service type, or
+/// no id and no terminal; the store's errors while listing.
+pub(crate) async fn backup_id(
+    catalog: &Catalog,
+    service_type: ServiceType,
+    id: Option<&str>,
+    prompt: &str,
+    status: Option<&str>,
+) -> Result<String> {
+    if let Some(id) = id {
+        return check_id(id, service_type);
+    }
+    if !picker::interactive() {
+        return Err(
+            UsageError::new("no --id given and no terminal to pick from: pass --id").into(),
+        );
+    }
+    let mut filter = ListFilter::default().with_service_type(service_type);
+    if let Some(s) = status {
+        filter = filter.with_status(s);
+    }
+    let entries = catalog.list(&filter).await?;
+    if entries.is_empty() {
+        anyhow::bail!(
+            "no {}{} backups in {} to pick from",
+            status.map(|s| format!("{s} ")).unwrap_or_default(),
+            service_type,
+            catalog.store().url()
+        );
+    }
+    picker::pick(prompt, &entries)?.ok_or_else(|| anyhow::anyhow!("no backup picked"))
+}
+
+/// Runs `job`, cancelling it on ctrl-c: the core stops the engine (its
+/// tools are killed) and marks the statefile; the error exits 130.
+///
+/// # Errors
+/// The job's error; [`Interrupted`] (with what was cancelled) on ctrl-c.
+pub(crate) async fn cancellable<T>(
+    ctx: &capsule_core::JobContext<'_>,
+    job: impl std::future::Future<Output = capsule_core::Result<T>>,
+) -> Result<T> {
+    let cancel = ctx.cancel.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let result = job.await;
+    watcher.abort();
+    match result {
+        Err(capsule_core::Error::Cancelled(what)) => {
+            Err(anyhow::Error::new(Interrupted).context(format!("{what}: cancelled")))
+        }
+        r => Ok(r?),
+    }
+}
+
+/// The service recorded with `--create`: `--cluster` and `--service`
+/// (namespace/name).
+///
+/// # Errors
+/// [`UsageError`] when `--service` is not `namespace/name`.
+pub(crate) fn service_identity(args: &ServiceArgs) -> Result<ServiceIdentity> {
+    let (namespace, name) = match args.service.as_deref() {
+        Some(s) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                (Some(ns.to_string()), Some(name.to_string()))
+            }
+            _ => {
+                return Err(UsageError::new(format!(
+                    "invalid --service {s:?}: expected namespace/name"
+                ))
+                .into());
+            }
+        },
+        None => (None, None),
+    };
+    Ok(ServiceIdentity {
+        cluster: args.cluster.clone(),
+        namespace,
+        name,
+        ..Default::default()
+    })
+}
+
 /// Without a terminal to ask on, `action` needs `--yes`: a usage error.
-fn can_confirm(action: &str) -> Result<()> {
+pub(crate) fn can_confirm(action: &str) -> Result<()> {
     if picker::interactive() {
         Ok(())
     } else {
@@ -295,7 +363,7 @@ fn can_confirm(action: &str) -> Result<()> {
 }
 
 /// Asks `prompt`; a "no" fails the command, changing nothing.
-fn ask(action: &str, prompt: &str) -> Result<()> {
+pub(crate) fn ask(action: &str, prompt: &str) -> Result<()> {
     if picker::confirm(prompt)? {
         Ok(())
     } else {

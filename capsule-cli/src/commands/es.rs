@@ -1,20 +1,257 @@
 //! `capsule es`: the common actions, and (with connection settings) the
-//! ones that run the engine now.
+//! ones that run the engine now: `--create` backs up, `--restore`
+//! restores, `--verify` runs a restore drill.
 
 use anyhow::Result;
-use capsule_core::ServiceType;
+use capsule_core::{
+    BackupId, BackupOptions, Catalog, Error, Fingerprint, JobContext, ListFilter, RestoreOptions,
+    ServiceIdentity, ServiceType, Statefile, run_backup, run_restore, run_verify,
+};
+use capsule_engines::{EsEngine, EsOptions};
 
 use super::backups;
-use crate::args::{Action, EsArgs, GlobalArgs};
-use crate::exit::UsageError;
+use crate::args::{Action, EsArgs, GlobalArgs, ServiceArgs};
+use crate::exit::{Interrupted, UsageError};
+use crate::{output, picker, progress, store_args};
 
 /// Runs `capsule es`.
 ///
 /// # Errors
-/// As [`backups::run`]; a usage error for `--verify` without connection settings.
+/// As [`backups::run`]; a usage error for `--verify` without connection
+/// settings or a bad flag value; the engine's errors when it runs now.
 pub async fn run(g: &GlobalArgs, args: &EsArgs) -> Result<()> {
-    if args.common.action() == Action::Verify && !args.engine.has_connection() {
-        return Err(UsageError::new("--verify needs connection settings (--es-url)").into());
+    let action = args.common.action();
+    let options = args.engine.options()?;
+    let Some(options) = options else {
+        if action == Action::Verify {
+            return Err(UsageError::new("--verify needs connection settings (--es-url)").into());
+        }
+        return backups::run(g, ServiceType::Elasticsearch, &args.common).await;
+    };
+    let now = Now {
+        g,
+        args: &args.common,
+        catalog: Catalog::new(store_args::build(g)?),
+    };
+    match action {
+        Action::Create => now.backup(options).await,
+        Action::Restore => now.restore(options).await,
+        Action::Verify => now.verify(options).await,
+        _ => backups::run(g, ServiceType::Elasticsearch, &args.common).await,
     }
-    backups::run(g, ServiceType::Elasticsearch, &args.common).await
+}
+
+/// The actions that run the engine in this process.
+struct Now<'a> {
+    g: &'a GlobalArgs,
+    args: &'a ServiceArgs,
+    catalog: Catalog,
+}
+
+impl Now<'_> {
+    async fn backup(&self, options: EsOptions) -> Result<()> {
+        let (namespace, name) = match self.args.service.as_deref().map(|s| s.split_once('/')) {
+            Some(Some((ns, n))) if !ns.is_empty() && !n.is_empty() => {
+                (Some(ns.to_string()), Some(n.to_string()))
+            }
+            Some(_) => {
+                return Err(UsageError::new("invalid --service: expected namespace/name").into());
+            }
+            None => (None, None),
+        };
+        let engine = EsEngine::new(options.with_service(ServiceIdentity {
+            cluster: self.args.cluster.clone(),
+            namespace,
+            name,
+            ..Default::default()
+        }));
+        let mut backup = BackupOptions::default().with_description(&self.args.description);
+        if let Some(c) = &self.args.cluster {
+            backup = backup.with_cluster(c);
+        }
+        let progress = progress::for_output(self.g.json);
+        let ctx = JobContext::new(progress.as_ref());
+        let report = cancellable(&ctx, run_backup(&self.catalog, &engine, backup, &ctx)).await?;
+        let sf = &report.statefile;
+        if self.g.json {
+            output::json(&sf.to_display_json())?;
+            return Ok(());
+        }
+        output::out(sf.backup_id.as_str())?;
+        let fp = sf
+            .engine
+            .as_ref()
+            .and_then(|e| e.fingerprint.clone())
+            .unwrap_or_default();
+        output::note(&format!(
+            "backup {} finished: {} from {engine}, {}{}",
+            sf.backup_id,
+            counts(&fp),
+            sf.size_bytes()
+                .map(output::size)
+                .unwrap_or_else(|| "-".into()),
+            sf.duration()
+                .map(|d| format!(" in {}", output::duration(d)))
+                .unwrap_or_default()
+        ));
+        Ok(())
+    }
+
+    async fn restore(&self, options: EsOptions) -> Result<()> {
+        let id = self.backup_id("Restore which backup?").await?;
+        let engine = EsEngine::new(options);
+        if !self.g.yes {
+            if !picker::interactive() {
+                return Err(UsageError::new(
+                    "refusing to restore without confirmation and no terminal to ask on: pass --yes",
+                )
+                .into());
+            }
+            let sf = self.catalog.describe(&id).await?;
+            let prompt = format!(
+                "Restore backup {id} ({}, {}) into {engine}{}?",
+                describe(&sf),
+                output::date(sf.requested_at),
+                if engine.options().replace {
+                    ", replacing existing indices"
+                } else {
+                    ""
+                }
+            );
+            if !picker::confirm(&prompt)? {
+                anyhow::bail!("restore cancelled: nothing was changed");
+            }
+        }
+        let progress = progress::for_output(self.g.json);
+        let ctx = JobContext::new(progress.as_ref());
+        let mut opts = RestoreOptions::default();
+        if let Some(c) = &self.args.cluster {
+            opts = opts.with_cluster(c);
+        }
+        let report =
+            cancellable(&ctx, run_restore(&self.catalog, &engine, &id, opts, &ctx)).await?;
+        let fp = report.outcome.fingerprint.clone().unwrap_or_default();
+        if self.g.json {
+            output::json(&serde_json::json!({
+                "backupId": id,
+                "target": report.outcome.target,
+                "mode": report.outcome.mode,
+                "counts": fp.counts,
+            }))?;
+        } else {
+            output::out(&format!(
+                "restored backup {id} into {} ({}): {}",
+                report.outcome.target,
+                report.outcome.mode,
+                counts(&fp)
+            ))?;
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, options: EsOptions) -> Result<()> {
+        let id = self.backup_id("Verify which backup?").await?;
+        let engine = EsEngine::new(options);
+        let progress = progress::for_output(self.g.json);
+        let ctx = JobContext::new(progress.as_ref());
+        let report = cancellable(&ctx, run_verify(&self.catalog, &engine, &id, &ctx)).await?;
+        let v = &report.verification;
+        if self.g.json {
+            output::json(&serde_json::to_value(v)?)?;
+            return Ok(());
+        }
+        let fp = report.fingerprint.unwrap_or_default();
+        output::out(&format!(
+            "backup {id}: verification {}{}: {}",
+            if report.compared {
+                "passed"
+            } else {
+                "passed (nothing recorded to compare)"
+            },
+            v.duration_ms
+                .map(|ms| format!(
+                    " in {}",
+                    output::duration(chrono::Duration::milliseconds(ms as i64))
+                ))
+                .unwrap_or_default(),
+            counts(&fp)
+        ))?;
+        Ok(())
+    }
+
+    /// `--id` (checked), else one finished backup picked on the terminal.
+    async fn backup_id(&self, prompt: &str) -> Result<String> {
+        if let Some(id) = &self.args.id {
+            let parsed: BackupId = id
+                .parse()
+                .map_err(|e| UsageError::new(format!("--id: {e}")))?;
+            if parsed.service_type() != ServiceType::Elasticsearch {
+                return Err(UsageError::new(format!(
+                    "--id {id} is a {} backup: use `capsule {}`",
+                    parsed.service_type(),
+                    parsed.service_type().short_name()
+                ))
+                .into());
+            }
+            return Ok(parsed.to_string());
+        }
+        if !picker::interactive() {
+            return Err(
+                UsageError::new("no --id given and no terminal to pick from: pass --id").into(),
+            );
+        }
+        let filter = ListFilter::default()
+            .with_service_type(ServiceType::Elasticsearch)
+            .with_status("finished");
+        let entries = self.catalog.list(&filter).await?;
+        if entries.is_empty() {
+            anyhow::bail!(
+                "no finished elasticsearch backups in {} to pick from",
+                self.catalog.store().url()
+            );
+        }
+        picker::pick(prompt, &entries)?.ok_or_else(|| anyhow::anyhow!("no backup picked"))
+    }
+}
+
+/// Runs `job`, cancelling it on ctrl-c (the core marks the statefile).
+async fn cancellable<T>(
+    ctx: &JobContext<'_>,
+    job: impl std::future::Future<Output = capsule_core::Result<T>>,
+) -> Result<T> {
+    let cancel = ctx.cancel.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let result = job.await;
+    watcher.abort();
+    match result {
+        Err(Error::Cancelled(what)) => {
+            Err(anyhow::Error::new(Interrupted).context(format!("{what}: cancelled")))
+        }
+        r => Ok(r?),
+    }
+}
+
+/// `3 indices, 1200 documents`.
+fn counts(fp: &Fingerprint) -> String {
+    let docs: u64 = fp.counts.values().sum();
+    format!(
+        "{} ind{}, {docs} document{}",
+        fp.counts.len(),
+        if fp.counts.len() == 1 { "ex" } else { "ices" },
+        if docs == 1 { "" } else { "s" }
+    )
+}
+
+/// `finished, 3 indices` for the confirmation prompt.
+fn describe(sf: &Statefile) -> String {
+    let fp = sf
+        .engine
+        .as_ref()
+        .and_then(|e| e.fingerprint.clone())
+        .unwrap_or_default();
+    format!("{}, {}", sf.status, counts(&fp))
 }

@@ -4,6 +4,7 @@ mod backups;
 mod es;
 mod pg;
 mod redis;
+pub mod start;
 
 use anyhow::Result;
 use clap::CommandFactory;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pg(args) => pg::run(&cli.global, args).await,
         Command::Redis(args) => redis::run(&cli.global, args).await,
         Command::Es(args) => es::run(&cli.global, args).await,
+        Command::Start(args) => start::run(&cli.global, args).await,
     }
 }
 

@@ -1,14 +1,93 @@
 //! Elasticsearch flags.
 
+use std::path::PathBuf;
+
+use anyhow::Result;
+use capsule_engines::elasticsearch::{EsConnection, LEGACY_URL_KEY};
+use capsule_engines::{EsOptions, EsRename};
 use clap::Args;
 
-/// Elasticsearch connection and restore settings.
+use crate::exit::UsageError;
+
+/// Elasticsearch/OpenSearch connection and restore settings.
 #[derive(Debug, Args, Default)]
-pub struct EsEngineArgs {}
+pub struct EsEngineArgs {
+    /// The server: http(s)://[user:password@]host:port. With it, --create,
+    /// --restore and --verify run now (else they are queued for a daemon).
+    /// Falls back to ELASTICSEARCH_URL; the user and password to
+    /// ES_USERNAME/ES_PASSWORD, then CNVRG_ES_USER/CNVRG_ES_PASS.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CNVRG_CAPSULE_ES_URL",
+        hide_env_values = true
+    )]
+    pub es_url: Option<String>,
+    /// Index patterns, comma-separated (`logs-*,-logs-old,users`). Default:
+    /// at backup every index but system (`.`) and hidden ones, at restore
+    /// every index of the backup.
+    #[arg(long, value_name = "PATTERNS")]
+    pub indices: Option<String>,
+    /// Restore under other names: 'regex:replacement', e.g.
+    /// 'logs-(.+):restored-logs-$1' (aliases are renamed alike).
+    #[arg(long, value_name = "PATTERN:REPLACEMENT")]
+    pub rename: Option<String>,
+    /// Restore over existing indices of the same names (they are deleted
+    /// first) and overwrite templates that differ.
+    #[arg(long)]
+    pub replace: bool,
+    /// Parallel scroll slices per index at backup (default: automatic).
+    #[arg(long, value_name = "N")]
+    pub slices: Option<usize>,
+    /// Extra CA certificates (PEM) trusted for https.
+    #[arg(long, value_name = "FILE", env = "CNVRG_CAPSULE_ES_CA_CERT")]
+    pub es_ca_cert: Option<PathBuf>,
+    /// Accept any TLS certificate (testing only).
+    #[arg(long)]
+    pub es_insecure: bool,
+}
 
 impl EsEngineArgs {
-    /// Whether connection settings were given (run now rather than queue).
-    pub fn has_connection(&self) -> bool {
-        false
+    /// The server URL: `--es-url` (or `CNVRG_CAPSULE_ES_URL`), else the
+    /// legacy `ELASTICSEARCH_URL`.
+    fn url(&self) -> Option<String> {
+        self.es_url
+            .clone()
+            .or_else(|| std::env::var(LEGACY_URL_KEY).ok())
+            .filter(|u| !u.trim().is_empty())
+    }
+
+    /// The engine's options, `None` without connection settings.
+    ///
+    /// # Errors
+    /// [`UsageError`] for a malformed URL or `--rename`, or `--slices 0`.
+    pub fn options(&self) -> Result<Option<EsOptions>> {
+        let Some(url) = self.url() else {
+            return Ok(None);
+        };
+        let mut connection = EsConnection::from_url(&url)
+            .map_err(|e| UsageError::new(format!("--es-url: {e}")))?
+            .with_credentials_from(|k| std::env::var(k).ok())
+            .with_insecure(self.es_insecure);
+        if let Some(ca) = &self.es_ca_cert {
+            connection = connection.with_ca_cert(ca);
+        }
+        let mut options = EsOptions::new(connection).with_replace(self.replace);
+        if let Some(indices) = &self.indices {
+            options = options.with_indices(indices);
+        }
+        if let Some(rule) = &self.rename {
+            let rename: EsRename = rule
+                .parse()
+                .map_err(|e| UsageError::new(format!("--rename: {e}")))?;
+            options = options.with_rename(rename);
+        }
+        if let Some(n) = self.slices {
+            if n == 0 {
+                return Err(UsageError::new("--slices must be at least 1").into());
+            }
+            options = options.with_slices(n);
+        }
+        Ok(Some(options))
     }
 }

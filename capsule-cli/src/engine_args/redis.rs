@@ -1,14 +1,93 @@
 //! Redis flags.
 
+use std::path::PathBuf;
+
+use anyhow::Result;
+use capsule_engines::{RedisCapture, RedisConnection, RedisOptions};
 use clap::Args;
+
+use crate::exit::UsageError;
+
+/// The legacy service secret's URL key, read when no `--redis-url` is given.
+const LEGACY_URL_KEY: &str = "REDIS_URL";
 
 /// Redis connection and restore settings.
 #[derive(Debug, Args, Default)]
-pub struct RedisEngineArgs {}
+pub struct RedisEngineArgs {
+    /// The server: redis://[[user]:password@]host[:port][/db], rediss://
+    /// for TLS (?cacert=FILE to trust a private authority). With it,
+    /// --create, --restore and --verify run now (else they are queued for a
+    /// daemon). Falls back to REDIS_URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CNVRG_CAPSULE_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// The password, when the URL holds none.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "CNVRG_REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_password: Option<String>,
+    /// How --create captures: auto (replication, else SCAN + DUMP),
+    /// replication, or scan.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub redis_capture: String,
+    /// Empty the target (FLUSHALL) before --restore; without it, keys in
+    /// the backup replace theirs and other keys stay.
+    #[arg(long)]
+    pub flush: bool,
+    /// A scratch Redis for --verify, flushed before and after (default: a
+    /// redis-server started on a free loopback port).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CNVRG_CAPSULE_REDIS_VERIFY_URL",
+        hide_env_values = true
+    )]
+    pub verify_url: Option<String>,
+    /// The redis-server binary for --verify drills.
+    #[arg(long, value_name = "FILE")]
+    pub redis_server: Option<PathBuf>,
+}
 
 impl RedisEngineArgs {
-    /// Whether connection settings were given (run now rather than queue).
-    pub fn has_connection(&self) -> bool {
-        false
+    fn url(&self) -> Option<String> {
+        self.redis_url
+            .clone()
+            .or_else(|| std::env::var(LEGACY_URL_KEY).ok())
+            .filter(|u| !u.trim().is_empty())
+    }
+
+    /// The engine's options, `None` without connection settings.
+    ///
+    /// # Errors
+    /// [`UsageError`] for a malformed URL or capture mode.
+    pub fn options(&self) -> Result<Option<RedisOptions>> {
+        let Some(url) = self.url() else {
+            return Ok(None);
+        };
+        let connection = RedisConnection::from_legacy_secret(&url, self.redis_password.as_deref())
+            .map_err(|e| UsageError::new(format!("--redis-url: {e}")))?;
+        let capture: RedisCapture = self
+            .redis_capture
+            .parse()
+            .map_err(|e| UsageError::new(format!("--redis-capture: {e}")))?;
+        let mut options = RedisOptions::new(connection)
+            .with_capture(capture)
+            .with_flush(self.flush);
+        if let Some(v) = &self.verify_url {
+            let scratch = RedisConnection::from_url(v)
+                .map_err(|e| UsageError::new(format!("--verify-url: {e}")))?;
+            options = options.with_verify_connection(scratch);
+        }
+        if let Some(bin) = &self.redis_server {
+            options = options.with_redis_server(bin);
+        }
+        Ok(Some(options))
     }
 }

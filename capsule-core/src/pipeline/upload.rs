@@ -124,6 +124,12 @@ where
                 enc.include_checksum(true)?;
                 if workers > 0 {
                     enc.multithread(workers)?;
+                    // zstd's default job at level 3 is 8 MiB, and it keeps
+                    // several jobs' input and output buffers per worker:
+                    // ~95 MiB RSS with 2 workers on incompressible data.
+                    // 1 MiB jobs cost no measurable speed or ratio
+                    // (capsule-bench rss, docs/benchmarks.md).
+                    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(CHUNK as u32))?;
                 }
                 io::copy(&mut input, &mut enc)?;
                 enc.finish()?;

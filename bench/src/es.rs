@@ -1,0 +1,716 @@
+//! Benchmark: the Elasticsearch/OpenSearch engine against the server's own
+//! ceilings and elasticdump, on one osmem-server, in one run.
+//!
+//! - Data: `--es-docs` documents of about 1 KiB (ids, keywords, a long
+//!   beyond 2^53, a date, a title and a ~180-byte message as analysed
+//!   text, a ~500-byte payload with floats stored but not indexed), in one
+//!   index with explicit mappings.
+//! - `_bulk` ceiling: a bare client (reqwest) sending pre-built bodies of
+//!   2000 documents with 4 requests in flight (capsule's defaults) into an
+//!   index created like capsule's restore creates one (replicas 0, refresh
+//!   off).
+//! - Sliced-scroll ceiling: a bare client reading every page of 1000
+//!   documents (capsule's default) with 1, 2 and 4 slices, parsing only the
+//!   scroll id and the number of hits; the best is the ceiling.
+//! - capsule: a child process (`capsule-bench es-child`, this binary) runs
+//!   `run_backup` / `run_restore` with the engine's and pipeline's defaults
+//!   into a `file://` store and reports its time and peak RSS (`VmHWM`).
+//! - elasticdump 6.125.1 (`bench/setup.sh`): `--type=data --limit=1000`
+//!   into a file, with `track_total_hits` in its search body (else it
+//!   stops at the 10,000 hits the server reports by default).
+//!
+//! Runs are interleaved (ceiling, capsule, elasticdump, then again), the
+//! median of `--runs` is reported, with the CPU seconds of the client, the
+//! server and everything else.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use capsule_core::{BackupOptions, Catalog, JobContext, NoProgress, RestoreOptions};
+use capsule_engines::{EsEngine, EsOptions};
+use capsule_store::Store;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use test_support::opensearch::OpenSearch;
+
+use crate::data::WyRand;
+use crate::measure::{CpuMeter, CpuUse, MIB, median, self_status_kib, wait_for_quiet};
+use crate::table::{Table, num, pct, verdict};
+
+const SOURCE: &str = "bench-src";
+const EXPORT_VS_ELASTICDUMP: f64 = 3.0;
+const EXPORT_VS_CEILING: f64 = 0.80;
+const IMPORT_VS_CEILING: f64 = 0.80;
+const RSS_MIB: f64 = 64.0;
+/// Documents per `_bulk` request and requests in flight (capsule's defaults).
+const BULK_DOCS: usize = 2000;
+const BULK_WORKERS: usize = 4;
+/// Documents per scroll page (capsule's default).
+const PAGE: usize = 1000;
+const COLUMNS: [&str; 9] = [
+    "case",
+    "docs/s",
+    "source MiB/s",
+    "client CPU s",
+    "server CPU s",
+    "other CPU s",
+    "ratio",
+    "target",
+    "result",
+];
+
+/// Settings of the Elasticsearch benchmark.
+#[derive(Clone, Debug)]
+pub struct EsBench {
+    /// Documents in the index.
+    pub docs: usize,
+    /// Timed runs per case (the median is reported).
+    pub runs: usize,
+    /// Skip elasticdump.
+    pub no_elasticdump: bool,
+    /// Skip the import runs (export and memory of the backup only).
+    pub no_import: bool,
+}
+
+/// Arguments of the hidden `es-child` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    /// `backup` or `restore`.
+    #[arg(long)]
+    mode: String,
+    /// The server.
+    #[arg(long)]
+    es_url: String,
+    /// A file:// store.
+    #[arg(long)]
+    store: String,
+    /// Index patterns (backup).
+    #[arg(long, default_value = SOURCE)]
+    indices: String,
+    /// The backup (restore).
+    #[arg(long)]
+    id: Option<String>,
+    /// Rename rule (restore).
+    #[arg(long)]
+    rename: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct ChildReport {
+    ms: u64,
+    hwm_kib: u64,
+    id: String,
+    documents: u64,
+}
+
+/// The child: one backup or restore with the defaults, then its report as
+/// one JSON line.
+///
+/// # Errors
+/// The engine's errors.
+pub async fn child(args: ChildArgs) -> Result<()> {
+    let store = Store::from_url(&args.store)?.with_prefix("bench")?;
+    let catalog = Catalog::new(store);
+    let mut options = EsOptions::from_url(&args.es_url)?.with_indices(&args.indices);
+    if let Some(r) = &args.rename {
+        options = options.with_rename(r.parse()?).with_indices("");
+    }
+    let engine = EsEngine::new(options);
+    let ctx = JobContext::new(&NoProgress);
+    let start = Instant::now();
+    let (id, fp) = if args.mode == "backup" {
+        let r = capsule_core::run_backup(&catalog, &engine, BackupOptions::default(), &ctx).await?;
+        let fp = r.statefile.engine.and_then(|e| e.fingerprint).unwrap_or_default();
+        (r.statefile.backup_id.to_string(), fp)
+    } else {
+        let id = args.id.context("--id")?;
+        let r = capsule_core::run_restore(&catalog, &engine, &id, RestoreOptions::default(), &ctx)
+            .await?;
+        (id, r.outcome.fingerprint.unwrap_or_default())
+    };
+    let ms = start.elapsed().as_millis() as u64;
+    let report = ChildReport {
+        ms,
+        hwm_kib: self_status_kib("VmHWM").unwrap_or(0),
+        id,
+        documents: fp.counts.values().sum(),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// CPU seconds of this process's waited-for children (`cutime + cstime`).
+fn children_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (get(13) + get(14)) / 100.0
+}
+
+/// One timed case: seconds, CPU use (client includes waited children).
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    secs: f64,
+    cpu: CpuUse,
+}
+
+async fn timed<F, T>(pgid: u32, f: F) -> Result<(Sample, T)>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let meter = CpuMeter::start(Some(pgid));
+    let kids = children_cpu_secs();
+    let start = Instant::now();
+    let out = f.await?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut cpu = meter.stop();
+    let child = children_cpu_secs() - kids;
+    cpu.client += child;
+    cpu.foreign = (cpu.foreign - child).max(0.0);
+    Ok((Sample { secs, cpu }, out))
+}
+
+/// A pseudo-word from syllables.
+fn word(rng: &mut WyRand, out: &mut String) {
+    const SYL: [&str; 16] = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "qu", "ex", "on", "ar", "el", "ti", "po",
+        "um",
+    ];
+    for _ in 0..(2 + rng.below(3)) {
+        out.push_str(SYL[rng.below(16) as usize]);
+    }
+}
+
+/// One ~1 KiB document, shaped like an application event: ids,
+/// keywords, a long beyond 2^53, a date, a title and a message (analysed
+/// text), and an opaque payload (floats, nested objects) stored but not
+/// indexed: osmem indexes floating-point fields slowly (~3k docs/s for a
+/// single double), which would only stretch the import runs.
+fn document(rng: &mut WyRand, i: u64) -> String {
+    let mut title = String::new();
+    for w in 0..6 {
+        if w > 0 {
+            title.push(' ');
+        }
+        word(rng, &mut title);
+    }
+    let mut message = String::new();
+    while message.len() < 180 {
+        if !message.is_empty() {
+            message.push(' ');
+        }
+        word(rng, &mut message);
+    }
+    let mut items = String::new();
+    for k in 0..4 {
+        if k > 0 {
+            items.push(',');
+        }
+        let mut sku = String::new();
+        word(rng, &mut sku);
+        items.push_str(&format!(
+            r#"{{"sku":"{sku}-{}","qty":{},"price":{}.{:02},"note":"{}"}}"#,
+            rng.below(100_000),
+            1 + rng.below(9),
+            rng.below(500),
+            rng.below(100),
+            "x".repeat(20 + rng.below(20) as usize)
+        ));
+    }
+    format!(
+        r#"{{"id":{i},"user":"user-{}","tags":["t{}","t{}"],"big":{},"ts":"2024-{:02}-{:02}T{:02}:{:02}:00Z","active":{},"title":"{title}","message":"{message}","payload":{{"agent":"capsule-bench/1.0 (linux; x86_64)","session":"{:016x}","score":{}.{:06},"geo":{{"lat":{}.{:04},"lon":{}.{:04}}},"items":[{items}]}}}}"#,
+        rng.below(50_000),
+        rng.below(40),
+        rng.below(40),
+        9_007_199_254_740_993u64 + rng.below(1 << 40),
+        1 + rng.below(12),
+        1 + rng.below(28),
+        rng.below(24),
+        rng.below(60),
+        rng.below(2) == 1,
+        rng.next_u64(),
+        rng.below(1000),
+        rng.below(1_000_000),
+        rng.below(90),
+        rng.below(10_000),
+        rng.below(180),
+        rng.below(10_000),
+    )
+}
+
+const MAPPINGS: &str = r#"{"properties":{"id":{"type":"long"},"user":{"type":"keyword"},"tags":{"type":"keyword"},"big":{"type":"long"},"ts":{"type":"date"},"active":{"type":"boolean"},"title":{"type":"text"},"message":{"type":"text"},"payload":{"type":"object","enabled":false}}}"#;
+
+/// `_bulk` bodies of [`BULK_DOCS`] documents each, for `POST /<index>/_bulk`.
+fn bodies(docs: usize) -> (Vec<Bytes>, u64) {
+    let mut rng = WyRand::new(42);
+    let mut out = Vec::new();
+    let mut source_bytes = 0u64;
+    let mut body = String::new();
+    for i in 0..docs as u64 {
+        let doc = document(&mut rng, i);
+        source_bytes += doc.len() as u64;
+        body.push_str(&format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n"));
+        body.push_str(&doc);
+        body.push('\n');
+        if (i as usize + 1) % BULK_DOCS == 0 {
+            out.push(Bytes::from(std::mem::take(&mut body)));
+        }
+    }
+    if !body.is_empty() {
+        out.push(Bytes::from(body));
+    }
+    (out, source_bytes)
+}
+
+struct Bare {
+    http: reqwest::Client,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(rename = "_scroll_id")]
+    scroll_id: String,
+    hits: PageHits,
+}
+
+#[derive(Deserialize)]
+struct PageHits {
+    hits: Vec<IgnoredAny>,
+}
+
+impl Bare {
+    async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> Result<String> {
+        let r = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        ensure!(status.is_success(), "{method} {path}: {status}: {text}");
+        Ok(text)
+    }
+
+    async fn create_index(&self, index: &str) -> Result<()> {
+        let body = format!(
+            r#"{{"settings":{{"index.number_of_replicas":"0","index.refresh_interval":"-1"}},"mappings":{MAPPINGS}}}"#
+        );
+        self.send(reqwest::Method::PUT, &format!("/{index}"), &body).await?;
+        Ok(())
+    }
+
+    async fn delete_index(&self, index: &str) -> Result<()> {
+        self.send(reqwest::Method::DELETE, &format!("/{index}"), "").await?;
+        Ok(())
+    }
+
+    /// Loads `bodies` into `index` with [`BULK_WORKERS`] requests in flight.
+    async fn bulk(&self, index: &str, bodies: &Arc<Vec<Bytes>>) -> Result<()> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..BULK_WORKERS {
+            let (http, url, bodies, next) = (
+                self.http.clone(),
+                format!("{}/{index}/_bulk", self.url),
+                bodies.clone(),
+                next.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(body) = bodies.get(i) else {
+                        return Ok::<_, anyhow::Error>(());
+                    };
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    let status = r.status();
+                    let text = r.bytes().await?;
+                    let head = String::from_utf8_lossy(&text[..text.len().min(4096)]);
+                    ensure!(
+                        status.is_success() && !head.contains("\"errors\":true"),
+                        "_bulk: {status}: {head}"
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+
+    /// Reads every document of `index` with `slices` parallel scrolls.
+    async fn scroll(&self, index: &str, slices: usize) -> Result<u64> {
+        let mut tasks = Vec::new();
+        for slice in 0..slices {
+            let (http, url, index) = (self.http.clone(), self.url.clone(), index.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut query = serde_json::json!({"size": PAGE, "sort": ["_doc"], "track_total_hits": true});
+                if slices > 1 {
+                    query["slice"] = serde_json::json!({"id": slice, "max": slices});
+                }
+                let mut req = (format!("{url}/{index}/_search?scroll=5m"), query.to_string());
+                let mut n = 0u64;
+                loop {
+                    let body = http
+                        .post(&req.0)
+                        .header("content-type", "application/json")
+                        .body(req.1.clone())
+                        .send()
+                        .await?
+                        .bytes()
+                        .await?;
+                    let page: Page = serde_json::from_slice(&body).context("scroll page")?;
+                    if page.hits.hits.is_empty() {
+                        let clear = serde_json::json!({"scroll_id": [page.scroll_id]}).to_string();
+                        let _ = http
+                            .delete(format!("{url}/_search/scroll"))
+                            .header("content-type", "application/json")
+                            .body(clear)
+                            .send()
+                            .await;
+                        return Ok::<_, anyhow::Error>(n);
+                    }
+                    n += page.hits.hits.len() as u64;
+                    req = (
+                        format!("{url}/_search/scroll"),
+                        serde_json::json!({"scroll": "5m", "scroll_id": page.scroll_id}).to_string(),
+                    );
+                }
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        Ok(total)
+    }
+}
+
+async fn run_child(args: &[String]) -> Result<ChildReport> {
+    // This very binary, even if a rebuild replaced the file meanwhile.
+    let out = tokio::process::Command::new("/proc/self/exe")
+        .arg("es-child")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("starting capsule-bench es-child")?;
+    if !out.status.success() {
+        bail!(
+            "es-child {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).with_context(|| format!("es-child output {line:?}"))
+}
+
+fn elasticdump_binary() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("elasticdump"))
+            .find(|p| p.is_file())
+    })
+}
+
+async fn elasticdump(bin: &PathBuf, url: &str, out: &std::path::Path) -> Result<u64> {
+    let _ = std::fs::remove_file(out);
+    let status = tokio::process::Command::new(bin)
+        .arg(format!("--input={url}/{SOURCE}"))
+        .arg(format!("--output={}", out.display()))
+        .args(["--type=data", &format!("--limit={PAGE}"), "--quiet"])
+        // Without it, the server reports at most 10,000 hits and
+        // elasticdump stops there (it trusts the reported total).
+        .arg(r#"--searchBody={"query":{"match_all":{}},"track_total_hits":true}"#)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    ensure!(status.success(), "elasticdump failed: {status}");
+    let text = tokio::fs::read_to_string(out).await?;
+    Ok(text.lines().filter(|l| !l.is_empty()).count() as u64)
+}
+
+struct Row {
+    label: String,
+    samples: Vec<Sample>,
+}
+
+impl Row {
+    fn new(label: impl Into<String>) -> Self {
+        Row {
+            label: label.into(),
+            samples: Vec::new(),
+        }
+    }
+    fn secs(&self) -> f64 {
+        median(&self.samples.iter().map(|s| s.secs).collect::<Vec<_>>())
+    }
+    fn rate(&self, docs: usize) -> f64 {
+        docs as f64 / self.secs()
+    }
+    fn cpu(&self) -> CpuUse {
+        let m = |f: fn(&CpuUse) -> f64| median(&self.samples.iter().map(|s| f(&s.cpu)).collect::<Vec<_>>());
+        CpuUse {
+            client: m(|c| c.client),
+            server: m(|c| c.server),
+            foreign: m(|c| c.foreign),
+        }
+    }
+}
+
+impl EsBench {
+    /// Runs the benchmark; returns the export, import and memory tables.
+    ///
+    /// # Errors
+    /// When the server, a child or elasticdump fails.
+    pub async fn run(&self) -> Result<Vec<Table>> {
+        let server = tokio::task::spawn_blocking(OpenSearch::start)
+            .await
+            .context("starting osmem-server (run scripts/setup-test-deps.sh)")?;
+        let pgid = server.process().pid();
+        let bare = Bare {
+            http: reqwest::Client::builder().tcp_nodelay(true).build()?,
+            url: server.url.clone(),
+        };
+        let version: serde_json::Value = serde_json::from_str(&bare.send(reqwest::Method::GET, "/", "").await?)?;
+        let version = format!(
+            "{} {}",
+            version["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
+            version["version"]["number"].as_str().unwrap_or("?")
+        );
+        eprintln!("generating {} documents…", self.docs);
+        let (bodies, source_bytes) = bodies(self.docs);
+        let bodies = Arc::new(bodies);
+        let store_dir = tempfile::Builder::new().prefix("capsule-bench-es-").tempdir()?;
+        let store_url = format!("file://{}", store_dir.path().display());
+        let dump_file = store_dir.path().join("elasticdump.json");
+        let elasticdump_bin = if self.no_elasticdump { None } else { elasticdump_binary() };
+        if !self.no_elasticdump && elasticdump_bin.is_none() {
+            bail!("elasticdump not found on PATH: run bench/setup.sh (or pass --no-elasticdump)");
+        }
+
+        eprintln!("loading {SOURCE}…");
+        bare.create_index(SOURCE).await?;
+        let mut bulk_ceiling = Row::new("bare client `_bulk` (ceiling)");
+        let (s, ()) = timed(pgid, bare.bulk(SOURCE, &bodies)).await?;
+        bulk_ceiling.samples.push(s);
+        bare.send(reqwest::Method::POST, &format!("/{SOURCE}/_refresh"), "").await?;
+        bare.send(
+            reqwest::Method::PUT,
+            &format!("/{SOURCE}/_settings"),
+            r#"{"index.refresh_interval":null}"#,
+        )
+        .await?;
+
+        wait_for_quiet().await;
+        let mut scroll_rows: Vec<Row> = [1, 2, 4]
+            .iter()
+            .map(|s| Row::new(format!("bare client sliced scroll, {s} slice{}", if *s == 1 { "" } else { "s" })))
+            .collect();
+        let mut capsule_export = Row::new("capsule backup (`run_backup`, defaults)");
+        let mut dump_row = Row::new("elasticdump 6.125.1 `--limit=1000`");
+        let mut backup_hwm = Vec::new();
+        let mut backup_id = String::new();
+        for run in 0..self.runs {
+            eprintln!("export run {}…", run + 1);
+            for (row, slices) in scroll_rows.iter_mut().zip([1, 2, 4]) {
+                let (s, n) = timed(pgid, bare.scroll(SOURCE, slices)).await?;
+                ensure!(n == self.docs as u64, "scroll read {n} documents");
+                row.samples.push(s);
+            }
+            let args = vec![
+                "--mode".into(),
+                "backup".into(),
+                "--es-url".into(),
+                server.url.clone(),
+                "--store".into(),
+                store_url.clone(),
+            ];
+            let (s, report) = timed(pgid, run_child(&args)).await?;
+            ensure!(report.documents == self.docs as u64, "capsule exported {}", report.documents);
+            capsule_export.samples.push(s);
+            backup_hwm.push(report.hwm_kib);
+            backup_id = report.id;
+            if let Some(bin) = &elasticdump_bin {
+                let (s, n) = timed(pgid, elasticdump(bin, &server.url, &dump_file)).await?;
+                ensure!(n == self.docs as u64, "elasticdump wrote {n} documents");
+                dump_row.samples.push(s);
+            }
+        }
+
+        let mut capsule_import = Row::new("capsule restore (`run_restore`, defaults)");
+        let mut restore_hwm = Vec::new();
+        let import_runs = if self.no_import { 0 } else { self.runs };
+        for run in 0..import_runs {
+            eprintln!("import run {}…", run + 1);
+            bare.create_index("bench-ceiling").await?;
+            let (s, ()) = timed(pgid, bare.bulk("bench-ceiling", &bodies)).await?;
+            bulk_ceiling.samples.push(s);
+            bare.delete_index("bench-ceiling").await?;
+            let args = vec![
+                "--mode".into(),
+                "restore".into(),
+                "--es-url".into(),
+                server.url.clone(),
+                "--store".into(),
+                store_url.clone(),
+                "--id".into(),
+                backup_id.clone(),
+                "--rename".into(),
+                format!("^{SOURCE}$:bench-restored"),
+            ];
+            let (s, report) = timed(pgid, run_child(&args)).await?;
+            ensure!(report.documents == self.docs as u64, "capsule restored {}", report.documents);
+            capsule_import.samples.push(s);
+            restore_hwm.push(report.hwm_kib);
+            bare.delete_index("bench-restored").await?;
+        }
+        // The first load ran before the machine was quiet: keep the timed runs.
+        if import_runs > 0 {
+            bulk_ceiling.samples.remove(0);
+        }
+        Ok(self.tables(
+            &version,
+            source_bytes,
+            &scroll_rows,
+            &capsule_export,
+            elasticdump_bin.is_some().then_some(&dump_row),
+            &bulk_ceiling,
+            &capsule_import,
+            &backup_hwm,
+            &restore_hwm,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tables(
+        &self,
+        version: &str,
+        source_bytes: u64,
+        scroll_rows: &[Row],
+        capsule_export: &Row,
+        dump: Option<&Row>,
+        bulk_ceiling: &Row,
+        capsule_import: &Row,
+        backup_hwm: &[u64],
+        restore_hwm: &[u64],
+    ) -> Vec<Table> {
+        let docs = self.docs;
+        let mib = source_bytes as f64 / MIB as f64;
+        let row = |t: &mut Table, r: &Row, ratio: String, target: String, result: String| {
+            let cpu = r.cpu();
+            t.row(vec![
+                r.label.clone(),
+                num(r.rate(docs), 0),
+                num(mib / r.secs(), 1),
+                num(cpu.client, 1),
+                num(cpu.server, 1),
+                num(cpu.foreign, 1),
+                ratio,
+                target,
+                result,
+            ]);
+        };
+        let ceiling = scroll_rows
+            .iter()
+            .max_by(|a, b| a.rate(docs).total_cmp(&b.rate(docs)))
+            .expect("three rows");
+        let mut export = Table::new(
+            format!(
+                "Export of {docs} documents (~{:.0} B of _source each) from {version}, median of {}",
+                source_bytes as f64 / docs as f64,
+                self.runs
+            ),
+            &COLUMNS,
+        );
+        for r in scroll_rows {
+            let best = std::ptr::eq(r, ceiling);
+            let target = if best { "ceiling" } else { "" };
+            row(&mut export, r, String::new(), target.into(), String::new());
+        }
+        let vs_ceiling = capsule_export.rate(docs) / ceiling.rate(docs);
+        row(
+            &mut export,
+            capsule_export,
+            pct(vs_ceiling),
+            format!("≥ {} of ceiling", pct(EXPORT_VS_CEILING)),
+            verdict(vs_ceiling >= EXPORT_VS_CEILING),
+        );
+        if let Some(d) = dump {
+            let vs_dump = capsule_export.rate(docs) / d.rate(docs);
+            row(
+                &mut export,
+                d,
+                format!("capsule {}x", num(vs_dump, 1)),
+                format!("capsule ≥ {EXPORT_VS_ELASTICDUMP:.0}x"),
+                verdict(vs_dump >= EXPORT_VS_ELASTICDUMP),
+            );
+        }
+        export.note("capsule's time covers the whole backup as a process: start-up, statefile, metadata, sliced scroll (automatic slices), NDJSON, zstd, SHA-256, `file://` store; the bare client only reads and counts.");
+        export.note("CPU seconds per run: client = the bare client, the capsule child or elasticdump; server = osmem-server; other = every other process on the machine (noise).");
+        let mut tables = vec![export];
+
+        if !capsule_import.samples.is_empty() {
+            let mut import = Table::new(
+                format!(
+                    "Import of the same {docs} documents into a new index, median of {}",
+                    self.runs
+                ),
+                &COLUMNS,
+            );
+            row(&mut import, bulk_ceiling, String::new(), "ceiling".into(), String::new());
+            let vs_bulk = capsule_import.rate(docs) / bulk_ceiling.rate(docs);
+            row(
+                &mut import,
+                capsule_import,
+                pct(vs_bulk),
+                format!("≥ {} of ceiling", pct(IMPORT_VS_CEILING)),
+                verdict(vs_bulk >= IMPORT_VS_CEILING),
+            );
+            import.note(format!(
+                "Both send {BULK_DOCS} documents per `_bulk` request, {BULK_WORKERS} in flight, into an index with replicas 0 and refresh off; the bare client's bodies are built before timing."
+            ));
+            import.note("capsule's time covers the whole restore as a process: checksum pass over both artifacts, index creation, load, refresh, counts and sample compared, final settings.");
+            tables.push(import);
+        }
+
+        let mut rss = Table::new(
+            "Peak RSS of the capsule process",
+            &["job", "peak RSS MiB (max of runs)", "target", "result"],
+        );
+        for (job, hwm) in [("backup", backup_hwm), ("restore", restore_hwm)] {
+            if hwm.is_empty() {
+                continue;
+            }
+            let peak = hwm.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+            rss.row(vec![
+                job.into(),
+                num(peak, 1),
+                format!("≤ {RSS_MIB:.0}"),
+                verdict(peak <= RSS_MIB),
+            ]);
+        }
+        tables.push(rss);
+        tables
+    }
+}

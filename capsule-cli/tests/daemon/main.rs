@@ -1,0 +1,11 @@
+//! `capsule start` as real processes: the deployment shapes, failover,
+//! rotation, restores, the API from outside, fuzzing and the dashboard.
+//! Needs SeaweedFS, PostgreSQL, schemathesis and chromium
+//! (scripts/setup-test-deps.sh).
+
+mod api;
+mod failover;
+mod restore;
+mod rotation;
+mod shapes;
+mod support;

@@ -1,0 +1,8 @@
+//! capsule-daemon in-process: the API on a real router bound to
+//! 127.0.0.1:0, the listing latency with 10,000 backups, leases on a real
+//! S3 server (SeaweedFS).
+
+mod api;
+mod latency;
+mod leases;
+mod support;

@@ -1,0 +1,198 @@
+//! The Redis engine.
+//!
+//! - **Backup**: capsule connects as a replica (`REPLCONF capa eof`,
+//!   `PSYNC ? -1`) and streams the full-resynchronisation RDB, a
+//!   point-in-time snapshot from the server's fork, straight through the
+//!   core's pipeline (zstd, SHA-256, multipart upload; artifact
+//!   `dump.rdb.zst`): no file on capsule's disk, no `BGSAVE`. When the
+//!   server refuses replication (managed services, renamed commands, ACL
+//!   users without `PSYNC`), it falls back to `SCAN` + `DUMP` + `PTTL`
+//!   written as an RDB (not point-in-time; recorded in the statefile's
+//!   details as `capture: scan-dump`). A parser reads the same bytes the
+//!   pipeline uploads and checks header, version, every value's framing
+//!   and the CRC-64 trailer, counting keys per database for the
+//!   fingerprint; a corrupt or truncated RDB fails the upload.
+//! - **Restore**: the artifact's checksum is verified and the target's
+//!   Redis version checked first; then the RDB streams through the
+//!   parser and every key is sent as a pipelined `RESTORE key ttl payload
+//!   ABSTTL REPLACE` (the payload is the value's raw RDB encoding plus the
+//!   version and CRC-64, so nothing is decoded), with bounded bytes in
+//!   flight. Keys that have expired by now are skipped and counted.
+//!   [`RedisOptions::flush`] empties the target first.
+//! - **Verify**: [`capsule_core::run_verify`] restores into a scratch
+//!   server and compares its key counts with the fingerprint.
+//!
+//! See `docs/redis.md`.
+
+mod backup;
+mod client;
+mod connection;
+mod feed;
+mod options;
+pub mod rdb;
+mod replication;
+mod resp;
+mod restore;
+mod scan;
+mod scratch;
+mod sender;
+mod stream;
+mod summary;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use capsule_core::{
+    ArtifactSink, ArtifactSource, Capabilities, Engine, EngineInfo, Fingerprint, JobContext,
+    RestoreOutcome, RestorePlan, Result, ServiceIdentity, ServiceType,
+};
+
+pub use backup::{DUMP_ARTIFACT, FORMAT_RDB};
+pub use connection::{DEFAULT_PORT, RedisConnection};
+pub use options::{RedisCapture, RedisOptions};
+pub use restore::RedisRestoreReport;
+
+use restore::Target;
+
+/// The Redis [`Engine`]: backs a server up by replication (or SCAN +
+/// DUMP) and restores it with pipelined `RESTORE`s. `Display` is
+/// `redis(host:port/db)`, never the password.
+#[derive(Clone, Debug)]
+pub struct RedisEngine {
+    options: RedisOptions,
+}
+
+impl RedisEngine {
+    /// An engine with `options`. Nothing is contacted until a job runs.
+    pub fn new(options: RedisOptions) -> Self {
+        RedisEngine { options }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RedisOptions {
+        &self.options
+    }
+
+    fn target(&self) -> Target {
+        if self.options.flush {
+            Target::Flush
+        } else {
+            Target::Replace
+        }
+    }
+
+    /// Restores as [`Engine::restore`] does, and says more about it (keys
+    /// restored and skipped per database, functions, timings).
+    ///
+    /// # Errors
+    /// [`capsule_core::Error::Corrupt`] naming the artifact when its
+    /// checksum or the RDB inside does not check out (found before
+    /// anything is written when the stored checksum differs);
+    /// [`capsule_core::Error::Unsupported`] when the target's Redis is older
+    /// than the RDB; [`capsule_core::Error::Engine`] with the server's
+    /// message (authentication, a refused `RESTORE` naming the key);
+    /// [`capsule_core::Error::VerificationFailed`] when the keys restored do
+    /// not add up to the recorded fingerprint.
+    pub async fn restore_with_report(
+        &self,
+        source: &dyn ArtifactSource,
+    ) -> Result<RedisRestoreReport> {
+        restore::restore(self, &self.options.connection, source, self.target()).await
+    }
+
+    /// The restore drill ([`Engine::restore_scratch`]) with its report.
+    ///
+    /// # Errors
+    /// As [`RedisEngine::restore_with_report`]; also when no scratch
+    /// server is configured and `redis-server` cannot be started.
+    pub async fn verify_with_report(
+        &self,
+        source: &dyn ArtifactSource,
+    ) -> Result<RedisRestoreReport> {
+        scratch::drill(self, source).await
+    }
+}
+
+impl fmt::Display for RedisEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis({})", self.options.connection)
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn service_type(&self) -> ServiceType {
+        ServiceType::Redis
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            verify: true,
+            in_place_restore: true,
+            safe_restore: false,
+        }
+    }
+
+    fn identity(&self) -> ServiceIdentity {
+        let mut id = self.options.service.clone();
+        if id.endpoint.is_none() {
+            id.endpoint = Some(self.options.connection.endpoint());
+        }
+        if id.database.is_none() {
+            id.database = Some(self.options.connection.db.to_string());
+        }
+        id
+    }
+
+    async fn backup(
+        &self,
+        sink: &mut dyn ArtifactSink,
+        ctx: &JobContext<'_>,
+    ) -> Result<EngineInfo> {
+        backup::backup(self, sink, ctx).await
+    }
+
+    async fn restore(
+        &self,
+        source: &dyn ArtifactSource,
+        _ctx: &JobContext<'_>,
+    ) -> Result<RestoreOutcome> {
+        let report = self.restore_with_report(source).await?;
+        Ok(RestoreOutcome {
+            target: report.target,
+            mode: report.mode,
+            fingerprint: report.fingerprint,
+        })
+    }
+
+    async fn fingerprint(&self, _ctx: &JobContext<'_>) -> Result<Fingerprint> {
+        let mut client = client::Client::connect(&self.options.connection).await?;
+        let counts = client
+            .keyspace()
+            .await?
+            .into_iter()
+            .map(|(db, n)| (format!("db{db}"), n))
+            .collect();
+        Ok(Fingerprint {
+            counts,
+            values: Default::default(),
+        })
+    }
+
+    fn restore_plan(&self) -> RestorePlan {
+        RestorePlan::new(self.options.connection.endpoint(), self.target().as_str())
+    }
+
+    async fn restore_scratch(
+        &self,
+        source: &dyn ArtifactSource,
+        _ctx: &JobContext<'_>,
+    ) -> Result<RestoreOutcome> {
+        let report = self.verify_with_report(source).await?;
+        Ok(RestoreOutcome {
+            target: report.target,
+            mode: report.mode,
+            fingerprint: report.fingerprint,
+        })
+    }
+}

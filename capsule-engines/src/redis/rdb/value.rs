@@ -1,0 +1,148 @@
+//! Plain values and their simplest RDB encodings, for tests and tools:
+//! [`Value::encode`] writes what any Redis since 2.x loads (strings, lists,
+//! sets, sorted sets with binary scores, hashes); [`Value::decode`] reads
+//! those encodings back. Compact encodings (listpacks, ziplists, intsets)
+//! are not decoded here: the engine never needs to, it moves them as they
+//! are.
+
+use super::error::RdbError;
+use super::source::Source;
+use super::vtype;
+use super::writer::{put_len, put_string};
+
+/// A Redis value.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Value {
+    /// A string.
+    String(Vec<u8>),
+    /// A list, in order.
+    List(Vec<Vec<u8>>),
+    /// A set (members unique).
+    Set(Vec<Vec<u8>>),
+    /// A sorted set: members (unique) and scores (not NaN).
+    SortedSet(Vec<(Vec<u8>, f64)>),
+    /// A hash: fields (unique) and values.
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+impl Value {
+    /// The type byte and the plain encoding: a `DUMP` payload without its
+    /// footer (see [`dump_payload`](super::dump_payload)) and an entry's
+    /// value in an RDB file.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::new();
+        match self {
+            Value::String(s) => {
+                o.push(vtype::STRING);
+                put_string(&mut o, s);
+            }
+            Value::List(items) | Value::Set(items) => {
+                o.push(if matches!(self, Value::List(_)) {
+                    vtype::LIST
+                } else {
+                    vtype::SET
+                });
+                put_len(&mut o, items.len() as u64);
+                for i in items {
+                    put_string(&mut o, i);
+                }
+            }
+            Value::SortedSet(members) => {
+                o.push(vtype::ZSET_2);
+                put_len(&mut o, members.len() as u64);
+                for (m, score) in members {
+                    put_string(&mut o, m);
+                    o.extend_from_slice(&score.to_le_bytes());
+                }
+            }
+            Value::Hash(fields) => {
+                o.push(vtype::HASH);
+                put_len(&mut o, fields.len() as u64);
+                for (f, v) in fields {
+                    put_string(&mut o, f);
+                    put_string(&mut o, v);
+                }
+            }
+        }
+        o
+    }
+
+    /// Decodes a value written in a plain encoding (type byte first).
+    ///
+    /// # Errors
+    /// [`RdbError::Unsupported`] for compact encodings;
+    /// [`RdbError::Corrupt`]/[`RdbError::Truncated`] for malformed input
+    /// or trailing bytes.
+    pub fn decode(value: &[u8]) -> Result<Value, RdbError> {
+        let limit = value.len() as u64;
+        let mut src = Source::new(value);
+        let t = src.byte()?;
+        let v = match t {
+            vtype::STRING => Value::String(src.string(limit, "string")?),
+            vtype::LIST | vtype::SET => {
+                let n = src.len()?;
+                let mut items = Vec::with_capacity(n.min(1024) as usize);
+                for _ in 0..n {
+                    items.push(src.string(limit, "element")?);
+                }
+                if t == vtype::LIST {
+                    Value::List(items)
+                } else {
+                    Value::Set(items)
+                }
+            }
+            vtype::ZSET | vtype::ZSET_2 => {
+                let n = src.len()?;
+                let mut members = Vec::with_capacity(n.min(1024) as usize);
+                for _ in 0..n {
+                    let m = src.string(limit, "member")?;
+                    let score = if t == vtype::ZSET_2 {
+                        f64::from_le_bytes(src.u64_le()?.to_le_bytes())
+                    } else {
+                        text_score(&mut src)?
+                    };
+                    members.push((m, score));
+                }
+                Value::SortedSet(members)
+            }
+            vtype::HASH => {
+                let n = src.len()?;
+                let mut fields = Vec::with_capacity(n.min(1024) as usize);
+                for _ in 0..n {
+                    let f = src.string(limit, "field")?;
+                    fields.push((f, src.string(limit, "value")?));
+                }
+                Value::Hash(fields)
+            }
+            t => {
+                return Err(RdbError::unsupported(
+                    0,
+                    format!("decoding value type {t} ({})", super::type_name(t)),
+                ));
+            }
+        };
+        let at = src.offset();
+        if !src.at_end()? {
+            return Err(RdbError::corrupt(at, "bytes after the value"));
+        }
+        Ok(v)
+    }
+}
+
+fn text_score(src: &mut Source<&[u8]>) -> Result<f64, RdbError> {
+    let at = src.offset();
+    let n = src.byte()?;
+    Ok(match n {
+        253 => f64::NAN,
+        254 => f64::INFINITY,
+        255 => f64::NEG_INFINITY,
+        n => {
+            let text = src.read_vec(n as u64)?;
+            std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| RdbError::corrupt(at, "unparsable score"))?
+        }
+    })
+}

@@ -1,0 +1,293 @@
+//! Restore: verify the artifact, check the target can read the RDB, then
+//! stream it: parse → `RESTORE … ABSTTL REPLACE`, pipelined with bounded
+//! bytes in flight. Afterwards the key counts are compared with the
+//! fingerprint recorded at backup.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capsule_core::{ArtifactSource, Error, Fingerprint, Result};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::RedisEngine;
+use super::backup::FORMAT_RDB;
+use super::client::{Client, ServerInfo, engine_error};
+use super::connection::RedisConnection;
+use super::feed::{self, FeedStats, Op};
+use super::sender;
+use super::stream::CHANNEL_DEPTH;
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisRestoreReport {
+    /// The target, without credentials (`host:port`).
+    pub target: String,
+    /// `flush` (the target was emptied first), `replace` (keys in the
+    /// backup replaced theirs) or `scratch` (a restore drill).
+    pub mode: String,
+    /// Keys restored per database (`db0`…).
+    pub restored: BTreeMap<String, u64>,
+    /// Keys skipped because they had expired by the time of the restore.
+    pub skipped_expired: BTreeMap<String, u64>,
+    /// Function libraries restored.
+    pub functions: u64,
+    /// The fingerprint of the target after the restore, comparable with
+    /// the one recorded at backup (only when the target was emptied first:
+    /// keys per database, counting the skipped and since-expired keys).
+    pub fingerprint: Option<Fingerprint>,
+    /// Bytes of RDB streamed.
+    pub rdb_bytes: u64,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// How the target is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Keep other keys; replace those in the backup.
+    Replace,
+    /// `FLUSHALL` first.
+    Flush,
+    /// A scratch server: `FLUSHALL` first, fingerprint after.
+    Scratch,
+}
+
+impl Target {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Target::Replace => "replace",
+            Target::Flush => "flush",
+            Target::Scratch => "scratch",
+        }
+    }
+}
+
+fn db_name(db: u64) -> String {
+    format!("db{db}")
+}
+
+/// Restores `source`'s RDB into the server at `conn`.
+pub(crate) async fn restore(
+    engine: &RedisEngine,
+    conn: &RedisConnection,
+    source: &dyn ArtifactSource,
+    target: Target,
+) -> Result<RedisRestoreReport> {
+    let started = Instant::now();
+    let sf = source.statefile();
+    let id = sf.backup_id.to_string();
+    let artifact = sf
+        .data_artifact()
+        .ok_or_else(|| Error::invalid("backup", format!("backup {id} has no artifacts")))?;
+    if artifact.format != FORMAT_RDB {
+        return Err(Error::Unsupported(format!(
+            "backup {id}: artifact {} is {}, not an RDB",
+            artifact.name, artifact.format
+        )));
+    }
+    let name = artifact.name.clone();
+    let recorded = sf.engine.as_ref().and_then(|e| e.fingerprint.clone());
+    let recorded_version = sf
+        .engine
+        .as_ref()
+        .and_then(|e| e.details.get("rdbVersion"))
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32);
+
+    // Nothing on the target changes before the artifact is known intact
+    // and the server known able to read it.
+    source.verify(&name).await?;
+    let mut client = Client::connect(conn).await?;
+    let endpoint = client.endpoint.clone();
+    let server = ServerInfo::read(&mut client).await?;
+    let check_version = |v: u32| -> Result<()> {
+        match server.rdb_version {
+            Some(max) if v > max => Err(Error::Unsupported(format!(
+                "backup {id}: {name} is RDB version {v}; the target {endpoint} runs Redis {}, \
+                 which reads RDB versions up to {max}: restore into a newer Redis",
+                server.version
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if let Some(v) = recorded_version {
+        check_version(v)?;
+    }
+    if let Some(max_db) = recorded.as_ref().and_then(|f| {
+        f.counts
+            .keys()
+            .filter_map(|k| k.strip_prefix("db")?.parse::<u64>().ok())
+            .max()
+    }) {
+        client
+            .call(&[b"SELECT", max_db.to_string().as_bytes()])
+            .await
+            .map_err(|e| {
+                Error::Unsupported(format!(
+                    "backup {id} has keys in db {max_db}, which the target cannot select ({e})"
+                ))
+            })?;
+        client.call(&[b"SELECT", b"0"]).await?;
+    }
+
+    let stream = source.open(&name).await?;
+    let (chunks, pump) = feed::pump(stream);
+    let (ops_tx, mut ops) = mpsc::channel::<Vec<Op>>(CHANNEL_DEPTH);
+    let max_inflight = engine.options.max_inflight_bytes.max(1);
+    let semaphore = Arc::new(Semaphore::new(max_inflight));
+    let max_value = engine.options.max_value_bytes;
+    let runtime = tokio::runtime::Handle::current();
+    let producer = tokio::task::spawn_blocking(move || {
+        feed::produce(chunks, ops_tx, semaphore, max_inflight, max_value, runtime)
+    });
+    let corrupt = |reason: String| Error::Corrupt {
+        id: id.clone(),
+        object: name.clone(),
+        reason,
+    };
+
+    let sent = async {
+        match ops.recv().await.as_deref() {
+            Some([Op::Header(v)]) => check_version(*v)?,
+            _ => return Ok(None), // the producer failed; its error follows
+        }
+        if target != Target::Replace {
+            client.call(&[b"FLUSHALL"]).await?;
+            tracing::info!(target = %endpoint, "target flushed");
+        }
+        sender::send(client, ops).await.map(Some)
+    }
+    .await;
+    let produced = producer.await.map_err(|e| Error::Engine {
+        context: format!("{engine}: restore"),
+        message: format!("the RDB parser failed: {e}"),
+    })?;
+    let pumped = pump.await;
+    // A broken download names the object (checksum/length); prefer it.
+    if let Ok(Err(e)) = &pumped {
+        return Err(corrupt(e.to_string()));
+    }
+    let produced = produced.map_err(|e| {
+        if e.is_corrupt() {
+            corrupt(e.to_string())
+        } else {
+            Error::Unsupported(format!("backup {id}: {name}: {e}"))
+        }
+    })?;
+    let stats = sent?.ok_or_else(|| corrupt("the RDB ended before its header".into()))?;
+    if !produced.complete {
+        return Err(engine_error(
+            &endpoint,
+            "restore",
+            "stopped before the end of the RDB",
+        ));
+    }
+
+    let report = finish(
+        conn,
+        target,
+        &produced,
+        &stats,
+        recorded.as_ref(),
+        &id,
+        started,
+    )
+    .await?;
+    tracing::info!(
+        backup = %id, target = %report.target,
+        restored = report.restored.values().sum::<u64>(),
+        skipped_expired = report.skipped_expired.values().sum::<u64>(),
+        functions = report.functions, "restore complete"
+    );
+    Ok(report)
+}
+
+/// Checks the counts and builds the report.
+async fn finish(
+    conn: &RedisConnection,
+    target: Target,
+    produced: &FeedStats,
+    stats: &sender::SendStats,
+    recorded: Option<&Fingerprint>,
+    id: &str,
+    started: Instant,
+) -> Result<RedisRestoreReport> {
+    for (db, sent) in &produced.sent {
+        let acked = stats.restored.get(db).copied().unwrap_or(0);
+        if acked != *sent {
+            return Err(engine_error(
+                &conn.endpoint(),
+                "restore",
+                format!("db {db}: {sent} keys sent, {acked} acknowledged"),
+            ));
+        }
+    }
+    // The RDB's own counts (restored + expired) must be the fingerprint's.
+    let mut streamed: BTreeMap<String, u64> = BTreeMap::new();
+    for (db, n) in produced.sent.iter().chain(produced.expired.iter()) {
+        *streamed.entry(db_name(*db)).or_default() += n;
+    }
+    if let Some(want) = recorded {
+        let mismatches = want.compare(&Fingerprint {
+            counts: streamed.clone(),
+            values: Default::default(),
+        });
+        if !mismatches.is_empty() {
+            return Err(Error::VerificationFailed {
+                id: id.to_string(),
+                mismatches,
+            });
+        }
+    }
+    let fingerprint = if target == Target::Replace {
+        None
+    } else {
+        let mut client = Client::connect(conn).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let live = client.keyspace().await?;
+        let mut counts = BTreeMap::new();
+        let dbs: std::collections::BTreeSet<u64> = live
+            .keys()
+            .chain(produced.sent.keys())
+            .chain(produced.expired.keys())
+            .copied()
+            .collect();
+        for db in dbs {
+            let present = live.get(&db).copied().unwrap_or(0);
+            let sent = produced.sent.get(&db).copied().unwrap_or(0);
+            let expired = produced.expired.get(&db).copied().unwrap_or(0);
+            // Keys that expired since they were restored are not missing.
+            let gone = sent.saturating_sub(present);
+            let since = if gone <= produced.expiring_by(db, now) {
+                gone
+            } else {
+                0
+            };
+            counts.insert(db_name(db), present + expired + since);
+        }
+        Some(Fingerprint {
+            counts,
+            values: Default::default(),
+        })
+    };
+    Ok(RedisRestoreReport {
+        target: conn.endpoint(),
+        mode: target.as_str().to_string(),
+        restored: stats
+            .restored
+            .iter()
+            .map(|(db, n)| (db_name(*db), *n))
+            .collect(),
+        skipped_expired: produced
+            .expired
+            .iter()
+            .map(|(db, n)| (db_name(*db), *n))
+            .collect(),
+        functions: stats.functions,
+        fingerprint,
+        rdb_bytes: produced.bytes,
+        duration: started.elapsed(),
+    })
+}

@@ -1,0 +1,159 @@
+//! The capture paths and credentials: replication, the SCAN + DUMP
+//! fallback (same digest), passwords, ACL users, TLS.
+
+use capsule_core::{JobContext, NoProgress, RestoreOptions, run_restore};
+use capsule_engines::{RedisCapture, RedisEngine, RedisOptions};
+use test_support::redis::{Redis, RedisConfig};
+
+use super::support::*;
+
+/// Backs `source_url` up with `engine`, restores into a fresh server and
+/// returns the restored server and the statefile's engine details.
+async fn round_trip(engine: &RedisEngine) -> (Redis, serde_json::Value) {
+    let fc = FileCatalog::new();
+    let report = backup(&fc.catalog, engine).await.unwrap();
+    let id = report.statefile.backup_id.to_string();
+    let target = Redis::start();
+    let restore = RedisEngine::new(RedisOptions::from_url(&target.url()).unwrap());
+    let ctx = JobContext::new(&NoProgress);
+    run_restore(&fc.catalog, &restore, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap();
+    (target, fc.statefile_json(&id)["engine"]["details"].clone())
+}
+
+#[tokio::test]
+async fn an_acl_user_without_psync_falls_back_to_scan_and_dump() {
+    let redis = Redis::start_with(RedisConfig::default().with_user(
+        "backup",
+        "b4ckup-pw",
+        "+@all -psync -sync",
+    ));
+    fill_every_type(&redis);
+    let url = format!("redis://backup:b4ckup-pw@127.0.0.1:{}", redis.port);
+    let (target, details) = round_trip(&engine(&url)).await;
+    assert_eq!(details["capture"], "scan-dump");
+    assert_eq!(details["pointInTime"], false);
+    assert!(
+        details["fallbackReason"]
+            .as_str()
+            .unwrap()
+            .contains("NOPERM"),
+        "{details}"
+    );
+    assert_eq!(target.digest(), redis.digest());
+    assert_eq!(target.keyspace(), redis.keyspace());
+}
+
+#[tokio::test]
+async fn a_renamed_psync_falls_back_and_forced_scan_gives_the_same_digest() {
+    let redis = Redis::start_with(RedisConfig::default().with_args(&[
+        "--rename-command",
+        "PSYNC",
+        "",
+        "--rename-command",
+        "SYNC",
+        "",
+    ]));
+    fill_every_type(&redis);
+    let (target, details) = round_trip(&engine(&redis.url())).await;
+    assert_eq!(details["capture"], "scan-dump");
+    assert_eq!(target.digest(), redis.digest());
+
+    let plain = Redis::start();
+    fill_every_type(&plain);
+    let forced = RedisEngine::new(
+        RedisOptions::from_url(&plain.url())
+            .unwrap()
+            .with_capture(RedisCapture::Scan)
+            .with_scan_count(7),
+    );
+    let (target, details) = round_trip(&forced).await;
+    assert_eq!(details["capture"], "scan-dump");
+    assert!(details.get("fallbackReason").is_none());
+    assert_eq!(target.digest(), plain.digest());
+}
+
+#[tokio::test]
+async fn replication_only_fails_clearly_when_refused() {
+    let redis =
+        Redis::start_with(RedisConfig::default().with_args(&["--rename-command", "PSYNC", ""]));
+    let engine = RedisEngine::new(
+        RedisOptions::from_url(&redis.url())
+            .unwrap()
+            .with_capture(RedisCapture::Replication),
+    );
+    let fc = FileCatalog::new();
+    let e = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
+    assert!(e.contains("replication") && e.contains("PSYNC"), "{e}");
+}
+
+#[tokio::test]
+async fn passwords_and_acl_users_authenticate() {
+    let redis = Redis::start_with(
+        RedisConfig::default()
+            .with_password("d3fault-Pw")
+            .with_user("ops", "0ps-Pw", "+@all"),
+    );
+    fill_every_type(&redis);
+    let (target, details) = round_trip(&engine(&redis.url())).await;
+    assert_eq!(details["capture"], "replication");
+    assert_eq!(target.digest(), redis.digest());
+    let url = format!("redis://ops:0ps-Pw@127.0.0.1:{}/0", redis.port);
+    let (target, details) = round_trip(&engine(&url)).await;
+    assert_eq!(details["capture"], "replication");
+    assert_eq!(target.digest(), redis.digest());
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_clearly_without_showing_it() {
+    let redis = Redis::start_with(RedisConfig::default().with_password("r1ght-Pw"));
+    let fc = FileCatalog::new();
+    for url in [
+        format!("redis://:wr0ng-Pw-123@127.0.0.1:{}", redis.port),
+        format!("redis://nobody:wr0ng-Pw-123@127.0.0.1:{}", redis.port),
+    ] {
+        let engine = engine(&url);
+        assert!(!engine.to_string().contains("wr0ng"), "{engine}");
+        let e = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
+        assert!(
+            e.contains("authentication") && e.contains("WRONGPASS"),
+            "{e}"
+        );
+        assert!(!e.contains("wr0ng-Pw-123"), "{e}");
+    }
+    let e = backup(
+        &fc.catalog,
+        &engine(&format!("redis://127.0.0.1:{}", redis.port)),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("NOAUTH"), "{e}");
+    // Every attempt is recorded as failed, without the password.
+    for entry in std::fs::read_dir(fc.dir.path().join(PREFIX)).unwrap() {
+        let id = entry.unwrap().file_name().into_string().unwrap();
+        let sf = fc.statefile_json(&id);
+        assert_eq!(sf["status"], "failed");
+        assert!(!sf.to_string().contains("wr0ng"), "{sf}");
+    }
+}
+
+#[tokio::test]
+async fn tls_with_a_private_authority() {
+    let redis = Redis::start_with(RedisConfig::default().with_tls());
+    fill_every_type(&redis);
+    let engine = engine(&redis.tls_url());
+    assert!(engine.options().connection.tls);
+    let (target, details) = round_trip(&engine).await;
+    assert_eq!(details["capture"], "replication");
+    assert_eq!(target.digest(), redis.digest());
+    // Without the authority, the system roots do not trust it.
+    let untrusted = format!("rediss://127.0.0.1:{}", redis.tls_port.unwrap());
+    let fc = FileCatalog::new();
+    let e = backup(&fc.catalog, &super::support::engine(&untrusted))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TLS"), "{e}");
+}

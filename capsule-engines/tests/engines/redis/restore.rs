@@ -1,0 +1,137 @@
+//! Restore behaviour: replace vs flush, expired keys, drills.
+
+use std::time::Duration;
+
+use capsule_core::{JobContext, NoProgress, VerificationStatus, run_verify};
+use capsule_engines::{RedisConnection, RedisEngine, RedisOptions};
+use test_support::redis::Redis;
+
+use super::support::*;
+
+#[tokio::test]
+async fn without_flush_only_the_backups_keys_are_replaced() {
+    let source = Redis::start();
+    source.cmd(&[b"SET", b"shared", b"from-backup"]);
+    source.cmd(&[b"RPUSH", b"list", b"a", b"b"]);
+    let fc = FileCatalog::new();
+    let id = backup(&fc.catalog, &engine(&source.url()))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string();
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+
+    let target = Redis::start();
+    target.cmd(&[b"SET", b"shared", b"old"]);
+    target.cmd(&[b"SET", b"other", b"stays"]);
+    let report = engine(&target.url())
+        .restore_with_report(&src)
+        .await
+        .unwrap();
+    assert_eq!(report.mode, "replace");
+    assert!(report.fingerprint.is_none());
+    assert_eq!(target.cmd(&[b"GET", b"shared"]).text(), "from-backup");
+    assert_eq!(target.cmd(&[b"GET", b"other"]).text(), "stays");
+    assert_eq!(target.cmd(&[b"LLEN", b"list"]).text(), "2");
+
+    let flush = RedisEngine::new(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_flush(true),
+    );
+    flush.restore_with_report(&src).await.unwrap();
+    assert_eq!(target.cmd(&[b"EXISTS", b"other"]).text(), "0");
+    assert_eq!(target.digest(), source.digest());
+}
+
+#[tokio::test]
+async fn keys_expired_by_now_are_skipped_and_counted() {
+    let source = Redis::start();
+    source.cmd(&[b"SET", b"lasting", b"v"]);
+    source.cmd(&[b"SET", b"brief", b"v", b"PX", b"1500"]);
+    let fc = FileCatalog::new();
+    let id = backup(&fc.catalog, &engine(&source.url()))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let target = Redis::start();
+    let engine = RedisEngine::new(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_flush(true),
+    );
+    let report = engine
+        .restore_with_report(&fc.catalog.artifact_source(&id).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.restored["db0"], 1);
+    assert_eq!(report.skipped_expired["db0"], 1);
+    assert_eq!(target.keyspace(), vec![(0, 1)]);
+    // The count still agrees with the fingerprint: skipped keys are counted.
+    let recorded = fc
+        .catalog
+        .describe(&id)
+        .await
+        .unwrap()
+        .engine
+        .unwrap()
+        .fingerprint
+        .unwrap();
+    assert_eq!(
+        recorded.compare(&report.fingerprint.unwrap()),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn drills_pass_on_a_started_server_and_on_a_given_scratch_server() {
+    let source = Redis::start();
+    fill_every_type(&source);
+    let fc = FileCatalog::new();
+    let id = backup(&fc.catalog, &engine(&source.url()))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string();
+    let ctx = JobContext::new(&NoProgress);
+
+    let own = engine(&source.url());
+    let report = run_verify(&fc.catalog, &own, &id, &ctx).await.unwrap();
+    assert!(report.compared);
+    assert_eq!(report.verification.status, VerificationStatus::Passed);
+    assert!(
+        report
+            .verification
+            .target
+            .as_deref()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+
+    let scratch = Redis::start();
+    let with_scratch = RedisEngine::new(
+        RedisOptions::from_url(&source.url())
+            .unwrap()
+            .with_verify_connection(RedisConnection::from_url(&scratch.url()).unwrap()),
+    );
+    let report = run_verify(&fc.catalog, &with_scratch, &id, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(report.verification.status, VerificationStatus::Passed);
+    assert_eq!(
+        report.verification.target.as_deref(),
+        Some(format!("127.0.0.1:{}", scratch.port).as_str())
+    );
+    assert_eq!(
+        scratch.keyspace(),
+        vec![],
+        "the scratch server is flushed after the drill"
+    );
+    let sf = fc.statefile_json(&id);
+    assert_eq!(sf["verifications"].as_array().unwrap().len(), 2);
+}
