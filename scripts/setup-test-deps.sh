@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything capsule's tests and demo need on a fresh Debian machine
 # (PostgreSQL, Redis, SeaweedFS, Azurite, osmem-server, chromium,
-# schemathesis). Idempotent: a second run only checks. Run as root (CI) or with sudo.
+# schemathesis, kubectl). Idempotent: a second run only checks. Run as root (CI) or with sudo.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -16,6 +16,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 # Headless browser for the daemon's dashboard test.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# Renders deploy/ offline in the deploy manifest test (`kubectl kustomize`).
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubectl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -31,7 +31,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
+use capsule_core::pipeline::PipelineOptions;
 use capsule_core::{BackupOptions, Catalog, JobContext, NoProgress, RestoreOptions};
+use capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL;
 use capsule_engines::{EsEngine, EsOptions};
 use capsule_store::Store;
 use serde::Deserialize;
@@ -75,6 +77,9 @@ pub struct EsBench {
     pub no_elasticdump: bool,
     /// Skip the import runs (export and memory of the backup only).
     pub no_import: bool,
+    /// Measure this server instead of a fresh osmem-server (its index
+    /// `bench-src` is loaded unless it already holds the documents).
+    pub url: Option<String>,
 }
 
 /// Arguments of the hidden `es-child` subcommand.
@@ -98,6 +103,9 @@ pub struct ChildArgs {
     /// Rename rule (restore).
     #[arg(long)]
     rename: Option<String>,
+    /// zstd level (backup; default: what `capsule es --create` uses).
+    #[arg(long, allow_hyphen_values = true)]
+    zstd_level: Option<i32>,
 }
 
 #[derive(Debug, serde::Serialize, Deserialize)]
@@ -124,8 +132,15 @@ pub async fn child(args: ChildArgs) -> Result<()> {
     let ctx = JobContext::new(&NoProgress);
     let start = Instant::now();
     let (id, fp) = if args.mode == "backup" {
-        let r = capsule_core::run_backup(&catalog, &engine, BackupOptions::default(), &ctx).await?;
-        let fp = r.statefile.engine.and_then(|e| e.fingerprint).unwrap_or_default();
+        let level = args.zstd_level.unwrap_or(RECOMMENDED_ZSTD_LEVEL);
+        let backup = BackupOptions::default()
+            .with_pipeline(PipelineOptions::default().with_zstd_level(level));
+        let r = capsule_core::run_backup(&catalog, &engine, backup, &ctx).await?;
+        let fp = r
+            .statefile
+            .engine
+            .and_then(|e| e.fingerprint)
+            .unwrap_or_default();
         (r.statefile.backup_id.to_string(), fp)
     } else {
         let id = args.id.context("--id")?;
@@ -164,11 +179,11 @@ struct Sample {
     cpu: CpuUse,
 }
 
-async fn timed<F, T>(pgid: u32, f: F) -> Result<(Sample, T)>
+async fn timed<F, T>(pgid: Option<u32>, f: F) -> Result<(Sample, T)>
 where
     F: std::future::Future<Output = Result<T>>,
 {
-    let meter = CpuMeter::start(Some(pgid));
+    let meter = CpuMeter::start(pgid);
     let kids = children_cpu_secs();
     let start = Instant::now();
     let out = f.await?;
@@ -262,7 +277,7 @@ fn bodies(docs: usize) -> (Vec<Bytes>, u64) {
         body.push_str(&format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n"));
         body.push_str(&doc);
         body.push('\n');
-        if (i as usize + 1) % BULK_DOCS == 0 {
+        if (i as usize + 1).is_multiple_of(BULK_DOCS) {
             out.push(Bytes::from(std::mem::take(&mut body)));
         }
     }
@@ -308,12 +323,14 @@ impl Bare {
         let body = format!(
             r#"{{"settings":{{"index.number_of_replicas":"0","index.refresh_interval":"-1"}},"mappings":{MAPPINGS}}}"#
         );
-        self.send(reqwest::Method::PUT, &format!("/{index}"), &body).await?;
+        self.send(reqwest::Method::PUT, &format!("/{index}"), &body)
+            .await?;
         Ok(())
     }
 
     async fn delete_index(&self, index: &str) -> Result<()> {
-        self.send(reqwest::Method::DELETE, &format!("/{index}"), "").await?;
+        self.send(reqwest::Method::DELETE, &format!("/{index}"), "")
+            .await?;
         Ok(())
     }
 
@@ -362,11 +379,15 @@ impl Bare {
         for slice in 0..slices {
             let (http, url, index) = (self.http.clone(), self.url.clone(), index.to_string());
             tasks.push(tokio::spawn(async move {
-                let mut query = serde_json::json!({"size": PAGE, "sort": ["_doc"], "track_total_hits": true});
+                let mut query =
+                    serde_json::json!({"size": PAGE, "sort": ["_doc"], "track_total_hits": true});
                 if slices > 1 {
                     query["slice"] = serde_json::json!({"id": slice, "max": slices});
                 }
-                let mut req = (format!("{url}/{index}/_search?scroll=5m"), query.to_string());
+                let mut req = (
+                    format!("{url}/{index}/_search?scroll=5m"),
+                    query.to_string(),
+                );
                 let mut n = 0u64;
                 loop {
                     let body = http
@@ -391,7 +412,8 @@ impl Bare {
                     n += page.hits.hits.len() as u64;
                     req = (
                         format!("{url}/_search/scroll"),
-                        serde_json::json!({"scroll": "5m", "scroll_id": page.scroll_id}).to_string(),
+                        serde_json::json!({"scroll": "5m", "scroll_id": page.scroll_id})
+                            .to_string(),
                     );
                 }
             }));
@@ -469,7 +491,9 @@ impl Row {
         docs as f64 / self.secs()
     }
     fn cpu(&self) -> CpuUse {
-        let m = |f: fn(&CpuUse) -> f64| median(&self.samples.iter().map(|s| f(&s.cpu)).collect::<Vec<_>>());
+        let m = |f: fn(&CpuUse) -> f64| {
+            median(&self.samples.iter().map(|s| f(&s.cpu)).collect::<Vec<_>>())
+        };
         CpuUse {
             client: m(|c| c.client),
             server: m(|c| c.server),
@@ -484,50 +508,98 @@ impl EsBench {
     /// # Errors
     /// When the server, a child or elasticdump fails.
     pub async fn run(&self) -> Result<Vec<Table>> {
-        let server = tokio::task::spawn_blocking(OpenSearch::start)
-            .await
-            .context("starting osmem-server (run scripts/setup-test-deps.sh)")?;
-        let pgid = server.process().pid();
+        // An external server (`--es-url`), or a fresh osmem-server.
+        let started = match &self.url {
+            Some(_) => None,
+            None => Some(
+                tokio::task::spawn_blocking(OpenSearch::start)
+                    .await
+                    .context("starting osmem-server (run scripts/setup-test-deps.sh)")?,
+            ),
+        };
+        let url = match (&self.url, &started) {
+            (Some(u), _) => u.trim_end_matches('/').to_string(),
+            (None, Some(s)) => s.url.clone(),
+            (None, None) => unreachable!("started above"),
+        };
+        let pgid = started.as_ref().map(|s| s.process().pid());
         let bare = Bare {
             http: reqwest::Client::builder().tcp_nodelay(true).build()?,
-            url: server.url.clone(),
+            url: url.clone(),
         };
-        let version: serde_json::Value = serde_json::from_str(&bare.send(reqwest::Method::GET, "/", "").await?)?;
+        let version: serde_json::Value =
+            serde_json::from_str(&bare.send(reqwest::Method::GET, "/", "").await?)?;
         let version = format!(
             "{} {}",
-            version["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
+            version["version"]["distribution"]
+                .as_str()
+                .unwrap_or("elasticsearch"),
             version["version"]["number"].as_str().unwrap_or("?")
         );
         eprintln!("generating {} documents…", self.docs);
         let (bodies, source_bytes) = bodies(self.docs);
         let bodies = Arc::new(bodies);
-        let store_dir = tempfile::Builder::new().prefix("capsule-bench-es-").tempdir()?;
+        let store_dir = tempfile::Builder::new()
+            .prefix("capsule-bench-es-")
+            .tempdir()?;
         let store_url = format!("file://{}", store_dir.path().display());
         let dump_file = store_dir.path().join("elasticdump.json");
-        let elasticdump_bin = if self.no_elasticdump { None } else { elasticdump_binary() };
+        let elasticdump_bin = if self.no_elasticdump {
+            None
+        } else {
+            elasticdump_binary()
+        };
         if !self.no_elasticdump && elasticdump_bin.is_none() {
             bail!("elasticdump not found on PATH: run bench/setup.sh (or pass --no-elasticdump)");
         }
 
-        eprintln!("loading {SOURCE}…");
-        bare.create_index(SOURCE).await?;
         let mut bulk_ceiling = Row::new("bare client `_bulk` (ceiling)");
-        let (s, ()) = timed(pgid, bare.bulk(SOURCE, &bodies)).await?;
-        bulk_ceiling.samples.push(s);
-        bare.send(reqwest::Method::POST, &format!("/{SOURCE}/_refresh"), "").await?;
-        bare.send(
-            reqwest::Method::PUT,
-            &format!("/{SOURCE}/_settings"),
-            r#"{"index.refresh_interval":null}"#,
-        )
-        .await?;
+        let loaded = bare
+            .send(reqwest::Method::GET, &format!("/{SOURCE}/_count"), "")
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["count"].as_u64());
+        if loaded == Some(self.docs as u64) {
+            eprintln!(
+                "{SOURCE} already holds {} documents: not loading it",
+                self.docs
+            );
+        } else {
+            eprintln!("loading {SOURCE}…");
+            if loaded.is_some() {
+                bare.delete_index(SOURCE).await?;
+            }
+            bare.create_index(SOURCE).await?;
+            let (s, ()) = timed(pgid, bare.bulk(SOURCE, &bodies)).await?;
+            bulk_ceiling.samples.push(s);
+            bare.send(reqwest::Method::POST, &format!("/{SOURCE}/_refresh"), "")
+                .await?;
+            bare.send(
+                reqwest::Method::PUT,
+                &format!("/{SOURCE}/_settings"),
+                r#"{"index.refresh_interval":null}"#,
+            )
+            .await?;
+        }
 
         wait_for_quiet().await;
         let mut scroll_rows: Vec<Row> = [1, 2, 4]
             .iter()
-            .map(|s| Row::new(format!("bare client sliced scroll, {s} slice{}", if *s == 1 { "" } else { "s" })))
+            .map(|s| {
+                Row::new(format!(
+                    "bare client sliced scroll, {s} slice{}",
+                    if *s == 1 { "" } else { "s" }
+                ))
+            })
             .collect();
-        let mut capsule_export = Row::new("capsule backup (`run_backup`, defaults)");
+        let mut capsule_export = Row::new(format!(
+            "capsule backup as `capsule es --create` (zstd {RECOMMENDED_ZSTD_LEVEL})"
+        ));
+        let core_level = PipelineOptions::default().zstd_level;
+        let mut capsule_export_core = Row::new(format!(
+            "capsule backup, core pipeline default (zstd {core_level})"
+        ));
         let mut dump_row = Row::new("elasticdump 6.125.1 `--limit=1000`");
         let mut backup_hwm = Vec::new();
         let mut backup_id = String::new();
@@ -542,17 +614,31 @@ impl EsBench {
                 "--mode".into(),
                 "backup".into(),
                 "--es-url".into(),
-                server.url.clone(),
+                url.clone(),
                 "--store".into(),
                 store_url.clone(),
             ];
             let (s, report) = timed(pgid, run_child(&args)).await?;
-            ensure!(report.documents == self.docs as u64, "capsule exported {}", report.documents);
+            ensure!(
+                report.documents == self.docs as u64,
+                "capsule exported {}",
+                report.documents
+            );
             capsule_export.samples.push(s);
             backup_hwm.push(report.hwm_kib);
             backup_id = report.id;
+            let mut core_args = args.clone();
+            core_args.extend(["--zstd-level".to_string(), core_level.to_string()]);
+            let (s, report) = timed(pgid, run_child(&core_args)).await?;
+            ensure!(
+                report.documents == self.docs as u64,
+                "capsule exported {}",
+                report.documents
+            );
+            capsule_export_core.samples.push(s);
+            backup_hwm.push(report.hwm_kib);
             if let Some(bin) = &elasticdump_bin {
-                let (s, n) = timed(pgid, elasticdump(bin, &server.url, &dump_file)).await?;
+                let (s, n) = timed(pgid, elasticdump(bin, &url, &dump_file)).await?;
                 ensure!(n == self.docs as u64, "elasticdump wrote {n} documents");
                 dump_row.samples.push(s);
             }
@@ -571,7 +657,7 @@ impl EsBench {
                 "--mode".into(),
                 "restore".into(),
                 "--es-url".into(),
-                server.url.clone(),
+                url.clone(),
                 "--store".into(),
                 store_url.clone(),
                 "--id".into(),
@@ -580,13 +666,17 @@ impl EsBench {
                 format!("^{SOURCE}$:bench-restored"),
             ];
             let (s, report) = timed(pgid, run_child(&args)).await?;
-            ensure!(report.documents == self.docs as u64, "capsule restored {}", report.documents);
+            ensure!(
+                report.documents == self.docs as u64,
+                "capsule restored {}",
+                report.documents
+            );
             capsule_import.samples.push(s);
             restore_hwm.push(report.hwm_kib);
             bare.delete_index("bench-restored").await?;
         }
         // The first load ran before the machine was quiet: keep the timed runs.
-        if import_runs > 0 {
+        if import_runs > 0 && bulk_ceiling.samples.len() > import_runs {
             bulk_ceiling.samples.remove(0);
         }
         Ok(self.tables(
@@ -594,6 +684,7 @@ impl EsBench {
             source_bytes,
             &scroll_rows,
             &capsule_export,
+            &capsule_export_core,
             elasticdump_bin.is_some().then_some(&dump_row),
             &bulk_ceiling,
             &capsule_import,
@@ -609,6 +700,7 @@ impl EsBench {
         source_bytes: u64,
         scroll_rows: &[Row],
         capsule_export: &Row,
+        capsule_export_core: &Row,
         dump: Option<&Row>,
         bulk_ceiling: &Row,
         capsule_import: &Row,
@@ -656,6 +748,14 @@ impl EsBench {
             format!("≥ {} of ceiling", pct(EXPORT_VS_CEILING)),
             verdict(vs_ceiling >= EXPORT_VS_CEILING),
         );
+        let core_ratio = capsule_export_core.rate(docs) / ceiling.rate(docs);
+        row(
+            &mut export,
+            capsule_export_core,
+            pct(core_ratio),
+            String::new(),
+            String::new(),
+        );
         if let Some(d) = dump {
             let vs_dump = capsule_export.rate(docs) / d.rate(docs);
             row(
@@ -666,6 +766,7 @@ impl EsBench {
                 verdict(vs_dump >= EXPORT_VS_ELASTICDUMP),
             );
         }
+        export.note(format!("The verdict is for the configuration `capsule es --create` uses (zstd level {RECOMMENDED_ZSTD_LEVEL}, `capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL`); the core's default level is shown for comparison."));
         export.note("capsule's time covers the whole backup as a process: start-up, statefile, metadata, sliced scroll (automatic slices), NDJSON, zstd, SHA-256, `file://` store; the bare client only reads and counts.");
         export.note("CPU seconds per run: client = the bare client, the capsule child or elasticdump; server = osmem-server; other = every other process on the machine (noise).");
         let mut tables = vec![export];
@@ -678,7 +779,13 @@ impl EsBench {
                 ),
                 &COLUMNS,
             );
-            row(&mut import, bulk_ceiling, String::new(), "ceiling".into(), String::new());
+            row(
+                &mut import,
+                bulk_ceiling,
+                String::new(),
+                "ceiling".into(),
+                String::new(),
+            );
             let vs_bulk = capsule_import.rate(docs) / bulk_ceiling.rate(docs);
             row(
                 &mut import,

@@ -94,6 +94,9 @@ enum Command {
         /// Skip the import runs.
         #[arg(long)]
         no_import: bool,
+        /// Use this server (http://host:port) instead of a fresh osmem-server.
+        #[arg(long, value_name = "URL")]
+        es_url: Option<String>,
     },
     /// Internal: one capsule backup or restore of `es`, run as a child process.
     #[command(hide = true)]
@@ -155,6 +158,7 @@ async fn run(cli: Cli) -> Result<()> {
         es_docs,
         no_elasticdump,
         no_import,
+        es_url,
     } = cli.command
     {
         eprintln!("elasticsearch benchmark…");
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> Result<()> {
             runs: cli.runs,
             no_elasticdump,
             no_import,
+            url: es_url,
         };
         for t in bench.run().await? {
             t.print();

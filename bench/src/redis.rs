@@ -58,6 +58,7 @@ pub struct RedisArgs {
 #[derive(Clone, Copy, Debug)]
 struct ChildRun {
     secs: f64,
+    cpu_secs: f64,
     peak_mib: f64,
 }
 
@@ -70,8 +71,8 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         .prefix("capsule-bench-redis-")
         .tempdir()?;
     let s3 = S3Server::start(&[BUCKET]).await?;
-    let source = tokio::task::spawn_blocking(|| Redis::start()).await?;
-    let target = tokio::task::spawn_blocking(|| Redis::start()).await?;
+    let source = tokio::task::spawn_blocking(Redis::start).await?;
+    let target = tokio::task::spawn_blocking(Redis::start).await?;
     eprintln!("loading {} keys…", args.keys);
     load(&source, args.keys)?;
     std::fs::create_dir_all(work.path().join("store"))?;
@@ -105,6 +106,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
             "seconds",
             "ratio",
             "target",
+            "capsule CPU s",
             "peak RSS MiB",
             "result",
         ],
@@ -123,12 +125,14 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     ] {
         let secs = median(&r.iter().map(|x| x.secs).collect::<Vec<_>>());
         let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
+        let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
         capture.row(vec![
             name.into(),
             num(secs, 2),
             format!("{ratio:.2}×"),
             "≤ 1.10×".into(),
+            num(cpu, 2),
             num(peak, 1),
             verdict(ratio <= 1.1),
         ]);
@@ -143,7 +147,8 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     for run in 0..runs {
         eprintln!("restore run {}/{runs}…", run + 1);
         flush(&target)?;
-        let input = std::fs::File::open(&commands)?;
+        let input = std::fs::File::open(&commands)
+            .with_context(|| format!("opening {}", commands.display()))?;
         pipe_secs.push(timed(
             Command::new("redis-cli")
                 .args(["-p", &target.port.to_string(), "--pipe"])
@@ -166,6 +171,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
             "seconds",
             "ratio",
             "target",
+            "capsule CPU s",
             "peak RSS MiB",
             "result",
         ],
@@ -184,12 +190,14 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     ] {
         let secs = median(&r.iter().map(|x| x.secs).collect::<Vec<_>>());
         let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
+        let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
         restore.row(vec![
             name.into(),
             num(secs, 2),
             format!("{ratio:.2}×"),
             "≤ 1.00×".into(),
+            num(cpu, 2),
             num(peak, 1),
             verdict(ratio <= 1.0),
         ]);
@@ -238,7 +246,11 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
 /// Wall time of `cmd`, which must succeed.
 fn timed(cmd: &mut Command) -> Result<f64> {
     let start = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     ensure!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -249,19 +261,24 @@ fn timed(cmd: &mut Command) -> Result<f64> {
 
 /// Runs this binary as `redis --child <what>`; returns its time, peak RSS and backup id.
 fn child(what: &str, redis: &str, store: &str, id: Option<&str>) -> Result<(ChildRun, String)> {
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let exe = std::env::current_exe().context("this binary")?;
+    let mut cmd = Command::new(exe);
     cmd.args(["redis", "--child", what])
         .env(REDIS_ENV, redis)
         .env(STORE_ENV, store);
     if let Some(id) = id {
         cmd.env(ID_ENV, id);
     }
-    let out = cmd.stderr(Stdio::inherit()).output()?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     ensure!(out.status.success(), "the {what} child failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("child output")?;
     Ok((
         ChildRun {
             secs: v["secs"].as_f64().unwrap_or(0.0),
+            cpu_secs: v["cpuSecs"].as_f64().unwrap_or(0.0),
             peak_mib: v["vmHwmKib"].as_f64().unwrap_or(0.0) / 1024.0,
         },
         v["id"].as_str().unwrap_or_default().to_string(),
@@ -293,9 +310,10 @@ pub async fn child_main(args: &RedisArgs) -> Result<()> {
     };
     let secs = start.elapsed().as_secs_f64();
     let hwm = self_status_kib("VmHWM").context("reading VmHWM")?;
+    let cpu = crate::measure::cpu_secs("self").unwrap_or(0.0);
     println!(
         "{}",
-        serde_json::json!({ "secs": secs, "vmHwmKib": hwm, "id": id })
+        serde_json::json!({ "secs": secs, "cpuSecs": cpu, "vmHwmKib": hwm, "id": id })
     );
     Ok(())
 }

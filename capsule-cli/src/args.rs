@@ -51,6 +51,9 @@ impl Cli {
         if let Command::Pg(a) = &self.command {
             out.extend(a.engine.secrets());
         }
+        if let Command::Es(a) = &self.command {
+            out.extend(a.engine.secrets());
+        }
         out
     }
 }
@@ -66,6 +69,9 @@ pub enum Command {
     Es(EsArgs),
     /// Run the daemon: scheduler, bucket watcher, HTTP API and dashboard.
     Start(crate::commands::start::StartArgs),
+    /// Print the backup plan the daemon would run (Kubernetes discovery and
+    /// --config), with every problem, and exit.
+    Plan(crate::commands::plan::PlanArgs),
     /// Print capsule's version.
     Version,
     /// Print a shell completion script.
@@ -83,7 +89,10 @@ impl Command {
             Command::Pg(a) => Some((ServiceType::Postgresql, &a.common)),
             Command::Redis(a) => Some((ServiceType::Redis, &a.common)),
             Command::Es(a) => Some((ServiceType::Elasticsearch, &a.common)),
-            Command::Version | Command::Completion { .. } | Command::Start(_) => None,
+            Command::Version
+            | Command::Completion { .. }
+            | Command::Start(_)
+            | Command::Plan(_) => None,
         }
     }
 }
@@ -242,13 +251,14 @@ pub struct GlobalArgs {
         default_value = "/tmp/capsule-data"
     )]
     pub dumpdir: PathBuf,
-    /// Discover services in Kubernetes (daemon; accepted for compatibility).
+    /// Discover services in Kubernetes (`capsule start`, `capsule plan`; needs
+    /// --kubeconfig or running in a pod).
     #[arg(long, global = true, value_name = "BOOL", env = "CNVRG_CAPSULE_AUTO_DISCOVERY",
           default_value = "true", default_missing_value = "true", num_args = 0..=1,
           require_equals = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub auto_discovery: bool,
-    /// Namespaces to scan (daemon; accepted for compatibility).
+    /// Namespaces discovery scans: names or globs, comma-separated.
     #[arg(
         long,
         global = true,
@@ -257,7 +267,7 @@ pub struct GlobalArgs {
         default_value = "*"
     )]
     pub ns_whitelist: String,
-    /// Kubeconfig file (daemon; accepted for compatibility).
+    /// Kubeconfig file for discovery (else the pod's service account).
     #[arg(
         long,
         global = true,

@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     }
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(commands::run(cli)));
+        .and_then(|rt| {
+            // On a worker thread, not on this one: a task woken by I/O then
+            // runs on the thread that saw the event (no hand-off per wakeup).
+            rt.block_on(async { tokio::spawn(commands::run(cli)).await? })
+        });
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::SUCCESS),

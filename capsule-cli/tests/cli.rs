@@ -1822,3 +1822,317 @@ mod pg {
         assert!(run.stdout.contains("nothing was compared"), "{run:#?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Elasticsearch: backups, restores, drills and downloads run now with --es-url
+// ---------------------------------------------------------------------------
+
+mod es {
+    use test_support::opensearch::{FaultProxy, Faults, OpenSearch};
+
+    use super::*;
+
+    /// Legacy connection variables blanked, so a developer's environment
+    /// cannot turn a queued request into a run now.
+    const NO_LEGACY: [(&str, &str); 5] = [
+        ("ELASTICSEARCH_URL", ""),
+        ("ES_USERNAME", ""),
+        ("ES_PASSWORD", ""),
+        ("CNVRG_ES_USER", ""),
+        ("CNVRG_ES_PASS", ""),
+    ];
+
+    /// Two indices (one with an alias) holding numbers beyond 2^53, floats
+    /// as written, unicode and custom routing.
+    fn load(os: &OpenSearch) {
+        os.ok(
+            "PUT",
+            "/cli-a",
+            r#"{"mappings":{"properties":{"n":{"type":"long"},"f":{"type":"double"}}},"aliases":{"cli-all":{}}}"#,
+        );
+        let mut docs = String::new();
+        for i in 0..300u64 {
+            docs.push_str(&format!(
+                "{{\"index\":{{\"_index\":\"cli-a\",\"_id\":\"a{i}\"{}}}}}\n{{\"n\":{},\"f\":{i}.10,\"s\":\"Zoë ☃ {i}\"}}\n",
+                if i % 7 == 0 { ",\"routing\":\"r7\"" } else { "" },
+                9_007_199_254_740_993u64 + i
+            ));
+        }
+        for i in 0..20 {
+            docs.push_str(&format!(
+                "{{\"index\":{{\"_index\":\"cli-b\",\"_id\":\"b{i}\"}}}}\n{{\"k\":\"v{i}\"}}\n"
+            ));
+        }
+        os.bulk(&docs);
+    }
+
+    fn count(os: &OpenSearch, index: &str) -> u64 {
+        let body: Value =
+            serde_json::from_str(&os.ok("GET", &format!("/{index}/_count"), "")).unwrap();
+        body["count"].as_u64().unwrap()
+    }
+
+    /// The `error: ...` line, the only line on stderr apart from the
+    /// core's own warning about the failed job (logs are at `warn`).
+    fn error(run: &Run) -> &str {
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "expected one error line:\n{run:#?}");
+        let others = run
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("error: ") && !l.contains(" WARN "))
+            .count();
+        assert_eq!(others, 0, "unexpected stderr lines:\n{run:#?}");
+        errors[0]
+    }
+
+    fn statefile(t: &Target, id: &str) -> Value {
+        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
+    }
+
+    #[test]
+    fn create_restore_verify_and_download_run_now_with_a_url() {
+        let t = Target::file();
+        let os = OpenSearch::start();
+        load(&os);
+        let url = os.url.clone();
+
+        // --create with --es-url: a backup now.
+        let run = t
+            .run_env(
+                &["es", "--create", "--es-url", &url, "--indices", "cli-*"],
+                &NO_LEGACY,
+            )
+            .ok();
+        let id = run.stdout.trim().to_string();
+        assert!(id.starts_with("elasticsearch-"), "{run:#?}");
+        assert!(run.stderr.contains("2 indices, 320 documents"), "{run:#?}");
+        let sf = statefile(&t, &id);
+        assert_eq!(sf["status"], "finished");
+        assert_eq!(sf["engine"]["fingerprint"]["counts"]["cli-a"], 300);
+        assert_eq!(sf["service"]["database"], "cli-*");
+
+        // --restore over the live indices: refused, nothing changed.
+        let run = t
+            .run_env(
+                &["es", "--restore", "--id", &id, "--es-url", &url, "--yes"],
+                &NO_LEGACY,
+            )
+            .fails_with(1);
+        let line = error(&run);
+        assert!(
+            line.contains("index cli-a exists") && line.contains("--replace"),
+            "{line}"
+        );
+        // Without --yes and no terminal: a usage error.
+        t.run_env(
+            &["es", "--restore", "--id", &id, "--es-url", &url],
+            &NO_LEGACY,
+        )
+        .fails_with(2);
+        // --rename: beside them.
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--restore",
+                    "--id",
+                    &id,
+                    "--es-url",
+                    &url,
+                    "--yes",
+                    "--rename",
+                    "cli-(.+):copy-$1",
+                ],
+                &NO_LEGACY,
+            )
+            .ok();
+        assert!(
+            run.stdout.contains("(create)") && run.stdout.contains("320 documents"),
+            "{run:#?}"
+        );
+        assert_eq!(count(&os, "copy-a"), 300);
+        assert_eq!(count(&os, "copy-all"), 300, "the alias is renamed too");
+        // --replace: over them.
+        os.bulk("{\"index\":{\"_index\":\"cli-b\",\"_id\":\"extra\"}}\n{\"k\":\"x\"}");
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--restore",
+                    "--id",
+                    &id,
+                    "--es-url",
+                    &url,
+                    "--yes",
+                    "--replace",
+                    "--indices",
+                    "cli-b",
+                    "--json",
+                ],
+                &NO_LEGACY,
+            )
+            .ok();
+        assert_eq!(run.json()["mode"], "replace");
+        assert_eq!(count(&os, "cli-b"), 20);
+
+        // --verify: a drill, compared index by index.
+        let run = t
+            .run_env(
+                &["es", "--verify", "--id", &id, "--es-url", &url],
+                &NO_LEGACY,
+            )
+            .ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        let a_line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("cli-a "))
+            .unwrap_or_default();
+        assert!(a_line.contains("300") && a_line.ends_with("ok"), "{run:#?}");
+        assert_eq!(statefile(&t, &id)["verifications"][0]["status"], "passed");
+
+        // --download: the NDJSON and the metadata, checked.
+        let run = t
+            .run_env(&["es", "--download", "--id", &id], &NO_LEGACY)
+            .ok();
+        assert!(run.stdout.contains("documents.ndjson"), "{run:#?}");
+        let ndjson =
+            std::fs::read_to_string(t.dumpdir().join(&id).join("documents.ndjson")).unwrap();
+        assert_eq!(ndjson.lines().count(), 640);
+        assert!(
+            ndjson.contains(r#""f":3.10,"s":"Zoë ☃ 3""#),
+            "raw _source kept"
+        );
+        assert!(ndjson.contains(r#""routing":"r7""#));
+        assert!(t.dumpdir().join(&id).join("metadata.json").is_file());
+    }
+
+    #[test]
+    fn connection_failures_are_one_clear_line_without_the_password() {
+        let mut t = Target::file();
+        let os = OpenSearch::start();
+        load(&os);
+        let proxy = FaultProxy::start(
+            os.port,
+            Faults {
+                basic_auth: Some(("elastic".into(), "Right-Pw-4711".into())),
+                ..Faults::default()
+            },
+        );
+        t.secrets
+            .extend(["Right-Pw-4711".to_string(), "Wr0ng-Pw-0815".to_string()]);
+        // Wrong password, with every library's logs on: still not printed.
+        let wrong = format!("http://elastic:Wr0ng-Pw-0815@127.0.0.1:{}", proxy.port);
+        let run = t
+            .run_env(
+                &["es", "--create", "--es-url", &wrong],
+                &[("RUST_LOG", "trace")],
+            )
+            .fails_with(1);
+        assert!(
+            run.stderr
+                .contains("authentication failed for user \"elastic\""),
+            "{run:#?}"
+        );
+        // Unreachable: at once.
+        let port = test_support::process::free_port();
+        let started = Instant::now();
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--create",
+                    "--es-url",
+                    &format!("http://elastic:Wr0ng-Pw-0815@127.0.0.1:{port}"),
+                ],
+                &NO_LEGACY,
+            )
+            .fails_with(1);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let line = error(&run);
+        assert!(
+            line.contains(&format!("cannot connect to http://127.0.0.1:{port}")),
+            "{line}"
+        );
+        // A pattern matching nothing.
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--create",
+                    "--es-url",
+                    &os.url,
+                    "--indices",
+                    "cli-a,nosuch",
+                ],
+                &NO_LEGACY,
+            )
+            .fails_with(1);
+        assert!(
+            error(&run).contains(r#"no index matches "nosuch""#),
+            "{run:#?}"
+        );
+        // Bad flag values are usage errors.
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--create",
+                    "--es-url",
+                    "ftp://elastic:Wr0ng-Pw-0815@h:1",
+                ],
+                &NO_LEGACY,
+            )
+            .fails_with(2);
+        assert!(error(&run).contains("--es-url"), "{run:#?}");
+        t.run_env(
+            &[
+                "es",
+                "--restore",
+                "--id",
+                "elasticsearch-9nVJ8sGmQbXc3RkHzW2tLp",
+                "--es-url",
+                &os.url,
+                "--rename",
+                "(x:y",
+                "--yes",
+            ],
+            &NO_LEGACY,
+        )
+        .fails_with(2);
+        // The legacy Secret keys: a backup now, through the proxy.
+        let run = t
+            .run_env(
+                &["es", "--create", "--indices", "cli-b"],
+                &[
+                    ("ELASTICSEARCH_URL", proxy.url.as_str()),
+                    ("ES_USERNAME", "elastic"),
+                    ("ES_PASSWORD", "Right-Pw-4711"),
+                    ("RUST_LOG", "debug"),
+                ],
+            )
+            .ok();
+        let id = run.stdout.trim().to_string();
+        assert_eq!(statefile(&t, &id)["status"], "finished");
+    }
+
+    #[test]
+    fn without_connection_settings_create_queues_and_verify_is_refused() {
+        let t = Target::file();
+        let run = t.run_env(&["es", "--create"], &NO_LEGACY).ok();
+        let queued = run.stdout.trim().to_string();
+        assert_eq!(statefile(&t, &queued)["status"], "requested");
+        let run = t
+            .run_env(&["es", "--verify", "--id", &queued], &NO_LEGACY)
+            .fails_with(2);
+        assert!(
+            run.stderr.contains("--verify needs connection settings"),
+            "{run:#?}"
+        );
+    }
+}

@@ -66,7 +66,7 @@ pub use id::{BACKUP_ID_RANDOM_LEN, BackupId, ServiceType};
 pub use lease::{
     Acquisition, LEASE_V1, LEASES_DIR, Lease, LeaseHolder, LeaseRecord, Leases, Renewal,
 };
-pub use period::Period;
+pub use period::{MAX_PERIOD, Period};
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport, VerifyReport, run_restore, run_verify};
 pub use schedule::{

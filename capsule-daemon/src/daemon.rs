@@ -104,8 +104,15 @@ impl Shared {
                     && p.target.service_type == t.service_type
                     && p.view.url() == view.url()
             });
+            // A source that rebuilt the engine (discovery re-reads Secrets:
+            // the credentials may have changed) replaces the target.
             match same {
-                Some(p) if p.target.schedule == t.schedule => next.push(p.clone()),
+                Some(p)
+                    if p.target.schedule == t.schedule
+                        && Arc::ptr_eq(&p.target.engine, &t.engine) =>
+                {
+                    next.push(p.clone())
+                }
                 _ => next.push(Arc::new(TargetRt { target: t, view })),
             }
         }

@@ -16,8 +16,9 @@
 //!   `/metrics` and the OpenAPI document at `/openapi.json`, answering from
 //!   an in-memory catalog ([`CatalogCache`]) refreshed incrementally.
 //! - [`TargetSource`]: where the services come from: the static
-//!   configuration file ([`DaemonConfig`] → [`StaticTargets`]) now,
-//!   Kubernetes discovery later.
+//!   configuration file ([`DaemonConfig`] → [`StaticTargets`]) and
+//!   Kubernetes discovery ([`KubeDiscovery`]: `CnvrgApp` resources and
+//!   annotated PVCs, their Secrets turned into engines and stores).
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
@@ -46,6 +47,7 @@ mod api;
 mod cache;
 mod config;
 mod daemon;
+mod discovery;
 mod error;
 mod jobs;
 mod metrics;
@@ -56,6 +58,10 @@ mod targets;
 pub use cache::{CacheStats, CachedBackup, CatalogCache, Filter, Snapshot};
 pub use config::{CONFIG_ENV, DEFAULT_PERIOD, DEFAULT_ROTATION, DaemonConfig, ServiceConfig};
 pub use daemon::{Daemon, run};
+pub use discovery::{
+    ANNOTATION_PREFIX, DEFAULT_BUCKET_REF, DiscoveryOptions, DiscoveryPlan, DiscoveryProblem,
+    KubeDiscovery, NsWhitelist, PlannedTarget, TargetOrigin,
+};
 pub use error::{ConfigError, Error, Result};
 pub use metrics::{Metrics, Outcome, ServiceLabels};
 pub use options::{ApiToken, DaemonOptions, Mode, Timings, parse_bind_addr, parse_duration};

@@ -1,6 +1,7 @@
 //! What the daemon backs up: [`Target`]s from a [`TargetSource`]. The
 //! static configuration file is one source ([`StaticTargets`]);
-//! Kubernetes discovery is another (a later issue) behind the same trait.
+//! Kubernetes discovery ([`crate::KubeDiscovery`]) is another behind the
+//! same trait.
 
 use std::fmt;
 use std::sync::Arc;
@@ -155,6 +156,11 @@ pub trait TargetSource: Send + Sync {
     /// # Errors
     /// When the source cannot answer; the daemon keeps the previous targets.
     async fn targets(&self) -> Result<Vec<Target>>;
+    /// Extra Prometheus text appended to `/metrics` (Kubernetes discovery
+    /// reports its problems there); none by default.
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// A fixed list of targets (from the configuration file).

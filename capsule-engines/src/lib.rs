@@ -9,8 +9,15 @@
 //!   custom-format `pg_dump` streamed through the core's pipeline, with a
 //!   fingerprint taken in the dump's snapshot; restores safely beside the
 //!   live database and swaps; runs restore drills.
+//! - [`elasticsearch`]: [`EsEngine`] built from [`EsOptions`] (an
+//!   [`EsConnection`] from an `http(s)://` URL or the legacy Secret keys,
+//!   index patterns, an [`EsRename`] rule). Backs up templates and each
+//!   index's settings, mappings and aliases, and every document's raw
+//!   `_source` as `_bulk` NDJSON read with a sliced scroll; restores with
+//!   parallel `_bulk`, counts and a byte-for-byte sample checked; runs
+//!   restore drills in scratch indices.
 //!
-//! `redis` and `elasticsearch` land with their own issues. This crate
+//! `redis` lands with its own issue. This crate
 //! holds no domain logic of its own beyond driving each database's tools
 //! and protocols: the core's [`run_backup`](capsule_core::run_backup),
 //! [`run_restore`](capsule_core::run_restore) and

@@ -7,6 +7,7 @@
 
 pub mod azurite;
 pub mod fixtures;
+pub mod kube_api;
 pub mod opensearch;
 pub mod postgres;
 pub mod process;

@@ -1,33 +1,45 @@
-//! `capsule es`: the common actions, and (with connection settings) the
-//! ones that run the engine now: `--create` backs up, `--restore`
-//! restores, `--verify` runs a restore drill.
+//! `capsule es`: the common actions, and (with connection settings:
+//! `--es-url`, `CNVRG_CAPSULE_ES_URL` or the legacy `ELASTICSEARCH_URL`)
+//! the ones that run the engine now: `--create` backs up, `--restore`
+//! restores, `--verify` runs a restore drill. Without connection settings
+//! `--create` and `--restore` queue a request for a daemon.
 
 use anyhow::Result;
+use capsule_core::pipeline::PipelineOptions;
 use capsule_core::{
-    BackupId, BackupOptions, Catalog, Error, Fingerprint, JobContext, ListFilter, RestoreOptions,
-    ServiceIdentity, ServiceType, Statefile, run_backup, run_restore, run_verify,
+    BackupOptions, Catalog, Error, Fingerprint, JobContext, RestoreOptions, ServiceType, Statefile,
+    run_backup, run_restore, run_verify,
 };
+use capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL;
 use capsule_engines::{EsEngine, EsOptions};
 
-use super::backups;
+use super::backups::{self, cancellable};
 use crate::args::{Action, EsArgs, GlobalArgs, ServiceArgs};
-use crate::exit::{Interrupted, UsageError};
-use crate::{output, picker, progress, store_args};
+use crate::exit::UsageError;
+use crate::table::{Cell, Table};
+use crate::{output, progress, store_args};
 
 /// Runs `capsule es`.
 ///
 /// # Errors
 /// As [`backups::run`]; a usage error for `--verify` without connection
-/// settings or a bad flag value; the engine's errors when it runs now.
+/// settings or a bad flag value; the engine's errors when it runs now
+/// ([`capsule_core::Error::VerificationFailed`] naming the differing
+/// indices for a failed drill).
 pub async fn run(g: &GlobalArgs, args: &EsArgs) -> Result<()> {
     let action = args.common.action();
-    let options = args.engine.options()?;
-    let Some(options) = options else {
+    let Some(options) = args.engine.options()? else {
         if action == Action::Verify {
-            return Err(UsageError::new("--verify needs connection settings (--es-url)").into());
+            return Err(UsageError::new(
+                "--verify needs connection settings (--es-url or ELASTICSEARCH_URL)",
+            )
+            .into());
         }
         return backups::run(g, ServiceType::Elasticsearch, &args.common).await;
     };
+    if !matches!(action, Action::Create | Action::Restore | Action::Verify) {
+        return backups::run(g, ServiceType::Elasticsearch, &args.common).await;
+    }
     let now = Now {
         g,
         args: &args.common,
@@ -36,8 +48,7 @@ pub async fn run(g: &GlobalArgs, args: &EsArgs) -> Result<()> {
     match action {
         Action::Create => now.backup(options).await,
         Action::Restore => now.restore(options).await,
-        Action::Verify => now.verify(options).await,
-        _ => backups::run(g, ServiceType::Elasticsearch, &args.common).await,
+        _ => now.verify(options).await,
     }
 }
 
@@ -50,22 +61,10 @@ struct Now<'a> {
 
 impl Now<'_> {
     async fn backup(&self, options: EsOptions) -> Result<()> {
-        let (namespace, name) = match self.args.service.as_deref().map(|s| s.split_once('/')) {
-            Some(Some((ns, n))) if !ns.is_empty() && !n.is_empty() => {
-                (Some(ns.to_string()), Some(n.to_string()))
-            }
-            Some(_) => {
-                return Err(UsageError::new("invalid --service: expected namespace/name").into());
-            }
-            None => (None, None),
-        };
-        let engine = EsEngine::new(options.with_service(ServiceIdentity {
-            cluster: self.args.cluster.clone(),
-            namespace,
-            name,
-            ..Default::default()
-        }));
-        let mut backup = BackupOptions::default().with_description(&self.args.description);
+        let engine = EsEngine::new(options.with_service(backups::service_identity(self.args)?));
+        let mut backup = BackupOptions::default()
+            .with_description(&self.args.description)
+            .with_pipeline(PipelineOptions::default().with_zstd_level(RECOMMENDED_ZSTD_LEVEL));
         if let Some(c) = &self.args.cluster {
             backup = backup.with_cluster(c);
         }
@@ -78,21 +77,23 @@ impl Now<'_> {
             return Ok(());
         }
         output::out(sf.backup_id.as_str())?;
-        let fp = sf
-            .engine
-            .as_ref()
-            .and_then(|e| e.fingerprint.clone())
-            .unwrap_or_default();
+        let info = sf.engine.clone().unwrap_or_default();
+        let raw: u64 = sf.artifacts.iter().filter_map(|a| a.raw_size_bytes).sum();
         output::note(&format!(
-            "backup {} finished: {} from {engine}, {}{}",
+            "backup {} finished{}: {engine}{}, {}; {} exported, {} stored in {}",
             sf.backup_id,
-            counts(&fp),
+            sf.duration()
+                .map(|d| format!(" in {}", output::duration(d)))
+                .unwrap_or_default(),
+            info.server_version
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default(),
+            contents(&info.fingerprint.unwrap_or_default()),
+            output::size(raw),
             sf.size_bytes()
                 .map(output::size)
                 .unwrap_or_else(|| "-".into()),
-            sf.duration()
-                .map(|d| format!(" in {}", output::duration(d)))
-                .unwrap_or_default()
+            self.catalog.store().url(),
         ));
         Ok(())
     }
@@ -100,27 +101,10 @@ impl Now<'_> {
     async fn restore(&self, options: EsOptions) -> Result<()> {
         let id = self.backup_id("Restore which backup?").await?;
         let engine = EsEngine::new(options);
+        let sf = self.catalog.describe(&id).await?;
         if !self.g.yes {
-            if !picker::interactive() {
-                return Err(UsageError::new(
-                    "refusing to restore without confirmation and no terminal to ask on: pass --yes",
-                )
-                .into());
-            }
-            let sf = self.catalog.describe(&id).await?;
-            let prompt = format!(
-                "Restore backup {id} ({}, {}) into {engine}{}?",
-                describe(&sf),
-                output::date(sf.requested_at),
-                if engine.options().replace {
-                    ", replacing existing indices"
-                } else {
-                    ""
-                }
-            );
-            if !picker::confirm(&prompt)? {
-                anyhow::bail!("restore cancelled: nothing was changed");
-            }
+            backups::can_confirm("restore")?;
+            backups::ask("restore", &restore_prompt(&id, &sf, &engine))?;
         }
         let progress = progress::for_output(self.g.json);
         let ctx = JobContext::new(progress.as_ref());
@@ -128,23 +112,30 @@ impl Now<'_> {
         if let Some(c) = &self.args.cluster {
             opts = opts.with_cluster(c);
         }
+        let started = std::time::Instant::now();
         let report =
             cancellable(&ctx, run_restore(&self.catalog, &engine, &id, opts, &ctx)).await?;
-        let fp = report.outcome.fingerprint.clone().unwrap_or_default();
+        let took = chrono::Duration::milliseconds(started.elapsed().as_millis() as i64);
+        let got = report.outcome.fingerprint.clone().unwrap_or_default();
         if self.g.json {
             output::json(&serde_json::json!({
                 "backupId": id,
                 "target": report.outcome.target,
                 "mode": report.outcome.mode,
-                "counts": fp.counts,
+                "documents": got.counts,
+                "durationMs": took.num_milliseconds(),
             }))?;
-        } else {
-            output::out(&format!(
-                "restored backup {id} into {} ({}): {}",
-                report.outcome.target,
-                report.outcome.mode,
-                counts(&fp)
-            ))?;
+            return Ok(());
+        }
+        output::out(&format!(
+            "restored backup {id} into {} ({}) in {}: {}",
+            report.outcome.target,
+            report.outcome.mode,
+            output::duration(took),
+            contents(&got)
+        ))?;
+        if let Some(rename) = &engine.options().rename {
+            output::out(&format!("indices and aliases renamed with {rename}"))?;
         }
         Ok(())
     }
@@ -152,106 +143,151 @@ impl Now<'_> {
     async fn verify(&self, options: EsOptions) -> Result<()> {
         let id = self.backup_id("Verify which backup?").await?;
         let engine = EsEngine::new(options);
+        let recorded = self
+            .catalog
+            .describe(&id)
+            .await?
+            .engine
+            .and_then(|e| e.fingerprint);
         let progress = progress::for_output(self.g.json);
         let ctx = JobContext::new(progress.as_ref());
-        let report = cancellable(&ctx, run_verify(&self.catalog, &engine, &id, &ctx)).await?;
+        let report = match cancellable(&ctx, run_verify(&self.catalog, &engine, &id, &ctx)).await {
+            Ok(report) => report,
+            Err(e) => {
+                if let Some(Error::VerificationFailed { mismatches, .. }) =
+                    e.downcast_ref::<Error>()
+                {
+                    if self.g.json {
+                        output::json(&serde_json::json!({
+                            "backupId": id,
+                            "status": "failed",
+                            "mismatches": mismatches,
+                        }))?;
+                    } else {
+                        for m in mismatches {
+                            output::out(&format!("MISMATCH {m}"))?;
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
         let v = &report.verification;
+        let got = report.fingerprint.clone().unwrap_or_default();
         if self.g.json {
-            output::json(&serde_json::to_value(v)?)?;
+            output::json(&serde_json::json!({
+                "backupId": id,
+                "status": "passed",
+                "compared": report.compared,
+                "target": v.target,
+                "durationMs": v.duration_ms,
+                "restored": got,
+            }))?;
             return Ok(());
         }
-        let fp = report.fingerprint.unwrap_or_default();
+        if let Some(want) = &recorded {
+            print_comparison(want, &got)?;
+        }
         output::out(&format!(
-            "backup {id}: verification {}{}: {}",
+            "backup {id}: verification passed in {}: {}{}",
+            output::duration(chrono::Duration::milliseconds(
+                v.duration_ms.unwrap_or(0) as i64
+            )),
+            contents(&got),
             if report.compared {
-                "passed"
+                " match the backup (scratch indices deleted)"
             } else {
-                "passed (nothing recorded to compare)"
-            },
-            v.duration_ms
-                .map(|ms| format!(
-                    " in {}",
-                    output::duration(chrono::Duration::milliseconds(ms as i64))
-                ))
-                .unwrap_or_default(),
-            counts(&fp)
+                "; no fingerprint was recorded at backup, so nothing was compared"
+            }
         ))?;
         Ok(())
     }
 
-    /// `--id` (checked), else one finished backup picked on the terminal.
     async fn backup_id(&self, prompt: &str) -> Result<String> {
-        if let Some(id) = &self.args.id {
-            let parsed: BackupId = id
-                .parse()
-                .map_err(|e| UsageError::new(format!("--id: {e}")))?;
-            if parsed.service_type() != ServiceType::Elasticsearch {
-                return Err(UsageError::new(format!(
-                    "--id {id} is a {} backup: use `capsule {}`",
-                    parsed.service_type(),
-                    parsed.service_type().short_name()
-                ))
-                .into());
-            }
-            return Ok(parsed.to_string());
-        }
-        if !picker::interactive() {
-            return Err(
-                UsageError::new("no --id given and no terminal to pick from: pass --id").into(),
-            );
-        }
-        let filter = ListFilter::default()
-            .with_service_type(ServiceType::Elasticsearch)
-            .with_status("finished");
-        let entries = self.catalog.list(&filter).await?;
-        if entries.is_empty() {
-            anyhow::bail!(
-                "no finished elasticsearch backups in {} to pick from",
-                self.catalog.store().url()
-            );
-        }
-        picker::pick(prompt, &entries)?.ok_or_else(|| anyhow::anyhow!("no backup picked"))
+        backups::backup_id(
+            &self.catalog,
+            ServiceType::Elasticsearch,
+            self.args.id.as_deref(),
+            prompt,
+            Some("finished"),
+        )
+        .await
     }
 }
 
-/// Runs `job`, cancelling it on ctrl-c (the core marks the statefile).
-async fn cancellable<T>(
-    ctx: &JobContext<'_>,
-    job: impl std::future::Future<Output = capsule_core::Result<T>>,
-) -> Result<T> {
-    let cancel = ctx.cancel.clone();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            cancel.cancel();
-        }
-    });
-    let result = job.await;
-    watcher.abort();
-    match result {
-        Err(Error::Cancelled(what)) => {
-            Err(anyhow::Error::new(Interrupted).context(format!("{what}: cancelled")))
-        }
-        r => Ok(r?),
-    }
-}
-
-/// `3 indices, 1200 documents`.
-fn counts(fp: &Fingerprint) -> String {
-    let docs: u64 = fp.counts.values().sum();
-    format!(
-        "{} ind{}, {docs} document{}",
-        fp.counts.len(),
-        if fp.counts.len() == 1 { "ex" } else { "ices" },
-        if docs == 1 { "" } else { "s" }
-    )
-}
-
-/// `finished, 3 indices` for the confirmation prompt.
-fn describe(sf: &Statefile) -> String {
+/// The confirmation question, saying what happens to existing indices.
+fn restore_prompt(id: &str, sf: &Statefile, engine: &EsEngine) -> String {
+    let o = engine.options();
     let fp = sf
         .engine
         .as_ref()
         .and_then(|e| e.fingerprint.clone())
         .unwrap_or_default();
-    format!("{}, {}", sf.status, counts(&fp))
+    let what = format!(
+        "backup {id} ({}, {}, {})",
+        sf.status,
+        output::date(sf.requested_at),
+        contents(&fp)
+    );
+    let names = match &o.rename {
+        Some(r) => format!(" renamed with {r}"),
+        None => String::new(),
+    };
+    if o.replace {
+        format!("Restore {what} into {engine}{names}, DELETING existing indices of the same names?")
+    } else {
+        format!(
+            "Restore {what} into {engine}{names}? Existing indices of the same names make it fail."
+        )
+    }
+}
+
+/// `3 indices, 1200 documents`.
+fn contents(fp: &Fingerprint) -> String {
+    let docs: u64 = fp.counts.values().sum();
+    let n = fp.counts.len();
+    format!(
+        "{n} {}, {docs} document{}",
+        if n == 1 { "index" } else { "indices" },
+        if docs == 1 { "" } else { "s" }
+    )
+}
+
+/// Each index's count and sample, at backup and restored.
+fn print_comparison(want: &Fingerprint, got: &Fingerprint) -> Result<()> {
+    let mut names: Vec<&String> = want
+        .counts
+        .keys()
+        .chain(got.counts.keys())
+        .chain(want.values.keys())
+        .chain(got.values.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    let show = |fp: &Fingerprint, name: &str| {
+        fp.counts
+            .get(name)
+            .map(u64::to_string)
+            .or_else(|| fp.values.get(name).cloned())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut table = Table::new(&["INDEX", "AT BACKUP", "RESTORED", "CHECK"]);
+    for name in names {
+        let (a, b) = (show(want, name), show(got, name));
+        let check = if a == b {
+            Cell::styled("ok", console::Style::new().for_stdout().green())
+        } else {
+            Cell::styled("MISMATCH", console::Style::new().for_stdout().red())
+        };
+        table.row(vec![
+            Cell::plain(name),
+            Cell::plain(a),
+            Cell::plain(b),
+            check,
+        ]);
+    }
+    for line in table.render() {
+        output::out(&line)?;
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 mod backups;
 mod es;
 mod pg;
+pub mod plan;
 mod redis;
 pub mod start;
 
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Redis(args) => redis::run(&cli.global, args).await,
         Command::Es(args) => es::run(&cli.global, args).await,
         Command::Start(args) => start::run(&cli.global, args).await,
+        Command::Plan(args) => plan::run(&cli.global, args).await,
     }
 }
 

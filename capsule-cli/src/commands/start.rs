@@ -1,5 +1,6 @@
 //! `capsule start`: the daemon. Builds the store from the global flags,
-//! the targets from `--config`, and runs `capsule_daemon::run` until
+//! the targets from `--config` and Kubernetes discovery
+//! ([`crate::commands::plan::target_source`]), and runs `capsule_daemon::run` until
 //! SIGTERM or SIGINT.
 
 use std::io::{self, Write};
@@ -8,10 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use capsule_daemon::{
-    ApiToken, DaemonConfig, DaemonOptions, DefaultEngines, Mode, StaticTargets, StoreResolver,
-    Timings,
-};
+use capsule_daemon::{ApiToken, DaemonConfig, DaemonOptions, Mode, StoreResolver, Timings};
 use capsule_store::{Redactor, Secret, Store, StoreBuilder};
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -195,9 +193,9 @@ impl Drop for LineBuffer {
 /// Builds the store of a service that names its own: the URL with the
 /// global `--access-key`/`--secret-key` applied when given, else the
 /// global store; `dst_dir` else the global `--dst-dir`.
-struct CliStores {
-    global: Store,
-    access: Option<(String, String)>,
+pub(crate) struct CliStores {
+    pub(crate) global: Store,
+    pub(crate) access: Option<(String, String)>,
 }
 
 impl StoreResolver for CliStores {
@@ -237,15 +235,10 @@ pub async fn run(g: &GlobalArgs, args: &StartArgs) -> Result<()> {
         .clone()
         .or_else(|| config.as_ref().and_then(|c| c.cluster.clone()))
         .unwrap_or_else(|| "default".to_string());
-    let stores = CliStores {
-        global: store.clone(),
-        access: g.access_key.clone().zip(g.secret_key.clone()),
-    };
-    let targets = match &config {
-        Some(c) => StaticTargets::from_config(c, &cluster, &DefaultEngines, &stores)
-            .map_err(|e| UsageError::new(e.to_string()))?,
-        None => StaticTargets::new("no --config file", Vec::new()),
-    };
+    // The config file's services, plus Kubernetes discovery when enabled
+    // (the same code path as `capsule plan`).
+    let targets =
+        crate::commands::plan::target_source(g, config.as_ref(), &cluster, &store).await?;
     let token = match (&args.api_token_file, std::env::var(TOKEN_ENV).ok()) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(file)
@@ -276,7 +269,7 @@ pub async fn run(g: &GlobalArgs, args: &StartArgs) -> Result<()> {
         .with_anonymous_read(args.api_anonymous_read)
         .with_max_jobs(args.max_jobs)
         .with_timings(timings);
-    capsule_daemon::run(options, store, Arc::new(targets), shutdown_signal())
+    capsule_daemon::run(options, store, targets, shutdown_signal())
         .await
         .map_err(|e| match e {
             capsule_daemon::Error::InvalidOption(m) => UsageError::new(m).into(),

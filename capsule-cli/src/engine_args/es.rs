@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use capsule_engines::elasticsearch::{EsConnection, LEGACY_URL_KEY};
+use capsule_engines::elasticsearch::{EsConnection, LEGACY_CREDENTIAL_KEYS, LEGACY_URL_KEY};
 use capsule_engines::{EsOptions, EsRename};
 use clap::Args;
 
@@ -55,6 +55,30 @@ impl EsEngineArgs {
             .clone()
             .or_else(|| std::env::var(LEGACY_URL_KEY).ok())
             .filter(|u| !u.trim().is_empty())
+    }
+
+    /// Every password this run may use, for the log and output redactor:
+    /// the one in the URL (decoded and as written) and the legacy
+    /// `ES_PASSWORD` / `CNVRG_ES_PASS` (user names are not secret).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(url) = self.url() {
+            if let Some(pw) = url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.password().map(str::to_string))
+            {
+                out.push(pw);
+            }
+            if let Some(pw) = EsConnection::from_url(&url).ok().and_then(|c| c.password) {
+                out.push(pw.expose().to_string());
+            }
+        }
+        for (_, key) in LEGACY_CREDENTIAL_KEYS {
+            if let Some(pw) = std::env::var(key).ok().filter(|p| !p.is_empty()) {
+                out.push(pw);
+            }
+        }
+        out
     }
 
     /// The engine's options, `None` without connection settings.

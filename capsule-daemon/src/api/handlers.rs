@@ -366,7 +366,7 @@ pub(crate) async fn metrics(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(),
+        shared.metrics.render() + &shared.source.metrics(),
     )
         .into_response())
 }

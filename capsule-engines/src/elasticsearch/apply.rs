@@ -15,7 +15,8 @@ use super::metadata::{IndexMeta, is_deferred};
 use super::sample::{SampleEntry, digest};
 
 /// The three kinds of templates, in the order they are restored.
-pub(crate) const TEMPLATE_KINDS: [&str; 3] = ["_component_template", "_index_template", "_template"];
+pub(crate) const TEMPLATE_KINDS: [&str; 3] =
+    ["_component_template", "_index_template", "_template"];
 
 /// Longest comma-separated list of names in one request path.
 const MAX_PATH_NAMES: usize = 3000;
@@ -24,9 +25,16 @@ const MAX_PATH_NAMES: usize = 3000;
 ///
 /// # Errors
 /// The client's errors (the server's reason for a refused template).
-pub(crate) async fn put_template(client: &EsClient, kind: &str, name: &str, body: &Value) -> Result<()> {
+pub(crate) async fn put_template(
+    client: &EsClient,
+    kind: &str,
+    name: &str,
+    body: &Value,
+) -> Result<()> {
     let path = format!("/{kind}/{}", segment(name));
-    client.call(Method::PUT, &path, Some(Body::json(body))).await?;
+    client
+        .call(Method::PUT, &path, Some(Body::json(body)))
+        .await?;
     Ok(())
 }
 
@@ -41,7 +49,11 @@ pub(crate) async fn delete_template(client: &EsClient, kind: &str, name: &str) {
 /// The body creating `meta`'s index for loading: its settings without the
 /// deferred ones, replicas 0 and refresh off; typed mappings for
 /// Elasticsearch 6 targets.
-pub(crate) fn create_body(settings: &Map<String, Value>, meta: &IndexMeta, doc_type: Option<&str>) -> Value {
+pub(crate) fn create_body(
+    settings: &Map<String, Value>,
+    meta: &IndexMeta,
+    doc_type: Option<&str>,
+) -> Value {
     let mut s: Map<String, Value> = settings
         .iter()
         .filter(|(k, _)| !is_deferred(k))
@@ -65,7 +77,10 @@ pub(crate) fn create_body(settings: &Map<String, Value>, meta: &IndexMeta, doc_t
 pub(crate) fn final_settings(settings: &Map<String, Value>) -> Value {
     let mut s = Map::new();
     for key in ["index.number_of_replicas", "index.refresh_interval"] {
-        s.insert(key.into(), settings.get(key).cloned().unwrap_or(Value::Null));
+        s.insert(
+            key.into(),
+            settings.get(key).cloned().unwrap_or(Value::Null),
+        );
     }
     for (k, v) in settings {
         if is_deferred(k) && !s.contains_key(k) {
@@ -81,7 +96,11 @@ pub(crate) fn final_settings(settings: &Map<String, Value>) -> Value {
 /// The client's errors (the server's reason, e.g. an invalid setting).
 pub(crate) async fn create_index(client: &EsClient, name: &str, body: &Value) -> Result<()> {
     client
-        .call(Method::PUT, &format!("/{}", segment(name)), Some(Body::json(body)))
+        .call(
+            Method::PUT,
+            &format!("/{}", segment(name)),
+            Some(Body::json(body)),
+        )
         .await?;
     Ok(())
 }
@@ -129,7 +148,11 @@ pub(crate) async fn count(client: &EsClient, name: &str) -> Result<u64> {
 ///
 /// # Errors
 /// The client's errors (the server's reason, e.g. a name clash).
-pub(crate) async fn add_aliases(client: &EsClient, index: &str, aliases: &[(String, Value)]) -> Result<()> {
+pub(crate) async fn add_aliases(
+    client: &EsClient,
+    index: &str,
+    aliases: &[(String, Value)],
+) -> Result<()> {
     if aliases.is_empty() {
         return Ok(());
     }
@@ -143,7 +166,11 @@ pub(crate) async fn add_aliases(client: &EsClient, index: &str, aliases: &[(Stri
         })
         .collect();
     client
-        .call(Method::POST, "/_aliases", Some(Body::json(&json!({ "actions": actions }))))
+        .call(
+            Method::POST,
+            "/_aliases",
+            Some(Body::json(&json!({ "actions": actions }))),
+        )
         .await?;
     Ok(())
 }
@@ -203,7 +230,11 @@ pub(crate) async fn compare_sample(
         })
         .collect();
     let body = client
-        .call(Method::POST, "/_mget", Some(Body::json(&json!({ "docs": docs }))))
+        .call(
+            Method::POST,
+            "/_mget",
+            Some(Body::json(&json!({ "docs": docs }))),
+        )
         .await?;
     let reply: MgetReply<'_> = client.parse(&Method::POST, "/_mget", &body)?;
     let mut restored = Vec::with_capacity(sample.len());
@@ -215,7 +246,10 @@ pub(crate) async fn compare_sample(
             Some(src) => {
                 entry.digest = digest(src.get().as_bytes());
                 if entry.digest != want.digest {
-                    mismatches.push(format!("{target}/{}: _source differs from the backup", want.id));
+                    mismatches.push(format!(
+                        "{target}/{}: _source differs from the backup",
+                        want.id
+                    ));
                 }
             }
             None => {
@@ -244,18 +278,23 @@ pub(crate) fn renamed_aliases(
 ///
 /// # Errors
 /// The client's errors.
-pub(crate) async fn existing(client: &EsClient, names: &[String]) -> Result<BTreeMap<String, Existing>> {
+pub(crate) async fn existing(
+    client: &EsClient,
+    names: &[String],
+) -> Result<BTreeMap<String, Existing>> {
     let mut out = BTreeMap::new();
     for name in names {
         if !client.exists(&format!("/{}", segment(name))).await? {
             continue;
         }
-        let alias = client
-            .exists(&format!("/_alias/{}", segment(name)))
-            .await?;
+        let alias = client.exists(&format!("/_alias/{}", segment(name))).await?;
         out.insert(
             name.clone(),
-            if alias { Existing::Alias } else { Existing::Index },
+            if alias {
+                Existing::Alias
+            } else {
+                Existing::Index
+            },
         );
     }
     Ok(out)

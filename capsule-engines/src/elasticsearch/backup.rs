@@ -27,6 +27,14 @@ pub const FORMAT_METADATA: &str = "es-metadata";
 /// Format of the documents artifact: `_bulk` action and source lines.
 pub const FORMAT_DOCUMENTS: &str = "es-bulk-ndjson";
 
+/// The zstd level frontends should store Elasticsearch backups with
+/// (`BackupOptions::pipeline`): documents are bulky JSON that a server
+/// streams faster than zstd's default level 3 compresses on a small
+/// machine. Level 1 stores them about 8% larger (3.6x instead of 3.9x on
+/// the benchmark's documents) for about 40% less CPU, which keeps the
+/// export near the server's own scroll speed (`docs/benchmarks.md`).
+pub const RECOMMENDED_ZSTD_LEVEL: i32 = 1;
+
 /// Pages buffered between the slices and the upload, per slice.
 const PAGES_IN_FLIGHT: usize = 2;
 
@@ -40,7 +48,8 @@ pub(super) async fn backup(
     let server = client.server_info().await?;
     tracing::info!(engine = %engine, server = %server, "connected");
     let patterns = IndexPatterns::new(&options.indices);
-    let Inventory { metadata, shards } = inventory::read(&client, server.clone(), &patterns).await?;
+    let Inventory { metadata, shards } =
+        inventory::read(&client, server.clone(), &patterns).await?;
     if metadata.indices.is_empty() {
         tracing::warn!(engine = %engine, "no index to back up: only templates are saved");
     }
@@ -69,7 +78,10 @@ pub(super) async fn backup(
     details.insert("distribution".into(), json!(server.distribution));
     details.insert("version".into(), json!(server.version));
     details.insert("clusterName".into(), json!(server.cluster_name));
-    details.insert("indices".into(), json!(metadata.indices.keys().collect::<Vec<_>>()));
+    details.insert(
+        "indices".into(),
+        json!(metadata.indices.keys().collect::<Vec<_>>()),
+    );
     details.insert(
         "templates".into(),
         json!({

@@ -198,9 +198,7 @@ impl EsClient {
         }
         req = match body {
             Some(Body::Json(b)) => req.header("content-type", "application/json").body(b),
-            Some(Body::Ndjson(b)) => req
-                .header("content-type", "application/x-ndjson")
-                .body(b),
+            Some(Body::Ndjson(b)) => req.header("content-type", "application/x-ndjson").body(b),
             None => req,
         };
         let resp = req.send().await?;
@@ -287,7 +285,9 @@ impl EsClient {
                 None => "the server requires authentication (HTTP 401): give a user and password"
                     .to_string(),
             },
-            StatusCode::FORBIDDEN => format!("{method} {path}: permission denied (HTTP 403): {reason}"),
+            StatusCode::FORBIDDEN => {
+                format!("{method} {path}: permission denied (HTTP 403): {reason}")
+            }
             _ => format!("{method} {path}: HTTP {status}: {reason}"),
         };
         self.error(message)

@@ -159,7 +159,12 @@ pub(crate) async fn export(
     Ok(tallies)
 }
 
-async fn slices_for(client: &EsClient, plan: &ExportPlan, index: &str, shards: usize) -> Result<usize> {
+async fn slices_for(
+    client: &EsClient,
+    plan: &ExportPlan,
+    index: &str,
+    shards: usize,
+) -> Result<usize> {
     if plan.slices > 0 {
         return Ok(plan.slices);
     }
@@ -198,7 +203,11 @@ impl SliceJob {
         let result = self.scroll(&mut scroll_id).await;
         if let Some(id) = scroll_id {
             let body = Body::json(&json!({ "scroll_id": [id] }));
-            if let Err(e) = self.client.request(Method::DELETE, "/_search/scroll", Some(body)).await {
+            if let Err(e) = self
+                .client
+                .request(Method::DELETE, "/_search/scroll", Some(body))
+                .await
+            {
                 tracing::debug!(error = %e, "could not clear a scroll");
             }
         }
@@ -220,7 +229,10 @@ impl SliceJob {
         if self.track_total_hits {
             query["track_total_hits"] = json!(true);
         }
-        let first = format!("/{}/_search?scroll={SCROLL_KEEP_ALIVE}", segment(&self.index));
+        let first = format!(
+            "/{}/_search?scroll={SCROLL_KEEP_ALIVE}",
+            segment(&self.index)
+        );
         let mut inflight = self.fetch(first, Body::json(&query));
         loop {
             let (path, page_bytes) = (&mut inflight.0)
@@ -237,20 +249,21 @@ impl SliceJob {
                 return Ok(tally);
             }
             tally.count += n as u64;
-            if let Some(tx) = &self.out {
-                if tx.send(Ok(Chunk::Data(data))).await.is_err() {
-                    return Err(self
-                        .client
-                        .error(format!("exporting {}: {OUTPUT_CLOSED}", self.index)));
-                }
+            if let Some(tx) = &self.out
+                && tx.send(Ok(Chunk::Data(data))).await.is_err()
+            {
+                return Err(self
+                    .client
+                    .error(format!("exporting {}: {OUTPUT_CLOSED}", self.index)));
             }
             inflight = match (next, scroll_id.as_ref()) {
                 (Some(next), Some(id)) if quick_id.as_ref() == Some(id) => next,
                 (_, Some(id)) => self.fetch_next(id),
                 (_, None) => {
-                    return Err(self
-                        .client
-                        .error(format!("exporting {}: the server sent no scroll id", self.index)));
+                    return Err(self.client.error(format!(
+                        "exporting {}: the server sent no scroll id",
+                        self.index
+                    )));
                 }
             };
         }
@@ -277,19 +290,19 @@ impl SliceJob {
         tally: &mut IndexTally,
     ) -> Result<(Bytes, usize, Option<String>)> {
         let page: Page<'_> = self.client.parse(&Method::POST, path, body)?;
-        if let Some(shards) = &page.shards {
-            if shards.failed > 0 {
-                let reason = shards
-                    .failures
-                    .first()
-                    .and_then(|f| f.get("reason"))
-                    .map(describe_error)
-                    .unwrap_or_default();
-                return Err(self.client.error(format!(
-                    "exporting {}: {} shard(s) failed: {reason}",
-                    self.index, shards.failed
-                )));
-            }
+        if let Some(shards) = &page.shards
+            && shards.failed > 0
+        {
+            let reason = shards
+                .failures
+                .first()
+                .and_then(|f| f.get("reason"))
+                .map(describe_error)
+                .unwrap_or_default();
+            return Err(self.client.error(format!(
+                "exporting {}: {} shard(s) failed: {reason}",
+                self.index, shards.failed
+            )));
         }
         if page.timed_out {
             return Err(self
@@ -403,14 +416,18 @@ mod tests {
     #[tokio::test]
     async fn the_stream_fails_unless_the_export_ended() {
         let (tx, rx) = mpsc::channel(4);
-        tx.send(Ok(Chunk::Data(Bytes::from_static(b"a")))).await.unwrap();
+        tx.send(Ok(Chunk::Data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
         tx.send(Ok(Chunk::End)).await.unwrap();
         let items: Vec<_> = ChunkStream::new(rx).collect().await;
         assert_eq!(items.len(), 1);
         assert!(items[0].is_ok());
 
         let (tx, rx) = mpsc::channel(4);
-        tx.send(Ok(Chunk::Data(Bytes::from_static(b"a")))).await.unwrap();
+        tx.send(Ok(Chunk::Data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
         drop(tx);
         let items: Vec<_> = ChunkStream::new(rx).collect().await;
         assert_eq!(items.len(), 2);

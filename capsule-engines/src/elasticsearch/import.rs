@@ -66,7 +66,11 @@ pub(crate) struct ItemError {
 
 impl std::fmt::Display for ItemError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}: HTTP {}: {}", self.index, self.id, self.status, self.reason)
+        write!(
+            f,
+            "{}/{}: HTTP {}: {}",
+            self.index, self.id, self.status, self.reason
+        )
     }
 }
 
@@ -143,7 +147,9 @@ pub(crate) async fn load(
                 sampler: Sampler::new(plan.sample_size),
             });
         tally.count += 1;
-        tally.sampler.offer(&meta.id, meta.routing.as_deref(), &source);
+        tally
+            .sampler
+            .offer(&meta.id, meta.routing.as_deref(), &source);
         let start = batch.body.len();
         write_action(
             &mut batch.body,

@@ -125,8 +125,16 @@ pub(crate) async fn read(
     let mut mappings: BTreeMap<String, MappingsEntry> = BTreeMap::new();
     let mut aliases: BTreeMap<String, AliasesEntry> = BTreeMap::new();
     for group in name_groups(&names, MAX_PATH_NAMES) {
-        mappings.extend(client.get::<BTreeMap<String, MappingsEntry>>(&format!("/{group}/_mapping")).await?);
-        aliases.extend(client.get::<BTreeMap<String, AliasesEntry>>(&format!("/{group}/_alias")).await?);
+        mappings.extend(
+            client
+                .get::<BTreeMap<String, MappingsEntry>>(&format!("/{group}/_mapping"))
+                .await?,
+        );
+        aliases.extend(
+            client
+                .get::<BTreeMap<String, AliasesEntry>>(&format!("/{group}/_alias"))
+                .await?,
+        );
     }
     for name in &names {
         let raw = settings
@@ -135,12 +143,19 @@ pub(crate) async fn read(
             .unwrap_or_default();
         let primaries = raw
             .get("index.number_of_shards")
-            .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64().map(|n| n as usize)))
+            .and_then(|v| {
+                v.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .or(v.as_u64().map(|n| n as usize))
+            })
             .unwrap_or(1);
         shards.insert(name.clone(), primaries);
         let (mapping_type, mappings) = untype(
             &server,
-            mappings.remove(name).map(|m| m.mappings).unwrap_or(Value::Null),
+            mappings
+                .remove(name)
+                .map(|m| m.mappings)
+                .unwrap_or(Value::Null),
         );
         if source_disabled(&mappings) {
             return Err(Error::Unsupported(format!(
@@ -248,5 +263,9 @@ pub(crate) async fn template(client: &EsClient, kind: &str, name: &str) -> Resul
         return Ok(all.remove(name));
     }
     let list: NamedTemplates = client.parse(&Method::GET, &path, &body)?;
-    Ok(list.templates.into_iter().find(|t| t.name == name).map(|t| t.body))
+    Ok(list
+        .templates
+        .into_iter()
+        .find(|t| t.name == name)
+        .map(|t| t.body))
 }

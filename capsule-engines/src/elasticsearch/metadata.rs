@@ -139,7 +139,11 @@ const ELASTICSEARCH_ONLY: &[&str] = &[
     "index.routing.allocation.include._tier_preference",
     "index.lifecycle.",
 ];
-const OPENSEARCH_ONLY: &[&str] = &["index.replication.type", "index.plugins.", "index.opendistro."];
+const OPENSEARCH_ONLY: &[&str] = &[
+    "index.replication.type",
+    "index.plugins.",
+    "index.opendistro.",
+];
 
 fn listed(key: &str, list: &[&str]) -> bool {
     list.iter().any(|p| {

@@ -46,7 +46,10 @@ use capsule_core::{
     RestoreOutcome, RestorePlan, Result, ServiceIdentity, ServiceType,
 };
 
-pub use backup::{DOCUMENTS_ARTIFACT, FORMAT_DOCUMENTS, FORMAT_METADATA, METADATA_ARTIFACT};
+pub use backup::{
+    DOCUMENTS_ARTIFACT, FORMAT_DOCUMENTS, FORMAT_METADATA, METADATA_ARTIFACT,
+    RECOMMENDED_ZSTD_LEVEL,
+};
 pub use metadata::{EsMetadata, IndexMeta, METADATA_FORMAT, METADATA_VERSION};
 pub use options::{ENV_URL, EsConnection, EsOptions, LEGACY_CREDENTIAL_KEYS, LEGACY_URL_KEY};
 pub use rename::EsRename;
@@ -199,7 +202,11 @@ impl Engine for EsEngine {
         if let Some(r) = &self.options.rename {
             target.push_str(&format!(" (renamed {r})"));
         }
-        let mode = if self.options.replace { "replace" } else { "create" };
+        let mode = if self.options.replace {
+            "replace"
+        } else {
+            "create"
+        };
         RestorePlan::new(target, mode)
     }
 

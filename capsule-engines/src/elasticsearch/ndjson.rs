@@ -199,7 +199,9 @@ mod tests {
             b"{\"index\":{\"_index\":\"logs\",\"_id\":\"a\\\"b\\\\c \xc3\xa9\",\"routing\":\"r1\"}}\n"
         );
         assert_eq!(parse_action(&out[..out.len() - 1]).unwrap(), meta);
-        let typed = parse_action(br#"{"create":{"_index":"x","_type":"doc","_id":"1","_routing":"r"}}"#).unwrap();
+        let typed =
+            parse_action(br#"{"create":{"_index":"x","_type":"doc","_id":"1","_routing":"r"}}"#)
+                .unwrap();
         assert_eq!(typed.doc_type.as_deref(), Some("doc"));
         assert_eq!(typed.routing.as_deref(), Some("r"));
         assert!(parse_action(br#"{"delete":{"_index":"x","_id":"1"}}"#).is_none());
@@ -223,11 +225,17 @@ mod tests {
         let mut r = PairReader::new(data);
         let (mut a, mut s) = (Vec::new(), Vec::new());
         assert!(r.next(&mut a, &mut s).await.unwrap());
-        assert_eq!((a.as_slice(), s.as_slice()), (&b"{\"index\":{}}"[..], &b"{\"a\":1}"[..]));
+        assert_eq!(
+            (a.as_slice(), s.as_slice()),
+            (&b"{\"index\":{}}"[..], &b"{\"a\":1}"[..])
+        );
         assert!(r.next(&mut a, &mut s).await.unwrap());
         assert_eq!(s, b"{\"b\":2}");
         assert!(!r.next(&mut a, &mut s).await.unwrap());
         let mut r = PairReader::new(&b"{\"index\":{}}\n{\"a\":1"[..]);
-        assert!(matches!(r.next(&mut a, &mut s).await, Err(PairError::Malformed(_))));
+        assert!(matches!(
+            r.next(&mut a, &mut s).await,
+            Err(PairError::Malformed(_))
+        ));
     }
 }

@@ -27,10 +27,7 @@ impl EsRename {
     /// [`Error::Invalid`] for an invalid regular expression.
     pub fn new(pattern: &str, replacement: &str) -> Result<Self> {
         let regex = Regex::new(pattern).map_err(|e| {
-            Error::invalid(
-                "rename",
-                format!("invalid rename pattern {pattern:?}: {e}"),
-            )
+            Error::invalid("rename", format!("invalid rename pattern {pattern:?}: {e}"))
         })?;
         Ok(EsRename {
             pattern: regex,
@@ -57,7 +54,9 @@ impl FromStr for EsRename {
             }
             _ => Err(Error::invalid(
                 "rename",
-                format!("invalid rename {s:?}: expected pattern:replacement, e.g. 'logs-(.+):restored-logs-$1'"),
+                format!(
+                    "invalid rename {s:?}: expected pattern:replacement, e.g. 'logs-(.+):restored-logs-$1'"
+                ),
             )),
         }
     }
@@ -91,7 +90,11 @@ mod tests {
     #[test]
     fn renames_like_snapshot_restore() {
         let cases = [
-            ("logs-(.+):restored-logs-$1", "logs-2024", "restored-logs-2024"),
+            (
+                "logs-(.+):restored-logs-$1",
+                "logs-2024",
+                "restored-logs-2024",
+            ),
             ("logs-(.+):restored-logs-$1", "users", "users"),
             ("^(.*)$:copy-${1}-x", "users", "copy-users-x"),
             ("(?:a|b)x:y", "ax-bx", "y-y"),

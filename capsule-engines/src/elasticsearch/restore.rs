@@ -100,7 +100,17 @@ pub(super) async fn run(
     let server = client.server_info().await?;
     let plan = plan(engine, &client, &server, &metadata, mode).await?;
     let mut created = Created::default();
-    let result = execute(engine, &client, source, ctx, &plan, &docs_name, mode, &mut created).await;
+    let result = execute(
+        engine,
+        &client,
+        source,
+        ctx,
+        &plan,
+        &docs_name,
+        mode,
+        &mut created,
+    )
+    .await;
     if mode == Mode::Scratch || result.is_err() {
         clean_up(&client, &created).await;
     }
@@ -131,7 +141,11 @@ fn artifact_names(sf: &Statefile) -> Result<(String, String)> {
     Ok((find(FORMAT_METADATA)?, find(FORMAT_DOCUMENTS)?))
 }
 
-async fn read_metadata(source: &dyn ArtifactSource, name: &str, backup: &str) -> Result<EsMetadata> {
+async fn read_metadata(
+    source: &dyn ArtifactSource,
+    name: &str,
+    backup: &str,
+) -> Result<EsMetadata> {
     let mut bytes = Vec::new();
     source
         .open(name)
@@ -194,8 +208,11 @@ async fn plan(
                 format!("two indices would be restored as {target}"),
             ));
         }
-        let (settings, dropped) =
-            portable_settings(&meta.settings, metadata.server.distribution, server.distribution);
+        let (settings, dropped) = portable_settings(
+            &meta.settings,
+            metadata.server.distribution,
+            server.distribution,
+        );
         for key in dropped {
             tracing::warn!(index = %original, setting = %key, "dropping a setting {server} does not know");
         }
@@ -241,10 +258,15 @@ async fn plan(
                 conflicts.push(format!("alias {name} is the name of an existing index"));
             }
         }
-        templates = plan_templates(client, server, metadata, options.replace, &mut conflicts).await?;
+        templates =
+            plan_templates(client, server, metadata, options.replace, &mut conflicts).await?;
     }
     if !conflicts.is_empty() {
-        let hint = if options.replace { "" } else { " (pass --replace to replace them)" };
+        let hint = if options.replace {
+            ""
+        } else {
+            " (pass --replace to replace them)"
+        };
         return Err(Error::invalid(
             "restore",
             format!(
@@ -366,8 +388,13 @@ async fn execute(
     refused(client, &loaded)?;
 
     apply::refresh(client, &created.indices).await?;
-    let recorded = sf.engine.as_ref().and_then(|e| e.fingerprint.clone()).unwrap_or_default();
-    let (fingerprint, mismatches) = check(client, plan, loaded, &recorded, options.sample_size).await?;
+    let recorded = sf
+        .engine
+        .as_ref()
+        .and_then(|e| e.fingerprint.clone())
+        .unwrap_or_default();
+    let (fingerprint, mismatches) =
+        check(client, plan, loaded, &recorded, options.sample_size).await?;
     report.fingerprint = fingerprint;
     if mode == Mode::Restore && !mismatches.is_empty() {
         return Err(client.error(format!(
@@ -427,13 +454,23 @@ async fn check(
         let count = apply::count(client, &p.target).await?;
         fp.counts.insert(p.original.clone(), count);
         // An index without documents has no tally from the load.
-        let tally = loaded.read.remove(&p.original).unwrap_or_else(|| IndexTally {
-            count: 0,
-            sampler: Sampler::new(sample_size),
-        });
-        let expected = recorded.counts.get(&p.original).copied().unwrap_or(tally.count);
+        let tally = loaded
+            .read
+            .remove(&p.original)
+            .unwrap_or_else(|| IndexTally {
+                count: 0,
+                sampler: Sampler::new(sample_size),
+            });
+        let expected = recorded
+            .counts
+            .get(&p.original)
+            .copied()
+            .unwrap_or(tally.count);
         if count != expected {
-            mismatches.push(format!("{}: expected {expected} documents, found {count}", p.target));
+            mismatches.push(format!(
+                "{}: expected {expected} documents, found {count}",
+                p.target
+            ));
         }
         if !tally.sampler.is_enabled() {
             continue;
@@ -448,10 +485,10 @@ async fn check(
 }
 
 async fn clean_up(client: &EsClient, created: &Created) {
-    if !created.indices.is_empty() {
-        if let Err(e) = apply::delete_indices(client, &created.indices).await {
-            tracing::warn!(indices = ?created.indices, error = %e, "could not remove the indices this run created");
-        }
+    if !created.indices.is_empty()
+        && let Err(e) = apply::delete_indices(client, &created.indices).await
+    {
+        tracing::warn!(indices = ?created.indices, error = %e, "could not remove the indices this run created");
     }
     for (kind, name) in &created.templates {
         apply::delete_template(client, kind, name).await;
@@ -465,7 +502,11 @@ fn scratch_tag() -> String {
     (0..8)
         .map(|_| {
             let n = rng.gen_range(0..36u8);
-            if n < 10 { (b'0' + n) as char } else { (b'a' + n - 10) as char }
+            if n < 10 {
+                (b'0' + n) as char
+            } else {
+                (b'a' + n - 10) as char
+            }
         })
         .collect()
 }
@@ -473,7 +514,11 @@ fn scratch_tag() -> String {
 /// `capsule-verify-<tag>-<name>`, or `…-<i>` when that would be too long.
 fn scratch_name(tag: &str, original: &str, i: usize) -> String {
     let name = format!("capsule-verify-{tag}-{}", original.trim_start_matches('.'));
-    if name.len() <= 255 { name } else { format!("capsule-verify-{tag}-{i}") }
+    if name.len() <= 255 {
+        name
+    } else {
+        format!("capsule-verify-{tag}-{i}")
+    }
 }
 
 #[cfg(test)]
@@ -484,7 +529,10 @@ mod tests {
     fn scratch_names_are_valid_index_names() {
         let tag = scratch_tag();
         assert_eq!(tag.len(), 8);
-        assert!(tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            tag.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
         assert_eq!(scratch_name("t", ".kibana", 0), "capsule-verify-t-kibana");
         assert_eq!(scratch_name("t", &"x".repeat(250), 3), "capsule-verify-t-3");
     }

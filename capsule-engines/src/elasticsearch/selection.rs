@@ -107,8 +107,7 @@ pub(crate) fn glob(pattern: &str, name: &str) -> bool {
         return pattern == name;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last)
-    {
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
         return false;
     }
     let mut rest = &name[first.len()..name.len() - last.len()];
@@ -173,6 +172,11 @@ mod tests {
         assert!(!IndexPatterns::new(&[]).is_explicit());
         let p = IndexPatterns::new(&["logs-*".into(), "users".into()]);
         assert!(p.names_exactly("users") && !p.names_exactly("logs-1"));
-        assert!(IndexPatterns::new(&["-x".into()]).select(&all).unmatched.is_empty());
+        assert!(
+            IndexPatterns::new(&["-x".into()])
+                .select(&all)
+                .unmatched
+                .is_empty()
+        );
     }
 }

@@ -153,7 +153,10 @@ mod tests {
 
     #[test]
     fn detects_distribution_and_features() {
-        let os = info(r#"{"cluster_name":"c","version":{"distribution":"opensearch","number":"3.8.0"}}"#).unwrap();
+        let os = info(
+            r#"{"cluster_name":"c","version":{"distribution":"opensearch","number":"3.8.0"}}"#,
+        )
+        .unwrap();
         assert_eq!(os.to_string(), "OpenSearch 3.8.0");
         assert!(os.composable_templates() && os.track_total_hits() && !os.typed());
         let es6 = info(r#"{"version":{"number":"6.8.23"}}"#).unwrap();

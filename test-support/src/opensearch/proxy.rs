@@ -169,7 +169,8 @@ fn respond(req: &Request, shared: &Shared) -> io::Result<Response> {
                 401,
                 r#"{"error":{"type":"security_exception","reason":"unable to authenticate user for REST request"},"status":401}"#,
             );
-            r.extra.push(("WWW-Authenticate".into(), "Basic realm=\"security\"".into()));
+            r.extra
+                .push(("WWW-Authenticate".into(), "Basic realm=\"security\"".into()));
             return Ok(r);
         }
     }
@@ -178,7 +179,10 @@ fn respond(req: &Request, shared: &Shared) -> io::Result<Response> {
         let n = shared.counters.bulk.fetch_add(1, Ordering::SeqCst);
         let faults = &shared.faults;
         if n < faults.reject_bulk_requests {
-            shared.counters.rejected_requests.fetch_add(1, Ordering::SeqCst);
+            shared
+                .counters
+                .rejected_requests
+                .fetch_add(1, Ordering::SeqCst);
             return Ok(json(
                 429,
                 r#"{"error":{"type":"es_rejected_execution_exception","reason":"rejected execution (injected by the test proxy)"},"status":429}"#,
@@ -216,7 +220,10 @@ fn half_rejected(req: &Request, shared: &Shared) -> io::Result<Response> {
         if i % 2 == 0 {
             items.push(kept.next().unwrap_or_else(|| b"{}".to_vec()));
         } else {
-            shared.counters.rejected_items.fetch_add(1, Ordering::SeqCst);
+            shared
+                .counters
+                .rejected_items
+                .fetch_add(1, Ordering::SeqCst);
             items.push(
                 br#"{"index":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution (injected by the test proxy)"}}}"#
                     .to_vec(),
@@ -338,7 +345,11 @@ fn parse_upstream(raw: &[u8], head: bool) -> io::Result<Response> {
         }
     }
     let rest = &raw[split + 4..];
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
     Ok(Response {
         status,
         content_type,
@@ -420,7 +431,10 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
             chunk.truncate(size);
             req.body.extend(chunk);
         }
-    } else if let Some(n) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(n) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0; n];
         reader.read_exact(&mut body)?;
         req.body = body;
@@ -428,7 +442,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     Ok(Some(req))
 }
 
-fn write_response(w: &mut TcpStream, req: &Request, resp: &Response, close: bool) -> io::Result<()> {
+fn write_response(
+    w: &mut TcpStream,
+    req: &Request,
+    resp: &Response,
+    close: bool,
+) -> io::Result<()> {
     let length = resp.head_length.unwrap_or(resp.body.len());
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {length}\r\nConnection: {}\r\n",
@@ -465,7 +484,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -499,6 +522,9 @@ mod tests {
 
     #[test]
     fn dechunks() {
-        assert_eq!(dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), b"hello world");
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
+        );
     }
 }

@@ -58,23 +58,38 @@ async fn wrong_credentials_fail_clearly_without_showing_the_password() {
     let fc = FileCatalog::new();
     let url = format!("http://elastic:wr0ng-Pa55@127.0.0.1:{}", proxy.port);
     let engine = engine(&url, "private");
-    assert_eq!(engine.to_string(), format!("elasticsearch(127.0.0.1:{})", proxy.port));
+    assert_eq!(
+        engine.to_string(),
+        format!("elasticsearch(127.0.0.1:{})", proxy.port)
+    );
     assert!(!format!("{engine:?}").contains("wr0ng-Pa55"));
     let e = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
-    assert!(e.contains("authentication failed for user \"elastic\""), "{e}");
+    assert!(
+        e.contains("authentication failed for user \"elastic\""),
+        "{e}"
+    );
     assert!(!e.contains("wr0ng-Pa55"), "{e}");
     let listed = fc.catalog.list(&Default::default()).await.unwrap();
     let sf = listed[0].statefile.as_ref().unwrap();
     assert_eq!(sf.status, Status::Failed);
-    let raw = std::fs::read_to_string(fc.object_path(&sf.backup_id.to_string(), "statefile.json")).unwrap();
-    assert!(!raw.contains("wr0ng-Pa55") && !raw.contains("right-Pa55"), "{raw}");
+    let raw = std::fs::read_to_string(fc.object_path(&sf.backup_id.to_string(), "statefile.json"))
+        .unwrap();
+    assert!(
+        !raw.contains("wr0ng-Pa55") && !raw.contains("right-Pa55"),
+        "{raw}"
+    );
 
     let anonymous = engine_for(&proxy.url);
-    let e = backup(&fc.catalog, &anonymous).await.unwrap_err().to_string();
+    let e = backup(&fc.catalog, &anonymous)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("requires authentication"), "{e}");
 
     let right = format!("http://elastic:right-Pa55@127.0.0.1:{}", proxy.port);
-    backup(&fc.catalog, &super::support::engine(&right, "private")).await.unwrap();
+    backup(&fc.catalog, &super::support::engine(&right, "private"))
+        .await
+        .unwrap();
 }
 
 fn engine_for(url: &str) -> EsEngine {
@@ -88,9 +103,15 @@ async fn an_unreachable_server_fails_fast_and_clearly() {
     let engine = engine(&format!("http://elastic:s3cret-Pw@127.0.0.1:{port}"), "");
     let started = Instant::now();
     let e = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert!(
-        e.contains(&format!("elasticsearch(127.0.0.1:{port}): cannot connect to http://127.0.0.1:{port}")),
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains(&format!(
+            "elasticsearch(127.0.0.1:{port}): cannot connect to http://127.0.0.1:{port}"
+        )),
         "{e}"
     );
     assert!(e.to_lowercase().contains("connection refused"), "{e}");
@@ -120,7 +141,9 @@ async fn a_corrupt_artifact_is_refused_before_anything_is_created() {
         r#"{"index_patterns":["intact-*"],"template":{"settings":{"index.number_of_shards":1}}}"#,
     );
     let fc = FileCatalog::new();
-    let report = backup(&fc.catalog, &engine(&os.url, "intact")).await.unwrap();
+    let report = backup(&fc.catalog, &engine(&os.url, "intact"))
+        .await
+        .unwrap();
     let id = report.statefile.backup_id.to_string();
     os.ok("DELETE", "/_index_template/intact-tpl", "");
     let path = fc.object_path(&id, "documents.ndjson.zst");
@@ -134,7 +157,10 @@ async fn a_corrupt_artifact_is_refused_before_anything_is_created() {
     assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
     assert!(e.to_string().contains("documents.ndjson.zst"), "{e}");
     assert!(!exists(&os, "copy"));
-    assert_eq!(os.request("GET", "/_index_template/intact-tpl", "").status, 404);
+    assert_eq!(
+        os.request("GET", "/_index_template/intact-tpl", "").status,
+        404
+    );
     let entry = &fc.statefile_json(&id)["restores"][0];
     assert_eq!(entry["status"], "failed");
 }
@@ -152,7 +178,10 @@ async fn an_existing_index_is_an_error_unless_replace() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("index live exists"), "{e}");
-    assert!(e.contains("--replace") && e.contains("nothing was changed"), "{e}");
+    assert!(
+        e.contains("--replace") && e.contains("nothing was changed"),
+        "{e}"
+    );
     assert_eq!(count(&os, "live"), 5);
     let replace = EsEngine::new(options(&os.url, "").with_replace(true));
     let done = restore(&fc.catalog, &replace, &id).await.unwrap();
@@ -164,7 +193,9 @@ async fn an_existing_index_is_an_error_unless_replace() {
 async fn refused_documents_are_reported_and_the_restore_is_undone() {
     let os = OpenSearch::start();
     let mut docs = generated_docs("src", 3, 20);
-    docs.push_str("{\"index\":{\"_index\":\"src\",\"_id\":\"routed\",\"routing\":\"r1\"}}\n{\"n\":1}\n");
+    docs.push_str(
+        "{\"index\":{\"_index\":\"src\",\"_id\":\"routed\",\"routing\":\"r1\"}}\n{\"n\":1}\n",
+    );
     os.bulk(&docs);
     let fc = FileCatalog::new();
     let report = backup(&fc.catalog, &engine(&os.url, "src")).await.unwrap();
@@ -175,11 +206,23 @@ async fn refused_documents_are_reported_and_the_restore_is_undone() {
         "/_index_template/strict-routing",
         r#"{"index_patterns":["refused-*"],"priority":100,"template":{"mappings":{"_routing":{"required":true}}}}"#,
     );
-    let renamed = EsEngine::new(options(&os.url, "").with_rename("src:refused-src".parse().unwrap()));
-    let e = restore(&fc.catalog, &renamed, &id).await.unwrap_err().to_string();
+    let renamed =
+        EsEngine::new(options(&os.url, "").with_rename("src:refused-src".parse().unwrap()));
+    let e = restore(&fc.catalog, &renamed, &id)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("3 of 4 documents were refused"), "{e}");
     for id in ["d0", "d1", "d2"] {
-        assert!(e.contains(&format!("refused-src/{id}: HTTP 400: routing_missing_exception")), "{e}");
+        assert!(
+            e.contains(&format!(
+                "refused-src/{id}: HTTP 400: routing_missing_exception"
+            )),
+            "{e}"
+        );
     }
-    assert!(!exists(&os, "refused-src"), "a failed restore removes what it created");
+    assert!(
+        !exists(&os, "refused-src"),
+        "a failed restore removes what it created"
+    );
 }

@@ -113,7 +113,11 @@ fn load_shop(os: &OpenSearch) {
     os.bulk(&bulk_of("shop-orders", &orders));
     os.bulk(&bulk_of(
         "shop-users",
-        &[("u1", None, r#"{"login":"ann","age":41,"score":0.30000000000000004}"#)],
+        &[(
+            "u1",
+            None,
+            r#"{"login":"ann","age":41,"score":0.30000000000000004}"#,
+        )],
     ));
     os.ok(
         "PUT",
@@ -164,7 +168,10 @@ async fn a_round_trip_keeps_every_byte_mapping_alias_and_template() {
     assert_eq!(fp.counts["shop-orders"], 40);
     assert_eq!(fp.counts["shop-products"], 5);
     assert_eq!(fp.counts["shop-users"], 1);
-    assert_eq!(fp.values["shop-products/sample"].split(' ').next(), Some("5"));
+    assert_eq!(
+        fp.values["shop-products/sample"].split(' ').next(),
+        Some("5")
+    );
     eprintln!("backup of 3 indices took {:?}", started.elapsed());
 
     for i in SHOP {
@@ -177,8 +184,16 @@ async fn a_round_trip_keeps_every_byte_mapping_alias_and_template() {
     let restored = restore(&fc.catalog, &engine, &id).await.unwrap();
     assert_eq!(restored.outcome.mode, "create");
     for (i, index) in SHOP.iter().enumerate() {
-        assert_eq!(documents(&os, index), before_docs[i], "documents of {index}");
-        assert_eq!(definition(&os, index), before_defs[i], "definition of {index}");
+        assert_eq!(
+            documents(&os, index),
+            before_docs[i],
+            "documents of {index}"
+        );
+        assert_eq!(
+            definition(&os, index),
+            before_defs[i],
+            "definition of {index}"
+        );
     }
     for (t, before) in TEMPLATES.iter().zip(&before_templates) {
         assert_eq!(&get(&os, t), before, "{t}");
@@ -199,18 +214,27 @@ async fn more_documents_than_the_result_window_in_parallel_slices() {
         r#"{"settings":{"index.number_of_shards":2},"mappings":{"properties":{"n":{"type":"long"},"f":{"type":"double"},"text":{"type":"text"}}}}"#,
     );
     for chunk in 0..4 {
-        let docs = generated_docs("big", 3_000, 150).replace("\"_id\":\"d", &format!("\"_id\":\"c{chunk}-d"));
+        let docs = generated_docs("big", 3_000, 150)
+            .replace("\"_id\":\"d", &format!("\"_id\":\"c{chunk}-d"));
         os.bulk(&docs);
     }
     assert_eq!(count(&os, "big"), 12_000);
     let fc = FileCatalog::new();
     let auto = backup(&fc.catalog, &engine(&os.url, "big")).await.unwrap();
-    let three = backup(&fc.catalog, &EsEngineExt::with(options(&os.url, "big").with_slices(3)))
-        .await
-        .unwrap();
-    let fp = |r: &capsule_core::BackupReport| r.statefile.engine.clone().unwrap().fingerprint.unwrap();
+    let three = backup(
+        &fc.catalog,
+        &EsEngineExt::with(options(&os.url, "big").with_slices(3)),
+    )
+    .await
+    .unwrap();
+    let fp =
+        |r: &capsule_core::BackupReport| r.statefile.engine.clone().unwrap().fingerprint.unwrap();
     assert_eq!(fp(&auto).counts["big"], 12_000);
-    assert_eq!(fp(&auto), fp(&three), "slicing does not change what is exported");
+    assert_eq!(
+        fp(&auto),
+        fp(&three),
+        "slicing does not change what is exported"
+    );
 
     let renamed = EsEngineExt::with(
         options(&os.url, "")
@@ -236,13 +260,17 @@ async fn a_backup_in_s3_restores_under_a_new_name() {
         .with_prefix(PREFIX)
         .unwrap();
     let catalog = Catalog::new(store);
-    let report = backup(&catalog, &engine(&os.url, "s3-source")).await.unwrap();
+    let report = backup(&catalog, &engine(&os.url, "s3-source"))
+        .await
+        .unwrap();
     let id = report.statefile.backup_id.to_string();
-    let renamed = EsEngineExt::with(
-        options(&os.url, "").with_rename("s3-(.+):restored-$1".parse().unwrap()),
-    );
+    let renamed =
+        EsEngineExt::with(options(&os.url, "").with_rename("s3-(.+):restored-$1".parse().unwrap()));
     restore(&catalog, &renamed, &id).await.unwrap();
-    assert_eq!(documents(&os, "restored-source"), documents(&os, "s3-source"));
+    assert_eq!(
+        documents(&os, "restored-source"),
+        documents(&os, "s3-source")
+    );
 }
 
 #[tokio::test]
@@ -250,10 +278,16 @@ async fn a_download_loads_with_plain_http_calls() {
     let os = OpenSearch::start();
     load_shop(&os);
     let fc = FileCatalog::new();
-    let report = backup(&fc.catalog, &engine(&os.url, "shop-products,shop-orders")).await.unwrap();
+    let report = backup(&fc.catalog, &engine(&os.url, "shop-products,shop-orders"))
+        .await
+        .unwrap();
     let id = report.statefile.backup_id.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let files = fc.catalog.download(&id, dir.path(), &NoProgress).await.unwrap();
+    let files = fc
+        .catalog
+        .download(&id, dir.path(), &NoProgress)
+        .await
+        .unwrap();
     let names: Vec<String> = files
         .iter()
         .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
@@ -263,7 +297,8 @@ async fn a_download_loads_with_plain_http_calls() {
     // What docs/elasticsearch.md tells people to do, with curl, on a new server.
     let other = OpenSearch::start();
     let metadata: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join(&id).join("metadata.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join(&id).join("metadata.json")).unwrap())
+            .unwrap();
     for (name, index) in metadata["indices"].as_object().unwrap() {
         let body = json!({"settings": index["settings"], "mappings": index["mappings"], "aliases": index["aliases"]});
         other.ok("PUT", &format!("/{name}"), &body.to_string());
@@ -291,11 +326,19 @@ async fn by_default_system_hidden_and_closed_indices_are_left_out() {
     assert_eq!(info.details["indices"], json!(["app"]));
     assert_eq!(info.database.as_deref(), Some("*"));
     // Named explicitly, hidden and system indices are backed up.
-    let report = backup(&fc.catalog, &engine(&os.url, ".internal,secret")).await.unwrap();
+    let report = backup(&fc.catalog, &engine(&os.url, ".internal,secret"))
+        .await
+        .unwrap();
     let counts = report.statefile.engine.unwrap().fingerprint.unwrap().counts;
-    assert_eq!(counts.into_iter().collect::<Vec<_>>(), [(".internal".to_string(), 2), ("secret".to_string(), 2)]);
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [(".internal".to_string(), 2), ("secret".to_string(), 2)]
+    );
     // A closed index named explicitly is an error.
-    let e = backup(&fc.catalog, &engine(&os.url, "shut")).await.unwrap_err().to_string();
+    let e = backup(&fc.catalog, &engine(&os.url, "shut"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("index shut is closed"), "{e}");
 }
 

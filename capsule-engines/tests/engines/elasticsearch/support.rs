@@ -150,9 +150,15 @@ pub fn documents(os: &OpenSearch, index: &str) -> BTreeMap<String, (Option<Strin
 pub fn definition(os: &OpenSearch, index: &str) -> Value {
     let mappings = &get(os, &format!("/{index}/_mapping"))[index]["mappings"];
     let aliases = &get(os, &format!("/{index}/_alias"))[index]["aliases"];
-    let mut settings = get(os, &format!("/{index}/_settings?flat_settings=true"))[index]["settings"].clone();
+    let mut settings =
+        get(os, &format!("/{index}/_settings?flat_settings=true"))[index]["settings"].clone();
     let s = settings.as_object_mut().unwrap();
-    for generated in ["index.creation_date", "index.uuid", "index.provided_name", "index.version.created"] {
+    for generated in [
+        "index.creation_date",
+        "index.uuid",
+        "index.provided_name",
+        "index.version.created",
+    ] {
         s.remove(generated);
     }
     serde_json::json!({ "mappings": mappings, "aliases": aliases, "settings": settings })
@@ -160,7 +166,9 @@ pub fn definition(os: &OpenSearch, index: &str) -> Value {
 
 /// The count of `index`.
 pub fn count(os: &OpenSearch, index: &str) -> u64 {
-    get(os, &format!("/{index}/_count"))["count"].as_u64().unwrap()
+    get(os, &format!("/{index}/_count"))["count"]
+        .as_u64()
+        .unwrap()
 }
 
 /// `n` bulk lines (action + source) for `index`, documents of ~`size` bytes.
@@ -168,7 +176,9 @@ pub fn generated_docs(index: &str, n: usize, size: usize) -> String {
     let mut out = String::with_capacity(n * (size + 60));
     let filler = "lorem ipsum dolor sit amet ".repeat(size / 27 + 1);
     for i in 0..n {
-        out.push_str(&format!("{{\"index\":{{\"_index\":\"{index}\",\"_id\":\"d{i}\"}}}}\n"));
+        out.push_str(&format!(
+            "{{\"index\":{{\"_index\":\"{index}\",\"_id\":\"d{i}\"}}}}\n"
+        ));
         out.push_str(&format!(
             "{{\"n\":{},\"f\":{}.25,\"text\":\"{}\"}}\n",
             9_007_199_254_740_993u64 + i as u64,

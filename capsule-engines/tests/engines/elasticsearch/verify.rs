@@ -22,7 +22,11 @@ async fn a_drill_restores_compares_and_cleans_up() {
     let os = OpenSearch::start();
     os.bulk(&generated_docs("events", 1_500, 120));
     os.bulk(&generated_docs(".audit", 7, 30));
-    os.ok("POST", "/_aliases", r#"{"actions":[{"add":{"index":"events","alias":"current"}}]}"#);
+    os.ok(
+        "POST",
+        "/_aliases",
+        r#"{"actions":[{"add":{"index":"events","alias":"current"}}]}"#,
+    );
     os.ok("PUT", "/empty", "");
     let fc = FileCatalog::new();
     let engine = engine(&os.url, "events,.audit,empty");
@@ -34,14 +38,23 @@ async fn a_drill_restores_compares_and_cleans_up() {
     let v = run_verify(&fc.catalog, &engine, &id, &ctx).await.unwrap();
     assert!(v.compared);
     assert_eq!(v.verification.status, VerificationStatus::Passed);
-    assert!(v.verification.target.as_deref().unwrap().contains("scratch"));
+    assert!(
+        v.verification
+            .target
+            .as_deref()
+            .unwrap()
+            .contains("scratch")
+    );
     let fp = v.fingerprint.unwrap();
     assert_eq!(fp.counts["events"], 1_500);
     assert_eq!(fp.counts[".audit"], 7);
     assert_eq!(fp.counts["empty"], 0);
     assert_eq!(index_names(&os), before, "scratch indices are deleted");
     assert_eq!(count(&os, "current"), 1_500, "live aliases are untouched");
-    assert_eq!(fc.statefile_json(&id)["verifications"][0]["status"], "passed");
+    assert_eq!(
+        fc.statefile_json(&id)["verifications"][0]["status"],
+        "passed"
+    );
 }
 
 #[tokio::test]
@@ -54,17 +67,28 @@ async fn a_drill_reports_counts_and_samples_that_differ() {
     let id = report.statefile.backup_id.to_string();
     let mut sf = fc.statefile_json(&id);
     sf["engine"]["fingerprint"]["counts"]["events"] = 301.into();
-    sf["engine"]["fingerprint"]["values"]["events/sample"] = "64 docs sha256:0000000000000000".into();
+    sf["engine"]["fingerprint"]["values"]["events/sample"] =
+        "64 docs sha256:0000000000000000".into();
     fc.write_statefile_json(&id, &sf);
 
     let ctx = JobContext::new(&NoProgress);
-    let e = run_verify(&fc.catalog, &engine, &id, &ctx).await.unwrap_err();
+    let e = run_verify(&fc.catalog, &engine, &id, &ctx)
+        .await
+        .unwrap_err();
     let Error::VerificationFailed { mismatches, .. } = &e else {
         panic!("{e:?}")
     };
     assert_eq!(mismatches.len(), 2, "{mismatches:?}");
-    assert!(mismatches[0].starts_with("events: expected 301, found 300"), "{mismatches:?}");
-    assert!(mismatches[1].starts_with("events/sample: expected 64 docs sha256:0000000000000000, found 64 docs sha256:"), "{mismatches:?}");
+    assert!(
+        mismatches[0].starts_with("events: expected 301, found 300"),
+        "{mismatches:?}"
+    );
+    assert!(
+        mismatches[1].starts_with(
+            "events/sample: expected 64 docs sha256:0000000000000000, found 64 docs sha256:"
+        ),
+        "{mismatches:?}"
+    );
     let recorded = &fc.statefile_json(&id)["verifications"][0];
     assert_eq!(recorded["status"], "failed");
     assert_eq!(recorded["mismatches"].as_array().unwrap().len(), 2);

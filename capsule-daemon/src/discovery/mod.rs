@@ -1,0 +1,570 @@
+//! Kubernetes discovery: the services to back up, found in the cluster.
+//!
+//! Two sources name a service (its identity is `namespace/pvc`):
+//! - `CnvrgApp` resources (`mlops.cnvrg.io/v1`): each enabled
+//!   `spec.dbs.pg|redis|es`, with the operator's defaults;
+//! - PersistentVolumeClaims annotated `capsule.mlops.cnvrg.io/backup: "true"`
+//!   (`serviceType`, `bucketRef`, `credsRef`, `rotation`, `period`).
+//!
+//! A service named by both is one target, and **the `CnvrgApp` wins**: the
+//! annotations are the operator's mirror of its `backup` block and may lag
+//! behind it; a difference is logged as a warning. Targets of the static
+//! configuration file win over both (an explicit setting).
+//!
+//! Each target's credentials Secret (`credsRef`) and bucket Secret
+//! (`bucketRef`) are read on every resync (default every 60 s) and kept in
+//! memory only. A target whose Secret, key, period or service type is wrong
+//! is reported ([`DiscoveryProblem`]: logs, `capsule_discovery_problems` in
+//! `/metrics`, `capsule plan`) and the others are still planned.
+
+mod credentials;
+mod plan;
+mod sources;
+mod whitelist;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use capsule_core::ServiceIdentity;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::error::{Error, Result};
+use crate::targets::{Target, TargetSchedule, TargetSource};
+
+pub use plan::{DiscoveryPlan, DiscoveryProblem, PlannedTarget, TargetOrigin};
+pub use sources::{ANNOTATION_PREFIX, DEFAULT_BUCKET_REF};
+pub use whitelist::NsWhitelist;
+
+use credentials::SecretData;
+use sources::Candidate;
+
+/// How discovery runs.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DiscoveryOptions {
+    /// The cluster recorded in statefiles.
+    pub cluster: String,
+    /// The namespaces scanned.
+    pub whitelist: NsWhitelist,
+    /// The prefix (dst-dir) inside each bucket.
+    pub dst_dir: String,
+    /// How often the cluster is read again (the daemon asks more often and
+    /// gets the last answer in between).
+    pub resync: Duration,
+}
+
+impl DiscoveryOptions {
+    /// Options for `cluster`: every namespace, dst-dir
+    /// `cnvrg-smart-backups`, resync every 60 s.
+    pub fn new(cluster: impl Into<String>) -> Self {
+        DiscoveryOptions {
+            cluster: cluster.into(),
+            whitelist: NsWhitelist::default(),
+            dst_dir: "cnvrg-smart-backups".into(),
+            resync: Duration::from_secs(60),
+        }
+    }
+
+    /// Sets the namespaces scanned.
+    pub fn with_whitelist(mut self, whitelist: NsWhitelist) -> Self {
+        self.whitelist = whitelist;
+        self
+    }
+
+    /// Sets the prefix inside each bucket.
+    pub fn with_dst_dir(mut self, dst_dir: impl Into<String>) -> Self {
+        self.dst_dir = dst_dir.into();
+        self
+    }
+
+    /// Sets the resync interval.
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
+    }
+}
+
+#[derive(Default)]
+struct State {
+    last: Option<(Instant, Vec<Target>)>,
+    problems: Vec<DiscoveryProblem>,
+    targets: usize,
+    resyncs: u64,
+    errors: u64,
+}
+
+/// The Kubernetes [`TargetSource`] (plus the configuration file's targets,
+/// which win on a conflict).
+pub struct KubeDiscovery {
+    client: Client,
+    options: DiscoveryOptions,
+    config_targets: Vec<Target>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for KubeDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeDiscovery")
+            .field("options", &self.options)
+            .field("config_targets", &self.config_targets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn cnvrgapp_resource() -> ApiResource {
+    ApiResource {
+        group: "mlops.cnvrg.io".into(),
+        version: "v1".into(),
+        api_version: "mlops.cnvrg.io/v1".into(),
+        kind: "CnvrgApp".into(),
+        plural: "cnvrgapps".into(),
+    }
+}
+
+fn kube_error(message: impl Into<String>) -> Error {
+    Error::Targets {
+        source_name: "kubernetes".into(),
+        message: message.into(),
+    }
+}
+
+/// What a failed API call means for discovery.
+enum Failure {
+    /// The API answered with an error status (403, 404…).
+    Api(u16, String),
+    /// The API cannot be reached.
+    Transport(String),
+}
+
+fn failure(e: kube::Error) -> Failure {
+    match e {
+        kube::Error::Api(s) => Failure::Api(s.code, s.message),
+        other => Failure::Transport(other.to_string()),
+    }
+}
+
+impl KubeDiscovery {
+    /// Discovery through `client`.
+    pub fn new(client: Client, options: DiscoveryOptions) -> Self {
+        KubeDiscovery {
+            client,
+            options,
+            config_targets: Vec::new(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Discovery with the cluster of `kubeconfig`, else the in-cluster
+    /// service account, else `$KUBECONFIG` / `~/.kube/config`.
+    ///
+    /// # Errors
+    /// [`Error::Targets`] when no configuration is found or it is invalid.
+    pub async fn from_kubeconfig(
+        kubeconfig: Option<&Path>,
+        options: DiscoveryOptions,
+    ) -> Result<Self> {
+        // Several rustls providers are linked in (kube's ring, object
+        // store's): choose one for the process, or rustls panics.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| kube_error(format!("kubeconfig {}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| kube_error(format!("kubeconfig {}: {e}", path.display())))?
+            }
+            None => Config::infer()
+                .await
+                .map_err(|e| kube_error(format!("no Kubernetes configuration: {e}")))?,
+        };
+        let client = Client::try_from(config).map_err(|e| kube_error(e.to_string()))?;
+        Ok(KubeDiscovery::new(client, options))
+    }
+
+    /// Adds the configuration file's targets (they win over discovered ones).
+    pub fn with_config_targets(mut self, targets: Vec<Target>) -> Self {
+        self.config_targets = targets;
+        self
+    }
+
+    /// The options.
+    pub fn options(&self) -> &DiscoveryOptions {
+        &self.options
+    }
+
+    /// Reads the cluster once and builds the plan: every service named by
+    /// a `CnvrgApp` or an annotated PVC in the whitelisted namespaces (and
+    /// the configuration file's), with its Secrets read, or the problem
+    /// that keeps it out.
+    ///
+    /// # Errors
+    /// [`Error::Targets`] when the API server cannot be reached. An API
+    /// error (403 on a namespace, a missing Secret) is a problem in the
+    /// plan instead.
+    pub async fn plan(&self) -> Result<DiscoveryPlan> {
+        let mut plan = DiscoveryPlan::default();
+        let scopes: Vec<Option<String>> = match self.options.whitelist.concrete() {
+            Some(list) => list.into_iter().map(Some).collect(),
+            None => vec![None],
+        };
+        let mut candidates: Vec<(Candidate, Option<TargetOrigin>)> = Vec::new();
+        let ar = cnvrgapp_resource();
+        for scope in &scopes {
+            let where_ = scope
+                .as_deref()
+                .map_or("cluster-wide".to_string(), |n| format!("in namespace {n}"));
+            let ns_of = |s: &Option<String>| s.clone().unwrap_or_else(|| "*".into());
+            // CnvrgApps first: they win a conflict.
+            let apps: Api<DynamicObject> = match scope {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+                None => Api::all_with(self.client.clone(), &ar),
+            };
+            match apps.list(&ListParams::default()).await {
+                Ok(list) => {
+                    for app in list.items {
+                        let ns = app.metadata.namespace.clone().unwrap_or_default();
+                        if !self.options.whitelist.matches(&ns) {
+                            continue;
+                        }
+                        let name = app.metadata.name.clone().unwrap_or_default();
+                        let spec = app.data.get("spec").cloned().unwrap_or_default();
+                        let (found, problems) = sources::from_cnvrgapp(&ns, &name, &spec);
+                        plan.problems.extend(problems);
+                        candidates.extend(found.into_iter().map(|c| (c, None)));
+                    }
+                }
+                Err(e) => match failure(e) {
+                    Failure::Api(404, _) => {
+                        tracing::debug!(scope = %where_, "no CnvrgApp resource type (CRD not installed)");
+                    }
+                    Failure::Api(code, m) => plan.problems.push(DiscoveryProblem::new(
+                        ns_of(scope),
+                        format!("CnvrgApp list {where_}"),
+                        "-",
+                        format!("the API answered {code}: {m}"),
+                    )),
+                    Failure::Transport(m) => {
+                        return Err(kube_error(format!("listing CnvrgApps {where_}: {m}")));
+                    }
+                },
+            }
+            let pvcs: Api<PersistentVolumeClaim> = match scope {
+                Some(ns) => Api::namespaced(self.client.clone(), ns),
+                None => Api::all(self.client.clone()),
+            };
+            match pvcs.list(&ListParams::default()).await {
+                Ok(list) => {
+                    for pvc in list.items {
+                        let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+                        if !self.options.whitelist.matches(&ns) {
+                            continue;
+                        }
+                        let name = pvc.metadata.name.clone().unwrap_or_default();
+                        let annotations = pvc.metadata.annotations.clone().unwrap_or_default();
+                        match sources::from_pvc(&ns, &name, &annotations) {
+                            None => {}
+                            Some(Err(p)) => plan.problems.push(p),
+                            Some(Ok(c)) => merge(&mut candidates, c),
+                        }
+                    }
+                }
+                Err(e) => match failure(e) {
+                    Failure::Api(code, m) => plan.problems.push(DiscoveryProblem::new(
+                        ns_of(scope),
+                        format!("PersistentVolumeClaim list {where_}"),
+                        "-",
+                        format!("the API answered {code}: {m}"),
+                    )),
+                    Failure::Transport(m) => {
+                        return Err(kube_error(format!(
+                            "listing PersistentVolumeClaims {where_}: {m}"
+                        )));
+                    }
+                },
+            }
+        }
+
+        let mut secrets: HashMap<(String, String), std::result::Result<SecretData, String>> =
+            HashMap::new();
+        for c in candidates {
+            let planned = self.build(&c.0, c.1, &mut secrets).await;
+            plan.targets.push(planned);
+        }
+        plan.merge_config(self.config_targets.clone());
+        plan.targets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(plan)
+    }
+
+    async fn secret(
+        &self,
+        cache: &mut HashMap<(String, String), std::result::Result<SecretData, String>>,
+        namespace: &str,
+        name: &str,
+    ) -> std::result::Result<SecretData, String> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(found) = cache.get(&key) {
+            return found.clone();
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let got = match api.get(name).await {
+            Ok(s) => {
+                let mut data: SecretData = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect();
+                data.extend(s.string_data.unwrap_or_default());
+                Ok(data)
+            }
+            Err(e) => Err(match failure(e) {
+                Failure::Api(404, _) => format!("Secret {namespace}/{name} not found"),
+                Failure::Api(403, m) => format!("forbidden to read Secret {namespace}/{name}: {m}"),
+                Failure::Api(code, m) => {
+                    format!("reading Secret {namespace}/{name}: the API answered {code}: {m}")
+                }
+                Failure::Transport(m) => format!("reading Secret {namespace}/{name}: {m}"),
+            }),
+        };
+        cache.insert(key, got.clone());
+        got
+    }
+
+    async fn build(
+        &self,
+        c: &Candidate,
+        also_in: Option<TargetOrigin>,
+        cache: &mut HashMap<(String, String), std::result::Result<SecretData, String>>,
+    ) -> PlannedTarget {
+        let name = format!("{}/{}", c.namespace, c.name);
+        let mut planned = PlannedTarget {
+            name: name.clone(),
+            service_type: c.service_type,
+            origin: c.origin,
+            also_in,
+            endpoint: None,
+            store: None,
+            dst_dir: Some(self.options.dst_dir.clone()),
+            period: c.period.to_string(),
+            rotation: c.rotation,
+            next_due: None,
+            problem: None,
+            target: None,
+        };
+        let at =
+            |field: &str, m: String| DiscoveryProblem::new(&c.namespace, &c.resource, field, m);
+        let creds = match self.secret(cache, &c.namespace, &c.creds_ref).await {
+            Ok(d) => d,
+            Err(m) => {
+                planned.problem = Some(at(&c.field("credsRef"), m));
+                return planned;
+            }
+        };
+        let identity = ServiceIdentity {
+            cluster: Some(self.options.cluster.clone()),
+            namespace: Some(c.namespace.clone()),
+            name: Some(c.name.clone()),
+            ..Default::default()
+        };
+        let engine = match credentials::engine(c, &creds, identity) {
+            Ok(e) => e,
+            Err(p) => {
+                planned.problem = Some(p);
+                return planned;
+            }
+        };
+        planned.endpoint = engine.identity().endpoint;
+        let bucket = match self.secret(cache, &c.namespace, &c.bucket_ref).await {
+            Ok(d) => d,
+            Err(m) => {
+                planned.problem = Some(at(&c.field("bucketRef"), m));
+                return planned;
+            }
+        };
+        let bucket_resource = format!("Secret {}/{}", c.namespace, c.bucket_ref);
+        let gcp_key = match bucket
+            .get("CNVRG_STORAGE_GCP_SECRET_REF")
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(gcp_ref) => match self.secret(cache, &c.namespace, gcp_ref).await {
+                Ok(d) => match d.get("key.json") {
+                    Some(k) => Some(k.clone()),
+                    None => {
+                        planned.problem = Some(DiscoveryProblem::new(
+                            &c.namespace,
+                            format!("Secret {}/{gcp_ref}", c.namespace),
+                            "data.key.json",
+                            "missing or empty",
+                        ));
+                        return planned;
+                    }
+                },
+                Err(m) => {
+                    planned.problem = Some(DiscoveryProblem::new(
+                        &c.namespace,
+                        &bucket_resource,
+                        "data.CNVRG_STORAGE_GCP_SECRET_REF",
+                        m,
+                    ));
+                    return planned;
+                }
+            },
+        };
+        let store = match credentials::store(&bucket, gcp_key, &self.options.dst_dir) {
+            Ok(s) => s,
+            Err(m) => {
+                planned.problem = Some(DiscoveryProblem::new(
+                    &c.namespace,
+                    &bucket_resource,
+                    "data",
+                    m,
+                ));
+                return planned;
+            }
+        };
+        planned.store = Some(store.url().to_string());
+        planned.dst_dir = Some(store.prefix().to_string());
+        let schedule = TargetSchedule::new(c.period, c.rotation);
+        planned.target = Some(Target::new(
+            name,
+            c.service_type,
+            Some(schedule),
+            store,
+            engine,
+        ));
+        planned
+    }
+}
+
+/// Adds PVC candidate `c` unless a CnvrgApp already names the service (the
+/// CnvrgApp wins; a difference is logged).
+fn merge(candidates: &mut Vec<(Candidate, Option<TargetOrigin>)>, c: Candidate) {
+    match candidates
+        .iter_mut()
+        .find(|(k, _)| k.namespace == c.namespace && k.name == c.name)
+    {
+        Some((winner, also)) => {
+            *also = Some(TargetOrigin::Pvc);
+            let same = winner.service_type == c.service_type
+                && winner.creds_ref == c.creds_ref
+                && winner.bucket_ref == c.bucket_ref
+                && winner.rotation == c.rotation
+                && winner.period == c.period;
+            if !same {
+                tracing::warn!(
+                    service = %format!("{}/{}", c.namespace, c.name),
+                    cnvrgapp = %winner.resource,
+                    pvc = %c.resource,
+                    cnvrgapp_settings = %format!("{} creds={} bucket={} rotation={} period={}", winner.service_type, winner.creds_ref, winner.bucket_ref, winner.rotation, winner.period),
+                    pvc_settings = %format!("{} creds={} bucket={} rotation={} period={}", c.service_type, c.creds_ref, c.bucket_ref, c.rotation, c.period),
+                    "the CnvrgApp and the PVC annotations disagree: the CnvrgApp wins"
+                );
+            }
+        }
+        None => candidates.push((c, None)),
+    }
+}
+
+#[async_trait]
+impl TargetSource for KubeDiscovery {
+    fn name(&self) -> String {
+        format!(
+            "kubernetes (namespaces {}{})",
+            self.options.whitelist,
+            if self.config_targets.is_empty() {
+                ""
+            } else {
+                ", plus the config file"
+            }
+        )
+    }
+
+    async fn targets(&self) -> Result<Vec<Target>> {
+        {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, targets)) = &state.last
+                && at.elapsed() < self.options.resync
+            {
+                return Ok(targets.clone());
+            }
+        }
+        let result = self.plan().await;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.resyncs += 1;
+        match result {
+            Ok(plan) => {
+                let problems: Vec<DiscoveryProblem> = plan.all_problems().cloned().collect();
+                for p in &problems {
+                    if state.problems.contains(p) {
+                        tracing::debug!(problem = %p, "discovery: still a problem");
+                    } else {
+                        tracing::warn!(namespace = %p.namespace, resource = %p.resource, field = %p.field, "discovery: {}", p.message);
+                    }
+                }
+                let targets = plan.runnable();
+                tracing::debug!(
+                    targets = targets.len(),
+                    problems = problems.len(),
+                    "discovery resync"
+                );
+                state.problems = problems;
+                state.targets = targets.len();
+                state.last = Some((Instant::now(), targets.clone()));
+                Ok(targets)
+            }
+            Err(e) => {
+                state.errors += 1;
+                // Try again on the next scan, keeping the previous targets.
+                Err(e)
+            }
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        out.push_str("# HELP capsule_discovery_targets Targets discovery plans now.\n# TYPE capsule_discovery_targets gauge\n");
+        out.push_str(&format!("capsule_discovery_targets {}\n", state.targets));
+        out.push_str("# HELP capsule_discovery_problems Services or resources discovery could not plan, by resource and field.\n# TYPE capsule_discovery_problems gauge\n");
+        let mut counts: BTreeMap<(String, String, String), u32> = BTreeMap::new();
+        for p in &state.problems {
+            *counts
+                .entry((p.namespace.clone(), p.resource.clone(), p.field.clone()))
+                .or_default() += 1;
+        }
+        for ((ns, resource, field), n) in counts {
+            out.push_str(&format!(
+                "capsule_discovery_problems{{namespace=\"{}\",resource=\"{}\",field=\"{}\"}} {n}\n",
+                escape(&ns),
+                escape(&resource),
+                escape(&field)
+            ));
+        }
+        out.push_str("# HELP capsule_discovery_resyncs_total Reads of the cluster.\n# TYPE capsule_discovery_resyncs_total counter\n");
+        out.push_str(&format!(
+            "capsule_discovery_resyncs_total {}\n",
+            state.resyncs
+        ));
+        out.push_str("# HELP capsule_discovery_errors_total Reads of the cluster that failed (API unreachable).\n# TYPE capsule_discovery_errors_total counter\n");
+        out.push_str(&format!(
+            "capsule_discovery_errors_total {}\n",
+            state.errors
+        ));
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
