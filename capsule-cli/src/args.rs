@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use capsule_core::ServiceType;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
@@ -54,6 +53,9 @@ impl Cli {
         if let Command::Es(a) = &self.command {
             out.extend(a.engine.secrets());
         }
+        if let Command::Redis(a) = &self.command {
+            out.extend(a.engine.secrets());
+        }
         out
     }
 }
@@ -84,11 +86,12 @@ pub enum Command {
 
 impl Command {
     /// The service type and arguments of a service subcommand.
-    pub fn service(&self) -> Option<(ServiceType, &ServiceArgs)> {
+    #[cfg(test)]
+    pub fn service(&self) -> Option<(capsule_core::ServiceType, &ServiceArgs)> {
         match self {
-            Command::Pg(a) => Some((ServiceType::Postgresql, &a.common)),
-            Command::Redis(a) => Some((ServiceType::Redis, &a.common)),
-            Command::Es(a) => Some((ServiceType::Elasticsearch, &a.common)),
+            Command::Pg(a) => Some((capsule_core::ServiceType::Postgresql, &a.common)),
+            Command::Redis(a) => Some((capsule_core::ServiceType::Redis, &a.common)),
+            Command::Es(a) => Some((capsule_core::ServiceType::Elasticsearch, &a.common)),
             Command::Version
             | Command::Completion { .. }
             | Command::Start(_)
@@ -424,7 +427,7 @@ mod tests {
         assert!(parse(&["pg", "--list", "--delete"]).is_err());
         let cli = parse(&["pg", "--list"]).unwrap();
         let (t, a) = cli.command.service().unwrap();
-        assert_eq!(t, ServiceType::Postgresql);
+        assert_eq!(t, capsule_core::ServiceType::Postgresql);
         assert_eq!(a.action(), Action::List);
     }
 

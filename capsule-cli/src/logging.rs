@@ -129,10 +129,11 @@ pub fn url_secret_values(raw: &str) -> Vec<String> {
     }
     if let Some(query) = url.query() {
         for pair in query.split('&') {
-            if let Some((name, value)) = pair.split_once('=') {
-                if is_secret_option(name) && !value.is_empty() {
-                    out.push(value.to_string());
-                }
+            if let Some((name, value)) = pair.split_once('=')
+                && is_secret_option(name)
+                && !value.is_empty()
+            {
+                out.push(value.to_string());
             }
         }
     }

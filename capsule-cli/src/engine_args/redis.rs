@@ -63,6 +63,18 @@ impl RedisEngineArgs {
             .filter(|u| !u.trim().is_empty())
     }
 
+    /// Secret values of these settings (URL passwords, `--redis-password`),
+    /// for the log redactor.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = [self.url(), self.verify_url.clone()]
+            .into_iter()
+            .flatten()
+            .flat_map(|u| crate::logging::url_secret_values(&u))
+            .collect();
+        out.extend(self.redis_password.clone().filter(|p| !p.is_empty()));
+        out
+    }
+
     /// The engine's options, `None` without connection settings.
     ///
     /// # Errors
