@@ -23,26 +23,28 @@
 //! median of `--runs` is reported, with the CPU seconds of the client, the
 //! server and everything else.
 
+mod bare;
+mod child;
+mod docs;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use bytes::Bytes;
 use capsule_core::pipeline::PipelineOptions;
-use capsule_core::{BackupOptions, Catalog, JobContext, NoProgress, RestoreOptions};
 use capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL;
-use capsule_engines::{EsEngine, EsOptions};
-use capsule_store::Store;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use test_support::opensearch::OpenSearch;
 
-use crate::data::WyRand;
-use crate::measure::{CpuMeter, CpuUse, MIB, median, self_status_kib, wait_for_quiet};
+use crate::measure::{CpuMeter, CpuUse, MIB, median, wait_for_quiet};
 use crate::table::{Table, num, pct, verdict};
+
+pub use child::{ChildArgs, child};
+
+use bare::Bare;
+use child::run_child;
+use docs::bodies;
 
 const SOURCE: &str = "bench-src";
 const EXPORT_VS_ELASTICDUMP: f64 = 3.0;
@@ -82,83 +84,6 @@ pub struct EsBench {
     pub url: Option<String>,
 }
 
-/// Arguments of the hidden `es-child` subcommand.
-#[derive(Debug, clap::Args)]
-pub struct ChildArgs {
-    /// `backup` or `restore`.
-    #[arg(long)]
-    mode: String,
-    /// The server.
-    #[arg(long)]
-    es_url: String,
-    /// A file:// store.
-    #[arg(long)]
-    store: String,
-    /// Index patterns (backup).
-    #[arg(long, default_value = SOURCE)]
-    indices: String,
-    /// The backup (restore).
-    #[arg(long)]
-    id: Option<String>,
-    /// Rename rule (restore).
-    #[arg(long)]
-    rename: Option<String>,
-    /// zstd level (backup; default: what `capsule es --create` uses).
-    #[arg(long, allow_hyphen_values = true)]
-    zstd_level: Option<i32>,
-}
-
-#[derive(Debug, serde::Serialize, Deserialize)]
-struct ChildReport {
-    ms: u64,
-    hwm_kib: u64,
-    id: String,
-    documents: u64,
-}
-
-/// The child: one backup or restore with the defaults, then its report as
-/// one JSON line.
-///
-/// # Errors
-/// The engine's errors.
-pub async fn child(args: ChildArgs) -> Result<()> {
-    let store = Store::from_url(&args.store)?.with_prefix("bench")?;
-    let catalog = Catalog::new(store);
-    let mut options = EsOptions::from_url(&args.es_url)?.with_indices(&args.indices);
-    if let Some(r) = &args.rename {
-        options = options.with_rename(r.parse()?).with_indices("");
-    }
-    let engine = EsEngine::new(options);
-    let ctx = JobContext::new(&NoProgress);
-    let start = Instant::now();
-    let (id, fp) = if args.mode == "backup" {
-        let level = args.zstd_level.unwrap_or(RECOMMENDED_ZSTD_LEVEL);
-        let backup = BackupOptions::default()
-            .with_pipeline(PipelineOptions::default().with_zstd_level(level));
-        let r = capsule_core::run_backup(&catalog, &engine, backup, &ctx).await?;
-        let fp = r
-            .statefile
-            .engine
-            .and_then(|e| e.fingerprint)
-            .unwrap_or_default();
-        (r.statefile.backup_id.to_string(), fp)
-    } else {
-        let id = args.id.context("--id")?;
-        let r = capsule_core::run_restore(&catalog, &engine, &id, RestoreOptions::default(), &ctx)
-            .await?;
-        (id, r.outcome.fingerprint.unwrap_or_default())
-    };
-    let ms = start.elapsed().as_millis() as u64;
-    let report = ChildReport {
-        ms,
-        hwm_kib: self_status_kib("VmHWM").unwrap_or(0),
-        id,
-        documents: fp.counts.values().sum(),
-    };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
-}
-
 /// CPU seconds of this process's waited-for children (`cutime + cstime`).
 fn children_cpu_secs() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -193,257 +118,6 @@ where
     cpu.client += child;
     cpu.foreign = (cpu.foreign - child).max(0.0);
     Ok((Sample { secs, cpu }, out))
-}
-
-/// A pseudo-word from syllables.
-fn word(rng: &mut WyRand, out: &mut String) {
-    const SYL: [&str; 16] = [
-        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "qu", "ex", "on", "ar", "el", "ti", "po",
-        "um",
-    ];
-    for _ in 0..(2 + rng.below(3)) {
-        out.push_str(SYL[rng.below(16) as usize]);
-    }
-}
-
-/// One ~1 KiB document, shaped like an application event: ids,
-/// keywords, a long beyond 2^53, a date, a title and a message (analysed
-/// text), and an opaque payload (floats, nested objects) stored but not
-/// indexed: osmem indexes floating-point fields slowly (~3k docs/s for a
-/// single double), which would only stretch the import runs.
-fn document(rng: &mut WyRand, i: u64) -> String {
-    let mut title = String::new();
-    for w in 0..6 {
-        if w > 0 {
-            title.push(' ');
-        }
-        word(rng, &mut title);
-    }
-    let mut message = String::new();
-    while message.len() < 180 {
-        if !message.is_empty() {
-            message.push(' ');
-        }
-        word(rng, &mut message);
-    }
-    let mut items = String::new();
-    for k in 0..4 {
-        if k > 0 {
-            items.push(',');
-        }
-        let mut sku = String::new();
-        word(rng, &mut sku);
-        items.push_str(&format!(
-            r#"{{"sku":"{sku}-{}","qty":{},"price":{}.{:02},"note":"{}"}}"#,
-            rng.below(100_000),
-            1 + rng.below(9),
-            rng.below(500),
-            rng.below(100),
-            "x".repeat(20 + rng.below(20) as usize)
-        ));
-    }
-    format!(
-        r#"{{"id":{i},"user":"user-{}","tags":["t{}","t{}"],"big":{},"ts":"2024-{:02}-{:02}T{:02}:{:02}:00Z","active":{},"title":"{title}","message":"{message}","payload":{{"agent":"capsule-bench/1.0 (linux; x86_64)","session":"{:016x}","score":{}.{:06},"geo":{{"lat":{}.{:04},"lon":{}.{:04}}},"items":[{items}]}}}}"#,
-        rng.below(50_000),
-        rng.below(40),
-        rng.below(40),
-        9_007_199_254_740_993u64 + rng.below(1 << 40),
-        1 + rng.below(12),
-        1 + rng.below(28),
-        rng.below(24),
-        rng.below(60),
-        rng.below(2) == 1,
-        rng.next_u64(),
-        rng.below(1000),
-        rng.below(1_000_000),
-        rng.below(90),
-        rng.below(10_000),
-        rng.below(180),
-        rng.below(10_000),
-    )
-}
-
-const MAPPINGS: &str = r#"{"properties":{"id":{"type":"long"},"user":{"type":"keyword"},"tags":{"type":"keyword"},"big":{"type":"long"},"ts":{"type":"date"},"active":{"type":"boolean"},"title":{"type":"text"},"message":{"type":"text"},"payload":{"type":"object","enabled":false}}}"#;
-
-/// `_bulk` bodies of [`BULK_DOCS`] documents each, for `POST /<index>/_bulk`.
-fn bodies(docs: usize) -> (Vec<Bytes>, u64) {
-    let mut rng = WyRand::new(42);
-    let mut out = Vec::new();
-    let mut source_bytes = 0u64;
-    let mut body = String::new();
-    for i in 0..docs as u64 {
-        let doc = document(&mut rng, i);
-        source_bytes += doc.len() as u64;
-        body.push_str(&format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n"));
-        body.push_str(&doc);
-        body.push('\n');
-        if (i as usize + 1).is_multiple_of(BULK_DOCS) {
-            out.push(Bytes::from(std::mem::take(&mut body)));
-        }
-    }
-    if !body.is_empty() {
-        out.push(Bytes::from(body));
-    }
-    (out, source_bytes)
-}
-
-struct Bare {
-    http: reqwest::Client,
-    url: String,
-}
-
-#[derive(Deserialize)]
-struct Page {
-    #[serde(rename = "_scroll_id")]
-    scroll_id: String,
-    hits: PageHits,
-}
-
-#[derive(Deserialize)]
-struct PageHits {
-    hits: Vec<IgnoredAny>,
-}
-
-impl Bare {
-    async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> Result<String> {
-        let r = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await?;
-        let status = r.status();
-        let text = r.text().await?;
-        ensure!(status.is_success(), "{method} {path}: {status}: {text}");
-        Ok(text)
-    }
-
-    async fn create_index(&self, index: &str) -> Result<()> {
-        let body = format!(
-            r#"{{"settings":{{"index.number_of_replicas":"0","index.refresh_interval":"-1"}},"mappings":{MAPPINGS}}}"#
-        );
-        self.send(reqwest::Method::PUT, &format!("/{index}"), &body)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_index(&self, index: &str) -> Result<()> {
-        self.send(reqwest::Method::DELETE, &format!("/{index}"), "")
-            .await?;
-        Ok(())
-    }
-
-    /// Loads `bodies` into `index` with [`BULK_WORKERS`] requests in flight.
-    async fn bulk(&self, index: &str, bodies: &Arc<Vec<Bytes>>) -> Result<()> {
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..BULK_WORKERS {
-            let (http, url, bodies, next) = (
-                self.http.clone(),
-                format!("{}/{index}/_bulk", self.url),
-                bodies.clone(),
-                next.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(body) = bodies.get(i) else {
-                        return Ok::<_, anyhow::Error>(());
-                    };
-                    let r = http
-                        .post(&url)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    let status = r.status();
-                    let text = r.bytes().await?;
-                    let head = String::from_utf8_lossy(&text[..text.len().min(4096)]);
-                    ensure!(
-                        status.is_success() && !head.contains("\"errors\":true"),
-                        "_bulk: {status}: {head}"
-                    );
-                }
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        Ok(())
-    }
-
-    /// Reads every document of `index` with `slices` parallel scrolls.
-    async fn scroll(&self, index: &str, slices: usize) -> Result<u64> {
-        let mut tasks = Vec::new();
-        for slice in 0..slices {
-            let (http, url, index) = (self.http.clone(), self.url.clone(), index.to_string());
-            tasks.push(tokio::spawn(async move {
-                let mut query =
-                    serde_json::json!({"size": PAGE, "sort": ["_doc"], "track_total_hits": true});
-                if slices > 1 {
-                    query["slice"] = serde_json::json!({"id": slice, "max": slices});
-                }
-                let mut req = (
-                    format!("{url}/{index}/_search?scroll=5m"),
-                    query.to_string(),
-                );
-                let mut n = 0u64;
-                loop {
-                    let body = http
-                        .post(&req.0)
-                        .header("content-type", "application/json")
-                        .body(req.1.clone())
-                        .send()
-                        .await?
-                        .bytes()
-                        .await?;
-                    let page: Page = serde_json::from_slice(&body).context("scroll page")?;
-                    if page.hits.hits.is_empty() {
-                        let clear = serde_json::json!({"scroll_id": [page.scroll_id]}).to_string();
-                        let _ = http
-                            .delete(format!("{url}/_search/scroll"))
-                            .header("content-type", "application/json")
-                            .body(clear)
-                            .send()
-                            .await;
-                        return Ok::<_, anyhow::Error>(n);
-                    }
-                    n += page.hits.hits.len() as u64;
-                    req = (
-                        format!("{url}/_search/scroll"),
-                        serde_json::json!({"scroll": "5m", "scroll_id": page.scroll_id})
-                            .to_string(),
-                    );
-                }
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await??;
-        }
-        Ok(total)
-    }
-}
-
-async fn run_child(args: &[String]) -> Result<ChildReport> {
-    // This very binary, even if a rebuild replaced the file meanwhile.
-    let out = tokio::process::Command::new("/proc/self/exe")
-        .arg("es-child")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("starting capsule-bench es-child")?;
-    if !out.status.success() {
-        bail!(
-            "es-child {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("es-child output {line:?}"))
 }
 
 fn elasticdump_binary() -> Option<PathBuf> {

@@ -619,6 +619,19 @@ fn children_cpu_secs() -> f64 {
     (get(13) + get(14)) as f64 / 100.0
 }
 
+/// CPU seconds of a server's process group, including the processes that
+/// already exited (PostgreSQL's backends end with their connection): those
+/// are counted in the leader's `cutime + cstime` once it reaped them.
+fn server_cpu_secs(pgid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pgid}/stat")).unwrap_or_default();
+    let reaped = stat.rfind(')').map_or(0.0, |close| {
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (get(13) + get(14)) as f64 / 100.0
+    });
+    group_cpu_secs(pgid) + reaped
+}
+
 /// `VmHWM` of `pid`, in KiB.
 fn hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -632,13 +645,21 @@ fn hwm_kib(pid: u32) -> Option<u64> {
     })
 }
 
-/// The children of `pid`, with their command names.
+/// The children of `pid` (started by any of its threads), with their
+/// command names.
 fn children_of(pid: u32) -> Vec<(u32, String)> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
         .map(|c: u32| {
             let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
             (c, comm.trim().to_string())
@@ -707,8 +728,8 @@ fn watch(
     let (self0, cpu0, server0, s30, busy0) = (
         cpu_secs("self").unwrap_or(0.0),
         children_cpu_secs(),
-        group_cpu_secs(server_pgid),
-        group_cpu_secs(s3_pgid),
+        server_cpu_secs(server_pgid),
+        server_cpu_secs(s3_pgid),
         machine_busy_secs(),
     );
     let started = Instant::now();
@@ -735,8 +756,6 @@ fn watch(
         })
     })
     .collect();
-    let root_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let root_comm = root_comm.trim().to_string();
     let mut sample = Sample::default();
     let mut store_peak = 0;
     let mut tick = 0u64;
@@ -747,21 +766,23 @@ fn watch(
         if let Some(k) = hwm_kib(pid) {
             sample.hwm_kib = sample.hwm_kib.max(k);
         }
+        // Read each time: right after the spawn it is still this binary's.
+        let root_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         for (c, comm) in children_of(pid) {
             // A child between fork and exec still has the parent's name.
-            if comm == root_comm {
+            if comm == root_comm.trim() {
                 continue;
             }
             if let Some(k) = hwm_kib(c) {
                 let e = sample.children_kib.entry(comm).or_default();
                 *e = (*e).max(k);
             }
-            if tick % 10 == 0 {
+            if tick.is_multiple_of(10) {
                 files_written(c, store, &mut sample.written);
             }
         }
         sample.tmp_peak = sample.tmp_peak.max(dir_bytes(tmp));
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             files_written(pid, store, &mut sample.written);
             store_peak = store_peak.max(dir_bytes(store));
         }
@@ -769,6 +790,9 @@ fn watch(
         std::thread::sleep(Duration::from_millis(10));
     };
     sample.secs = started.elapsed().as_secs_f64();
+    // The server reaps a backend shortly after its client left; only then
+    // is its CPU time counted (in the leader's cutime).
+    std::thread::sleep(Duration::from_millis(300));
     let mut texts = readers.into_iter().map(|h| h.join().unwrap_or_default());
     sample.stdout = texts.next().unwrap_or_default();
     let stderr = texts.next().unwrap_or_default();
@@ -779,8 +803,8 @@ fn watch(
     sample.store_overshoot = store_peak.saturating_sub(dir_bytes(store));
     let me = cpu_secs("self").unwrap_or(0.0) - self0;
     sample.cpu_tree = children_cpu_secs() - cpu0;
-    sample.cpu_server = group_cpu_secs(server_pgid) - server0;
-    sample.cpu_s3 = group_cpu_secs(s3_pgid) - s30;
+    sample.cpu_server = server_cpu_secs(server_pgid) - server0;
+    sample.cpu_s3 = server_cpu_secs(s3_pgid) - s30;
     let busy = machine_busy_secs() - busy0;
     sample.cpu_foreign = (busy - me - sample.cpu_tree - sample.cpu_server - sample.cpu_s3).max(0.0);
     Ok(sample)

@@ -1,6 +1,10 @@
 //! `capsule`: the command line of the capsule backup engine. Parsing,
 //! prompts, progress and output only; the domain lives in `capsule-core`.
 
+// Argument doc comments are clap's --help text (`postgres://[user@]host`,
+// `<db>`), written for terminals rather than rustdoc.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod args;
 mod commands;
 mod engine_args;

@@ -1380,6 +1380,39 @@ mod pg {
         db
     }
 
+    /// Gives `db` database-level properties a restore must carry over: a
+    /// comment, a setting and a grant (to a new role, returned).
+    fn database_properties(db: &str) -> String {
+        let reader = Postgres::unique_name("cli_pg_reader");
+        pg().psql("postgres", &format!("CREATE ROLE {reader} NOLOGIN"));
+        pg().psql(
+            "postgres",
+            &format!("COMMENT ON DATABASE {db} IS 'Zoë''s db'"),
+        );
+        pg().psql(
+            "postgres",
+            &format!("ALTER DATABASE {db} SET work_mem = '7MB'"),
+        );
+        pg().psql(
+            "postgres",
+            &format!("GRANT CONNECT ON DATABASE {db} TO {reader}"),
+        );
+        reader
+    }
+
+    /// The comment, settings and grants of database `db`.
+    fn properties_of(db: &str) -> String {
+        pg().psql(
+            "postgres",
+            &format!(
+                "SELECT shobj_description(d.oid, 'pg_database') || ' | ' || \
+                 coalesce((SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting \
+                   WHERE setdatabase = d.oid AND setrole = 0), '') || ' | ' || \
+                 array_to_string(d.datacl, ',') FROM pg_database d WHERE datname = '{db}'"
+            ),
+        )
+    }
+
     fn counts(db: &str) -> String {
         pg().psql(
             db,
@@ -1417,6 +1450,12 @@ mod pg {
         let url = pg().url(&db);
         let before = counts(&db);
         assert_eq!(before, "500/1200/500/42");
+        let reader = database_properties(&db);
+        let props = properties_of(&db);
+        assert!(
+            props.starts_with("Zoë's db | work_mem=7MB | ") && props.contains(&reader),
+            "{props}"
+        );
 
         // --create: the id on stdout, a summary on stderr.
         let run = t.run_traced(&["pg", "--create", "--pg-url", &url]).ok();
@@ -1478,6 +1517,7 @@ mod pg {
         );
         assert!(run.stdout.contains("roles created: none"), "{run:#?}");
         assert_eq!(counts(&db), before);
+        assert_eq!(properties_of(&db), props);
         assert_eq!(
             pg().psql(&prev[0], "SELECT count(*) FROM u"),
             "1000",
@@ -1519,6 +1559,11 @@ mod pg {
             "{run:#?}"
         );
         assert_eq!(counts(&copy), before);
+        assert_eq!(
+            properties_of(&copy),
+            props,
+            "the copy has the same comment, settings and grants"
+        );
         // ... refused when it exists.
         let run = t
             .run(&[

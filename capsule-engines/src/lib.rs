@@ -17,8 +17,15 @@
 //!   parallel `_bulk`, counts and a byte-for-byte sample checked; runs
 //!   restore drills in scratch indices.
 //!
-//! `redis` lands with its own issue. This crate
-//! holds no domain logic of its own beyond driving each database's tools
+//! - [`redis`]: [`RedisEngine`] built from [`RedisOptions`] (a
+//!   [`RedisConnection`] from a `redis://`/`rediss://` URL or the legacy
+//!   Secret keys, the [`RedisCapture`] path). Captures a point-in-time RDB
+//!   as a replica (or by SCAN + DUMP when replication is refused) streamed
+//!   through the pipeline and verified on the way; restores with pipelined
+//!   `RESTORE`s from a streaming RDB parser of its own; runs restore drills
+//!   on a scratch server.
+//!
+//! This crate holds no domain logic of its own beyond driving each database's tools
 //! and protocols: the core's [`run_backup`](capsule_core::run_backup),
 //! [`run_restore`](capsule_core::run_restore) and
 //! [`run_verify`](capsule_core::run_verify) drive an engine and record

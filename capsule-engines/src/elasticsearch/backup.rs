@@ -70,6 +70,7 @@ pub(super) async fn backup(
         slices: options.slices,
         page_size: options.page_size,
         track_total_hits: server.track_total_hits(),
+        typed: server.typed(),
         sample_size: options.sample_size,
     };
     let tallies = export_documents(&client, &plan, sink, tool).await?;

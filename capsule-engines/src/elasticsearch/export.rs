@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::client::{Body, EsClient, describe_error, segment};
 use super::ndjson::{DocMeta, write_action, write_source};
+use super::page::{self, HitView, PageView};
 use super::sample::Sampler;
 
 /// How long the server keeps a scroll context between pages.
@@ -42,6 +43,9 @@ pub(crate) struct ExportPlan {
     pub page_size: usize,
     /// Send `track_total_hits` (ES 7+, OpenSearch).
     pub track_total_hits: bool,
+    /// Keep each document's mapping type (Elasticsearch 6 sources only:
+    /// later versions report `_doc`, which typeless servers refuse).
+    pub typed: bool,
     /// Documents to sample per index.
     pub sample_size: usize,
 }
@@ -67,16 +71,38 @@ pub(crate) enum Chunk {
 /// Where pages go: the artifact's stream, or nowhere (fingerprinting).
 pub(crate) type Output = Option<mpsc::Sender<io::Result<Chunk>>>;
 
+/// A page parsed by serde (the fallback of [`page::scan`]).
 #[derive(Deserialize)]
 struct Page<'a> {
-    #[serde(rename = "_scroll_id", default)]
-    scroll_id: Option<String>,
+    #[serde(borrow, rename = "_scroll_id", default)]
+    scroll_id: Option<Cow<'a, str>>,
     #[serde(default)]
     timed_out: bool,
-    #[serde(rename = "_shards", default)]
-    shards: Option<Shards>,
+    #[serde(borrow, rename = "_shards", default)]
+    shards: Option<&'a RawValue>,
     #[serde(borrow)]
     hits: Hits<'a>,
+}
+
+impl<'a> Page<'a> {
+    fn view(&'a self) -> PageView<'a> {
+        PageView {
+            scroll_id: self.scroll_id.as_deref().map(Cow::Borrowed),
+            timed_out: self.timed_out,
+            shards: self.shards.map(|r| r.get().as_bytes()),
+            hits: self
+                .hits
+                .hits
+                .iter()
+                .map(|h| HitView {
+                    id: Cow::Borrowed(&h.id),
+                    routing: h.routing.as_deref().map(Cow::Borrowed),
+                    doc_type: h.doc_type.as_deref().map(Cow::Borrowed),
+                    source: h.source.map(|r| r.get().as_bytes()),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -134,6 +160,7 @@ pub(crate) async fn export(
                 slice: (slices > 1).then_some((slice, slices)),
                 page_size: plan.page_size,
                 track_total_hits: plan.track_total_hits,
+                typed: plan.typed,
                 sample_size: plan.sample_size,
                 out: out.clone(),
             };
@@ -193,6 +220,7 @@ struct SliceJob {
     slice: Option<(usize, usize)>,
     page_size: usize,
     track_total_hits: bool,
+    typed: bool,
     sample_size: usize,
     out: Output,
 }
@@ -282,64 +310,81 @@ impl SliceJob {
         self.fetch("/_search/scroll".to_string(), body)
     }
 
-    /// Turns one page into NDJSON: (bytes, documents, scroll id).
+    /// Turns one page into NDJSON: (bytes, documents, scroll id). The
+    /// byte-level scanner reads the page; serde does when the scanner
+    /// does not recognise its shape.
     fn format_page(
         &self,
         path: &str,
         body: &[u8],
         tally: &mut IndexTally,
     ) -> Result<(Bytes, usize, Option<String>)> {
-        let page: Page<'_> = self.client.parse(&Method::POST, path, body)?;
-        if let Some(shards) = &page.shards
-            && shards.failed > 0
-        {
-            let reason = shards
-                .failures
-                .first()
-                .and_then(|f| f.get("reason"))
-                .map(describe_error)
-                .unwrap_or_default();
-            return Err(self.client.error(format!(
-                "exporting {}: {} shard(s) failed: {reason}",
-                self.index, shards.failed
-            )));
+        let fallback;
+        let view = match page::scan(body) {
+            Some(view) => view,
+            None => {
+                fallback = self.client.parse::<Page<'_>>(&Method::POST, path, body)?;
+                fallback.view()
+            }
+        };
+        if let Some(raw) = view.shards {
+            let shards: Shards = self.client.parse(&Method::POST, path, raw)?;
+            if shards.failed > 0 {
+                let reason = shards
+                    .failures
+                    .first()
+                    .and_then(|f| f.get("reason"))
+                    .map(describe_error)
+                    .unwrap_or_default();
+                return Err(self.client.error(format!(
+                    "exporting {}: {} shard(s) failed: {reason}",
+                    self.index, shards.failed
+                )));
+            }
         }
-        if page.timed_out {
+        if view.timed_out {
             return Err(self
                 .client
                 .error(format!("exporting {}: the search timed out", self.index)));
         }
-        let n = page.hits.hits.len();
-        let mut out = Vec::with_capacity(body.len());
+        let n = view.hits.len();
+        let mut out = Vec::with_capacity(if self.out.is_some() { body.len() } else { 0 });
         if self.out.is_some() || tally.sampler.is_enabled() {
-            for hit in &page.hits.hits {
+            let mut line = Vec::new();
+            for hit in &view.hits {
                 let Some(source) = hit.source else {
                     return Err(self.client.error(format!(
                         "exporting {}: document {} has no _source",
                         self.index, hit.id
                     )));
                 };
-                let meta = DocMeta {
-                    index: Cow::Borrowed(&self.index),
-                    id: Cow::Borrowed(&hit.id),
-                    routing: hit.routing.as_deref().map(Cow::Borrowed),
-                    doc_type: hit.doc_type.as_deref().map(Cow::Borrowed),
-                };
+                let routing = hit.routing.as_deref();
                 if self.out.is_some() {
+                    let meta = DocMeta {
+                        index: Cow::Borrowed(&self.index),
+                        id: Cow::Borrowed(&hit.id),
+                        routing: routing.map(Cow::Borrowed),
+                        doc_type: hit
+                            .doc_type
+                            .as_deref()
+                            .filter(|_| self.typed)
+                            .map(Cow::Borrowed),
+                    };
                     write_action(&mut out, &meta);
                     let start = out.len();
-                    write_source(&mut out, source.get().as_bytes());
-                    let line = &out[start..out.len() - 1];
-                    tally.sampler.offer(&hit.id, hit.routing.as_deref(), line);
+                    write_source(&mut out, source);
+                    tally
+                        .sampler
+                        .offer(&hit.id, routing, &out[start..out.len() - 1]);
                 } else {
-                    let mut line = Vec::new();
-                    write_source(&mut line, source.get().as_bytes());
+                    line.clear();
+                    write_source(&mut line, source);
                     line.pop();
-                    tally.sampler.offer(&hit.id, hit.routing.as_deref(), &line);
+                    tally.sampler.offer(&hit.id, routing, &line);
                 }
             }
         }
-        Ok((Bytes::from(out), n, page.scroll_id))
+        Ok((Bytes::from(out), n, view.scroll_id.map(Cow::into_owned)))
     }
 }
 

@@ -32,6 +32,8 @@ mod inventory;
 mod metadata;
 mod ndjson;
 mod options;
+mod page;
+mod plan;
 mod rename;
 mod restore;
 mod sample;
@@ -191,6 +193,7 @@ impl Engine for EsEngine {
             slices: self.options.slices,
             page_size: self.options.page_size,
             track_total_hits: server.track_total_hits(),
+            typed: server.typed(),
             sample_size: self.options.sample_size,
         };
         let tallies = export::export(&client, &plan, &None).await?;

@@ -314,13 +314,15 @@ async fn create_statements(
     else {
         return Ok(fallback());
     };
-    let list = tempfile::NamedTempFile::new()
-        .map_err(|e| Error::io(format!("backup {id}: creating a restore list"), e))?;
-    std::fs::write(list.path(), toc.database_entries.join("\n") + "\n")
-        .map_err(|e| Error::io(format!("backup {id}: writing a restore list"), e))?;
+    // With --create, pg_restore (11+) prints the database-level entries
+    // (DATABASE, DATABASE PROPERTIES, and the database's ACL, COMMENT and
+    // SECURITY LABEL) whatever the object filters; a schema that does not
+    // exist filters out everything else. This selects exactly those
+    // entries without a `--use-list` file (no temporary file), and
+    // pg_restore reads only the head of the archive.
     let mut cmd = tools::command(&prepared.pg_restore, server_conn);
     cmd.args(["--create", "--file=-", prepared.format_flag])
-        .arg(format!("--use-list={}", list.path().display()));
+        .arg(format!("--schema=capsule no such schema {}", short_id()));
     let input = source.open(&prepared.data.name).await?;
     let context = format!("restore of backup {id}: reading the database definition");
     let secrets = secrets(server_conn);

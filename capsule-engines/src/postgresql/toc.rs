@@ -20,7 +20,8 @@ pub(crate) struct Toc {
     pub dumped_by_major: Option<u32>,
     /// `Dumped by pg_dump version: …` as printed.
     pub dumped_by: Option<String>,
-    /// Lines of the database-level entries (for `pg_restore -L`).
+    /// Lines of the database-level entries (none: the fallback `CREATE
+    /// DATABASE` is used).
     pub database_entries: Vec<String>,
 }
 

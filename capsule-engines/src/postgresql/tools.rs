@@ -133,12 +133,27 @@ impl ToolFinder {
         out
     }
 
-    /// Locates `name` for a server of major version `server`.
+    /// Locates `name` for a server of major version `server`. Candidates
+    /// are asked for their version in order (`/usr/lib/postgresql/*/bin`
+    /// first); the first of the server's major version ends the search, as
+    /// [`select`] would pick it anyway: the `PATH` entries (on Debian, Perl
+    /// wrappers costing ~50 ms each) are then not run at all. The same file
+    /// reached by two paths (`/bin` → `/usr/bin`) is asked once.
     pub async fn find(&self, name: &str, server: u32, server_text: &str) -> Result<Tool> {
-        let mut candidates = Vec::new();
+        let mut candidates: Vec<Tool> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for path in self.candidate_paths(name) {
+            if !seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone())) {
+                continue;
+            }
             match version_of(&path).await {
-                Some(version) => candidates.push(Tool { path, version }),
+                Some(version) => {
+                    let exact = version.major == server;
+                    candidates.push(Tool { path, version });
+                    if exact {
+                        break;
+                    }
+                }
                 None => tracing::debug!(tool = %path.display(), "cannot read its version; skipped"),
             }
         }

@@ -1,0 +1,266 @@
+//! Planning a restore: which indices, under which names, with which
+//! settings; which templates to write; and every conflict with what the
+//! target already has. Nothing is changed here.
+
+use std::collections::BTreeSet;
+
+use capsule_core::{Error, Result};
+use serde_json::{Map, Value};
+
+use super::EsEngine;
+use super::apply::{self, Existing, TEMPLATE_KINDS};
+use super::client::EsClient;
+use super::inventory;
+use super::metadata::{EsMetadata, portable_settings};
+use super::restore::Mode;
+use super::selection::{Candidate, IndexPatterns};
+use super::server::ServerInfo;
+
+/// One index to restore.
+pub(crate) struct IndexPlan {
+    /// The backed-up name.
+    pub original: String,
+    /// The name restored to.
+    pub target: String,
+    /// Its settings, made portable to the target.
+    pub settings: Map<String, Value>,
+    /// The `PUT /<index>` body (load-time settings, mappings).
+    pub create: Value,
+    /// Aliases to attach after the load (renamed).
+    pub aliases: Vec<(String, Value)>,
+    /// The mapping type of actions (Elasticsearch 6 targets).
+    pub doc_type: Option<String>,
+}
+
+/// One template to write.
+pub(crate) struct TemplatePlan {
+    /// `_component_template`, `_index_template` or `_template`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Its body.
+    pub body: Value,
+    /// Whether one of that name exists (and differs).
+    pub existed: bool,
+}
+
+/// What a restore will do.
+pub(crate) struct Plan {
+    /// The indices, in order.
+    pub indices: Vec<IndexPlan>,
+    /// The templates to write, in order.
+    pub templates: Vec<TemplatePlan>,
+    /// Existing indices deleted first (`--replace`).
+    pub delete_first: Vec<String>,
+}
+
+/// What this run created, removed again on failure.
+/// Chooses names and finds conflicts, changing nothing.
+pub(crate) async fn plan(
+    engine: &EsEngine,
+    client: &EsClient,
+    server: &ServerInfo,
+    metadata: &EsMetadata,
+    mode: Mode,
+) -> Result<Plan> {
+    let options = engine.options();
+    let patterns = IndexPatterns::new(&options.indices);
+    let candidates: Vec<Candidate> = metadata
+        .indices
+        .keys()
+        .map(|n| Candidate {
+            name: n.clone(),
+            hidden: false,
+        })
+        .collect();
+    let selection = patterns.select(&candidates);
+    if patterns.is_explicit() && !selection.unmatched.is_empty() {
+        return Err(Error::invalid(
+            "indices",
+            format!(
+                "no index of the backup matches {}",
+                selection.unmatched.join(", ")
+            ),
+        ));
+    }
+    let tag = scratch_tag();
+    let rename = |name: &str| match (mode, &options.rename) {
+        (Mode::Scratch, _) => name.to_string(),
+        (Mode::Restore, Some(r)) => r.apply(name),
+        (Mode::Restore, None) => name.to_string(),
+    };
+    let mut indices = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, original) in selection.names.iter().enumerate() {
+        let meta = &metadata.indices[original];
+        let target = match mode {
+            Mode::Scratch => scratch_name(&tag, original, i),
+            Mode::Restore => rename(original),
+        };
+        if !seen.insert(target.clone()) {
+            return Err(Error::invalid(
+                "rename",
+                format!("two indices would be restored as {target}"),
+            ));
+        }
+        let (settings, dropped) = portable_settings(
+            &meta.settings,
+            metadata.server.distribution,
+            server.distribution,
+        );
+        for key in dropped {
+            tracing::warn!(index = %original, setting = %key, "dropping a setting {server} does not know");
+        }
+        let doc_type = server
+            .typed()
+            .then(|| meta.mapping_type.clone().unwrap_or_else(|| "_doc".into()));
+        let create = apply::create_body(&settings, meta, doc_type.as_deref());
+        let aliases = match mode {
+            Mode::Scratch => Vec::new(),
+            Mode::Restore => apply::renamed_aliases(meta, rename),
+        };
+        indices.push(IndexPlan {
+            original: original.clone(),
+            target,
+            settings,
+            create,
+            aliases,
+            doc_type,
+        });
+    }
+
+    let mut conflicts = Vec::new();
+    let mut delete_first = Vec::new();
+    let targets: Vec<String> = indices.iter().map(|p| p.target.clone()).collect();
+    for (name, what) in apply::existing(client, &targets).await? {
+        match (what, options.replace) {
+            (Existing::Alias, _) => conflicts.push(format!("an alias named {name} exists")),
+            (Existing::Index, false) => conflicts.push(format!("index {name} exists")),
+            (Existing::Index, true) => delete_first.push(name),
+        }
+    }
+    let mut templates = Vec::new();
+    if mode == Mode::Restore {
+        let alias_names: Vec<String> = indices
+            .iter()
+            .flat_map(|p| p.aliases.iter().map(|(a, _)| a.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|a| !seen.contains(a))
+            .collect();
+        for (name, what) in apply::existing(client, &alias_names).await? {
+            if what == Existing::Index {
+                conflicts.push(format!("alias {name} is the name of an existing index"));
+            }
+        }
+        templates =
+            plan_templates(client, server, metadata, options.replace, &mut conflicts).await?;
+    }
+    if !conflicts.is_empty() {
+        let hint = if options.replace {
+            ""
+        } else {
+            " (pass --replace to replace them)"
+        };
+        return Err(Error::invalid(
+            "restore",
+            format!(
+                "{}: cannot restore: {}{hint}; nothing was changed",
+                client.label(),
+                conflicts.join(", ")
+            ),
+        ));
+    }
+    Ok(Plan {
+        indices,
+        templates,
+        delete_first,
+    })
+}
+
+async fn plan_templates(
+    client: &EsClient,
+    server: &ServerInfo,
+    metadata: &EsMetadata,
+    replace: bool,
+    conflicts: &mut Vec<String>,
+) -> Result<Vec<TemplatePlan>> {
+    let mut out = Vec::new();
+    for kind in TEMPLATE_KINDS {
+        let all = match kind {
+            "_component_template" => &metadata.component_templates,
+            "_index_template" => &metadata.index_templates,
+            _ => &metadata.legacy_templates,
+        };
+        if all.is_empty() {
+            continue;
+        }
+        if kind != "_template" && !server.composable_templates() {
+            return Err(Error::Unsupported(format!(
+                "{}: {server} has no composable templates; the backup has some",
+                client.label()
+            )));
+        }
+        for (name, body) in all {
+            let existed = match inventory::template(client, kind, name).await? {
+                None => false,
+                Some(current) if &current == body => continue,
+                Some(_) if replace => true,
+                Some(_) => {
+                    conflicts.push(format!("template {name} ({kind}) differs"));
+                    continue;
+                }
+            };
+            out.push(TemplatePlan {
+                kind,
+                name: name.clone(),
+                body: body.clone(),
+                existed,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A random lowercase tag for scratch index names.
+pub(crate) fn scratch_tag() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..8)
+        .map(|_| {
+            let n = rng.gen_range(0..36u8);
+            if n < 10 {
+                (b'0' + n) as char
+            } else {
+                (b'a' + n - 10) as char
+            }
+        })
+        .collect()
+}
+
+/// `capsule-verify-<tag>-<name>`, or `…-<i>` when that would be too long.
+pub(crate) fn scratch_name(tag: &str, original: &str, i: usize) -> String {
+    let name = format!("capsule-verify-{tag}-{}", original.trim_start_matches('.'));
+    if name.len() <= 255 {
+        name
+    } else {
+        format!("capsule-verify-{tag}-{i}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_are_valid_index_names() {
+        let tag = scratch_tag();
+        assert_eq!(tag.len(), 8);
+        assert!(
+            tag.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+        assert_eq!(scratch_name("t", ".kibana", 0), "capsule-verify-t-kibana");
+        assert_eq!(scratch_name("t", &"x".repeat(250), 3), "capsule-verify-t-3");
+    }
+}
