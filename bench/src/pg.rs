@@ -766,11 +766,11 @@ fn watch(
         if let Some(k) = hwm_kib(pid) {
             sample.hwm_kib = sample.hwm_kib.max(k);
         }
-        // Read each time: right after the spawn it is still this binary's.
-        let root_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        // Read each time: right after the spawn it is still this binary.
+        let root_exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         for (c, comm) in children_of(pid) {
-            // A child between fork and exec still has the parent's name.
-            if comm == root_comm.trim() {
+            // A child between fork and exec is still the parent's program.
+            if std::fs::read_link(format!("/proc/{c}/exe")).ok() == root_exe {
                 continue;
             }
             if let Some(k) = hwm_kib(c) {
