@@ -98,6 +98,13 @@ impl SeaweedFs {
             "-s3.port.lance=0".into(),
             "-master.telemetry=false".into(),
             "-s3.autoCreateBucket=false".into(),
+            // Every bucket is a SeaweedFS collection with volumes of its own.
+            // Left at 0, the volume count is free disk / volume size, which
+            // on a small CI disk runs out after a handful of buckets and
+            // turns every later PUT into `500 InternalError` ("no free
+            // volumes left"). Volumes are sparse files, so a high count costs
+            // nothing until written.
+            "-volume.max=1000".into(),
             format!("-s3.config={}", config_path.display()),
         ]);
         let mut process = ServerProcess::spawn("seaweedfs", cmd, work);
@@ -176,6 +183,31 @@ impl SeaweedFs {
         )
     }
 
+    /// Writes `body` to `key` in `bucket` with a plain signed PUT, outside
+    /// capsule-store, so tests of the server itself need no client.
+    ///
+    /// # Errors
+    /// The server's status and answer when it is not 2xx, or the I/O error.
+    pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) -> Result<(), String> {
+        let response = signed_request_with_body(
+            self.port,
+            "PUT",
+            &format!("/{bucket}/{key}"),
+            (&self.access_key, &self.secret_key),
+            &self.region,
+            body,
+        )
+        .map_err(|e| format!("PUT /{bucket}/{key}: {e}"))?;
+        if (200..300).contains(&response.status) {
+            Ok(())
+        } else {
+            Err(format!(
+                "PUT /{bucket}/{key}: HTTP {}: {}",
+                response.status, response.body
+            ))
+        }
+    }
+
     /// The server process (log, work directory).
     pub fn process(&self) -> &ServerProcess {
         &self.process
@@ -214,13 +246,30 @@ fn signed_request(
     secret_key: &str,
     region: &str,
 ) -> std::io::Result<crate::process::HttpResponse> {
+    signed_request_with_body(port, method, path, (access_key, secret_key), region, b"")
+}
+
+/// Sends `body` in a request signed with AWS Signature Version 4.
+fn signed_request_with_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    (access_key, secret_key): (&str, &str),
+    region: &str,
+    body: &[u8],
+) -> std::io::Result<crate::process::HttpResponse> {
+    let payload_sha256 = if body.is_empty() {
+        EMPTY_SHA256.to_string()
+    } else {
+        hex::encode(Sha256::digest(body))
+    };
     let now = chrono::Utc::now();
     let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
     let date = now.format("%Y%m%d").to_string();
     let host = format!("127.0.0.1:{port}");
     let signed_headers = "host;x-amz-content-sha256;x-amz-date";
     let canonical_request = format!(
-        "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{EMPTY_SHA256}"
+        "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{payload_sha256}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_sha256}"
     );
     let scope = format!("{date}/{region}/s3/aws4_request");
     let string_to_sign = format!(
@@ -241,10 +290,10 @@ fn signed_request(
         path,
         &[
             ("x-amz-date", &amz_date),
-            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("x-amz-content-sha256", &payload_sha256),
             ("Authorization", &authorization),
         ],
-        b"",
+        body,
     )
 }
 

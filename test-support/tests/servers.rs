@@ -35,6 +35,21 @@ fn seaweedfs_starts_creates_buckets_and_stops() {
     assert!(!dir.exists());
 }
 
+/// Each bucket is a SeaweedFS collection with volumes of its own; the test
+/// binaries create dozens. With the volume count left to SeaweedFS (free disk
+/// / volume size) a small CI disk ran out after a few buckets and every later
+/// PUT failed with `500 InternalError`.
+#[test]
+fn seaweedfs_accepts_writes_into_many_buckets() {
+    let s3 = SeaweedFs::start();
+    for i in 0..60 {
+        let bucket = format!("many-{i:02}");
+        s3.create_bucket(&bucket);
+        s3.put_object(&bucket, "object", format!("payload {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("bucket {i} of 60: {e}"));
+    }
+}
+
 #[test]
 fn azurite_starts_creates_containers_and_stops() {
     let az = Azurite::start();
