@@ -19,9 +19,10 @@
 //!   into a file, with `track_total_hits` in its search body (else it
 //!   stops at the 10,000 hits the server reports by default).
 //!
-//! Runs are interleaved (ceiling, capsule, elasticdump, then again), the
-//! median of `--runs` is reported, with the CPU seconds of the client, the
-//! server and everything else.
+//! After the load, one untimed full read warms the server. Runs are
+//! interleaved (ceiling, capsule, elasticdump, then again), the median of
+//! `--runs` is reported, with the CPU seconds of the client, the server and
+//! everything else.
 
 mod bare;
 mod child;
@@ -257,6 +258,11 @@ impl EsBench {
             .await?;
         }
 
+        // One untimed full read: the server settles after the load (osmem
+        // builds and collects in the background), so every case sees it warm.
+        eprintln!("warming up…");
+        let n = bare.scroll(SOURCE, 1).await?;
+        ensure!(n == self.docs as u64, "{SOURCE} holds {n} documents");
         wait_for_quiet().await;
         let mut scroll_rows: Vec<Row> = [1, 2, 4]
             .iter()

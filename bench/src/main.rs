@@ -149,10 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
             runs: cli.runs,
             capsule: capsule.clone(),
         };
-        for t in bench.run().await? {
-            t.print();
-        }
-        return Ok(());
+        return bench.run().await;
     }
     if let Command::Es {
         es_docs,

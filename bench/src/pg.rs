@@ -30,6 +30,22 @@ const DB: &str = "bench";
 /// Peak RSS allowed for capsule, in MiB.
 const RSS_TARGET_MIB: f64 = 64.0;
 
+/// What one scale's runs measured, for [`Scale::tables`].
+struct Measured {
+    /// Samples of each backup case.
+    backups: BTreeMap<&'static str, Vec<Sample>>,
+    /// Samples of each restore case.
+    restores: BTreeMap<&'static str, Vec<Sample>>,
+    /// Errors of the capsule runs that failed, per case.
+    failures: BTreeMap<&'static str, Vec<String>>,
+    /// Each capsule backup: (to SeaweedFS, id, dump bytes, all artifact bytes).
+    ids: Vec<(bool, String, u64, u64)>,
+    /// Size of the `pg_dump -Fc` file.
+    reference_bytes: u64,
+    /// Load average before and after the runs.
+    load: (String, String),
+}
+
 /// Settings of the PostgreSQL benchmark.
 #[derive(Clone, Debug)]
 pub struct PgBench {
@@ -43,11 +59,12 @@ pub struct PgBench {
 }
 
 impl PgBench {
-    /// Runs every scale; returns its tables.
+    /// Runs every scale and prints its tables as soon as it is done (a
+    /// failing capsule run is a FAIL row, not an abort).
     ///
     /// # Errors
-    /// When a server, a tool or capsule fails.
-    pub async fn run(&self) -> Result<Vec<Table>> {
+    /// When a server or a reference tool fails.
+    pub async fn run(&self) -> Result<()> {
         let capsule = match &self.capsule {
             Some(p) => p.clone(),
             None => std::env::current_exe()?
@@ -62,7 +79,6 @@ impl PgBench {
         );
         eprintln!("capsule binary: {}", capsule.display());
         let s3 = S3Server::start(&[BUCKET]).await?;
-        let mut tables = Vec::new();
         for (i, &scale) in self.scales.iter().enumerate() {
             let runs = if i == 0 { self.runs } else { 1 };
             let capsule = capsule.clone();
@@ -72,9 +88,11 @@ impl PgBench {
                 Scale::prepare(scale, capsule, s3_url, s3_pgid)?.measure(runs)
             })
             .await??;
-            tables.extend(scale_tables);
+            for t in scale_tables {
+                t.print();
+            }
         }
-        Ok(tables)
+        Ok(())
     }
 }
 
@@ -125,11 +143,15 @@ const BACKUPS: [&str; 4] = [
     "capsule → file://",
     "capsule → SeaweedFS",
 ];
-/// Restore cases.
-const RESTORES: [&str; 3] = [
+/// Restore cases. The last one adds `timeout=2h` to the store URL:
+/// object_store's default 30 s request timeout also covers a streamed GET
+/// body, so a restore whose download outlives it fails (see
+/// docs/benchmarks.md).
+const RESTORES: [&str; 4] = [
     "createdb + pg_restore -d (local file)",
     "capsule file:// → --target-db",
     "capsule SeaweedFS → --target-db",
+    "capsule SeaweedFS (URL timeout=2h) → --target-db",
 ];
 
 impl Scale {
@@ -199,14 +221,16 @@ impl Scale {
         cmd
     }
 
-    fn capsule(&self, s3: bool) -> Command {
+    fn capsule(&self, s3: bool, long_timeout: bool) -> Command {
         let mut cmd = Command::new(&self.capsule);
         for (k, _) in std::env::vars() {
             if k.starts_with("CNVRG_CAPSULE_") || k.starts_with("PG") || k == "RUST_LOG" {
                 cmd.env_remove(k);
             }
         }
-        let store = if s3 {
+        let store = if s3 && long_timeout {
+            format!("{}&timeout=2h", self.s3_url)
+        } else if s3 {
             self.s3_url.clone()
         } else {
             format!("file://{}", self.dir("store").display())
@@ -243,6 +267,7 @@ impl Scale {
         let load_before = loadavg();
 
         let mut backups: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+        let mut failures: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut ids: Vec<(bool, String, u64, u64)> = Vec::new();
         for run in 0..runs {
             if run > 0 {
@@ -263,9 +288,16 @@ impl Scale {
                     }
                     _ => {
                         let s3 = case.ends_with("SeaweedFS");
-                        let mut c = self.capsule(s3);
+                        let mut c = self.capsule(s3, false);
                         c.args(["pg", "--create", "--pg-url", &url]);
-                        let sample = self.watch(c)?;
+                        let sample = match self.watch(c) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                eprintln!("    FAILED: {e:#}");
+                                failures.entry(case).or_default().push(format!("{e:#}"));
+                                continue;
+                            }
+                        };
                         let sf: serde_json::Value = serde_json::from_str(&sample.stdout)
                             .with_context(|| format!("capsule's statefile: {}", sample.stdout))?;
                         ensure!(sf["status"] == "finished", "backup not finished: {sf}");
@@ -289,13 +321,7 @@ impl Scale {
         let reference_bytes = std::fs::metadata(&reference)?.len();
 
         let mut restores: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
-        let last_id = |s3: bool| {
-            ids.iter()
-                .rev()
-                .find(|i| i.0 == s3)
-                .map(|i| i.1.clone())
-                .expect("a backup of each kind")
-        };
+        let last_id = |s3: bool| ids.iter().rev().find(|i| i.0 == s3).map(|i| i.1.clone());
         for run in 0..runs {
             wait_for_quiet().await_blocking();
             for case in RESTORES {
@@ -315,10 +341,28 @@ impl Scale {
                     created.then(self.watch(c)?)
                 } else {
                     let s3 = case.contains("SeaweedFS");
-                    let mut c = self.capsule(s3);
-                    c.args(["--yes", "pg", "--restore", "--id", &last_id(s3)])
-                        .args(["--pg-url", &url, "--target-db", &target]);
-                    self.watch(c)?
+                    let Some(id) = last_id(s3) else {
+                        failures
+                            .entry(case)
+                            .or_default()
+                            .push("no backup to restore".into());
+                        continue;
+                    };
+                    let mut c = self.capsule(s3, case.contains("timeout=2h"));
+                    c.args(["--yes", "pg", "--restore", "--id", &id]).args([
+                        "--pg-url",
+                        &url,
+                        "--target-db",
+                        &target,
+                    ]);
+                    match self.watch(c) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("    FAILED: {e:#}");
+                            failures.entry(case).or_default().push(format!("{e:#}"));
+                            continue;
+                        }
+                    }
                 };
                 if run == 0 {
                     let n: u64 = self
@@ -334,23 +378,27 @@ impl Scale {
         let load_after = loadavg();
         Ok(self.tables(
             runs,
-            &backups,
-            &restores,
-            &ids,
-            reference_bytes,
-            (load_before, load_after),
+            &Measured {
+                backups,
+                restores,
+                failures,
+                ids,
+                reference_bytes,
+                load: (load_before, load_after),
+            },
         ))
     }
 
-    fn tables(
-        &self,
-        runs: usize,
-        backups: &BTreeMap<&str, Vec<Sample>>,
-        restores: &BTreeMap<&str, Vec<Sample>>,
-        ids: &[(bool, String, u64, u64)],
-        reference_bytes: u64,
-        load: (String, String),
-    ) -> Vec<Table> {
+    fn tables(&self, runs: usize, m: &Measured) -> Vec<Table> {
+        let Measured {
+            backups,
+            restores,
+            failures,
+            ids,
+            reference_bytes,
+            load,
+        } = m;
+        let reference_bytes = *reference_bytes;
         let gib = self.db_bytes as f64 / 1024f64.powi(3);
         let what = format!(
             "pgbench -s {} ({gib:.2} GiB database, {} accounts)",
@@ -386,50 +434,87 @@ impl Scale {
         let dump = wall(backups, BACKUPS[0]);
         let floor = wall(backups, BACKUPS[1]);
         let restore = wall(restores, RESTORES[0]);
-        let mut row =
-            |case: &str, secs: f64, ratio: Option<(f64, &str, f64)>, c: (f64, f64, f64, f64)| {
-                let (ratio, target, result) = match ratio {
-                    Some((r, label, max)) => (
-                        format!("{r:.2}× {label}"),
-                        format!("≤ {max:.2}×"),
-                        verdict(r <= max),
-                    ),
-                    None => (String::new(), String::new(), String::new()),
-                };
+        let row = |t: &mut Table,
+                   case: &str,
+                   secs: f64,
+                   ratio: Option<(f64, &str, f64)>,
+                   c: (f64, f64, f64, f64)| {
+            let (ratio, target, result) = match ratio {
+                Some((r, label, max)) => (
+                    format!("{r:.2}× {label}"),
+                    format!("≤ {max:.2}×"),
+                    verdict(r <= max),
+                ),
+                None => (String::new(), String::new(), String::new()),
+            };
+            t.row(vec![
+                case.to_string(),
+                num(secs, 1),
+                ratio,
+                target,
+                result,
+                num(c.0, 1),
+                num(c.1, 1),
+                num(c.2, 1),
+                num(c.3, 1),
+            ]);
+        };
+        let failed = |t: &mut Table, case: &str| {
+            if let Some(errors) = failures.get(case) {
+                let first = errors[0].chars().take(300).collect::<String>();
                 t.row(vec![
                     case.to_string(),
-                    num(secs, 1),
-                    ratio,
-                    target,
-                    result,
-                    num(c.0, 1),
-                    num(c.1, 1),
-                    num(c.2, 1),
-                    num(c.3, 1),
+                    String::new(),
+                    format!("{} of {runs} runs failed", errors.len()),
+                    String::new(),
+                    "FAIL".into(),
                 ]);
-            };
+                t.note(format!("{case} failed: {first}"));
+            }
+        };
         for case in BACKUPS {
+            if !backups.contains_key(case) {
+                failed(&mut t, case);
+                continue;
+            }
             let secs = wall(backups, case);
             let c = cpu(backups, case);
             if case.starts_with("capsule") {
-                row(case, secs, Some((secs / dump, "pg_dump -Fc", 1.0)), c);
                 row(
+                    &mut t,
+                    case,
+                    secs,
+                    Some((secs / dump, "pg_dump -Fc", 1.0)),
+                    c,
+                );
+                row(
+                    &mut t,
                     "",
                     secs,
                     Some((secs / floor, "floor", 1.15)),
                     (c.0, c.1, c.2, c.3),
                 );
             } else {
-                row(case, secs, None, c);
+                row(&mut t, case, secs, None, c);
             }
         }
         for case in RESTORES {
+            if !restores.contains_key(case) {
+                failed(&mut t, case);
+                continue;
+            }
             let secs = wall(restores, case);
             let c = cpu(restores, case);
             if case.starts_with("capsule") {
-                row(case, secs, Some((secs / restore, "pg_restore", 1.1)), c);
+                row(
+                    &mut t,
+                    case,
+                    secs,
+                    Some((secs / restore, "pg_restore", 1.1)),
+                    c,
+                );
             } else {
-                row(case, secs, None, c);
+                row(&mut t, case, secs, None, c);
             }
         }
         t.note(format!(
