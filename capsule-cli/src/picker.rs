@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
-use capsule_core::CatalogEntry;
+use capsule_core::{BackupFolder, CatalogEntry};
 use console::Term;
 use dialoguer::{Confirm, Select};
 

@@ -847,7 +847,7 @@ fn a_corrupt_statefile_is_listed_as_unreadable() {
     assert_eq!(list.as_array().unwrap().len(), 3);
     let e = entry(&list, FAILED);
     assert_eq!(e["status"], "unreadable");
-    assert!(e["reason"].as_str().unwrap().contains("JSON"), "{e:#}");
+    assert!(e["error"].as_str().unwrap().contains("JSON"), "{e:#}");
     assert_eq!(entry(&list, FINISHED)["status"], "finished");
     let only = t
         .run(&["pg", "--list", "--json", "--status", "unreadable"])

@@ -54,8 +54,8 @@ mod status;
 
 pub use backup::{BackupOptions, BackupReport, run_backup};
 pub use catalog::{
-    Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, ListFilter, StatefileHandle,
-    StoreArtifactSource,
+    BackupFolder, Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, ListFilter,
+    StatefileHandle, StoreArtifactSource,
 };
 pub use engine::{
     ArtifactSink, ArtifactSource, ArtifactSpec, ByteStream, Capabilities, Engine, JobContext,

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use bytes::Bytes;
 
 use capsule_core::statefile::STATEFILE_NAME;
-use capsule_core::{BackupId, Catalog, Error as CoreError, ServiceType, Statefile};
+use capsule_core::{BackupFolder, BackupId, Catalog, Error as CoreError, ListFilter, Statefile};
 use capsule_store::Version;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -54,76 +54,31 @@ struct Tag {
     modified: DateTime<Utc>,
 }
 
-impl CachedBackup {
-    /// `finished`, `failed`, …; `deleting` when a delete marker is present;
-    /// `unreadable` without a readable statefile.
-    pub fn status_label(&self) -> &str {
-        if self.deleting {
-            return "deleting";
-        }
-        match &self.statefile {
-            Some(sf) => sf.status.as_str(),
-            None => "unreadable",
-        }
+impl BackupFolder for CachedBackup {
+    fn folder_id(&self) -> &str {
+        &self.id
     }
-
-    /// The service type, from the statefile or the folder name.
-    pub fn service_type(&self) -> Option<ServiceType> {
-        match &self.statefile {
-            Some(sf) => Some(sf.service_type),
-            None => self
-                .id
-                .split_once('-')
-                .and_then(|(t, _)| t.parse::<ServiceType>().ok()),
-        }
+    fn folder_statefile(&self) -> Option<&Statefile> {
+        self.statefile.as_deref()
     }
-
-    /// When it was requested (else when its statefile was written).
-    pub fn date(&self) -> Option<DateTime<Utc>> {
-        self.statefile
-            .as_ref()
-            .map(|sf| sf.requested_at)
-            .or(self.modified_at)
+    fn unreadable_reason(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
-
-    /// Stored size: the artifacts' recorded sizes, else the folder's bytes.
-    pub fn size_bytes(&self) -> Option<u64> {
-        self.statefile
-            .as_ref()
-            .and_then(|sf| sf.size_bytes())
-            .or((self.stored_bytes > 0).then_some(self.stored_bytes))
+    fn is_deleting(&self) -> bool {
+        self.deleting
     }
-
-    fn render(&mut self) {
-        self.summary = summary_json(self).to_string();
+    fn folder_stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+    fn statefile_modified_at(&self) -> Option<DateTime<Utc>> {
+        self.modified_at
     }
 }
 
-/// The summary of one backup, as the API lists it.
-pub(crate) fn summary_json(b: &CachedBackup) -> serde_json::Value {
-    let sf = b.statefile.as_deref();
-    let date = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339());
-    serde_json::json!({
-        "backupId": b.id,
-        "serviceType": b.service_type().map(|t| t.as_str()),
-        "status": b.status_label(),
-        "requestType": sf.map(|s| s.request_type.as_str()),
-        "date": date(b.date()),
-        "startedAt": date(sf.and_then(|s| s.started_at)),
-        "finishedAt": date(sf.and_then(|s| s.finished_at)),
-        "sizeBytes": b.size_bytes(),
-        "durationMs": sf.and_then(|s| s.duration()).map(|d| d.num_milliseconds()),
-        "cluster": sf.and_then(|s| s.service.cluster.clone()),
-        "service": sf.and_then(|s| s.service.qualified_name()),
-        "description": sf.map(|s| s.description.clone()),
-        "verified": sf
-            .and_then(|s| s.last_verification())
-            .map(|v| serde_json::to_value(v.status).unwrap_or_default()),
-        "restores": sf.map_or(0, |s| s.restores.len()),
-        "lastRestoreStatus": sf.and_then(|s| s.restores.last()).map(|r| r.status.as_str()),
-        "error": sf.and_then(|s| s.error.clone()).or_else(|| b.unreadable.clone()),
-        "statefileVersion": sf.map(|s| s.statefile_version.clone()),
-    })
+impl CachedBackup {
+    fn render(&mut self) {
+        self.summary = self.summary_json().to_string();
+    }
 }
 
 /// `{"backups":[…]}` of `entries`, from their pre-rendered summaries.
@@ -143,55 +98,8 @@ pub(crate) fn list_json<'a>(
     body
 }
 
-/// Which backups to list (the API's query).
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct Filter {
-    /// Only this cluster.
-    pub cluster: Option<String>,
-    /// Only this service type.
-    pub service_type: Option<ServiceType>,
-    /// Only this service (`namespace/name`).
-    pub service: Option<String>,
-    /// Only this status label.
-    pub status: Option<String>,
-}
-
-impl Filter {
-    /// Whether the filter lets everything through.
-    pub fn is_empty(&self) -> bool {
-        self.cluster.is_none()
-            && self.service_type.is_none()
-            && self.service.is_none()
-            && self.status.is_none()
-    }
-
-    /// Whether `b` passes.
-    pub fn matches(&self, b: &CachedBackup) -> bool {
-        if let Some(t) = self.service_type
-            && b.service_type() != Some(t)
-        {
-            return false;
-        }
-        let sf = b.statefile.as_deref();
-        if let Some(c) = &self.cluster
-            && sf.and_then(|s| s.service.cluster.as_deref()) != Some(c.as_str())
-        {
-            return false;
-        }
-        if let Some(s) = &self.service
-            && sf.and_then(|s| s.service.qualified_name()).as_deref() != Some(s.as_str())
-        {
-            return false;
-        }
-        if let Some(s) = &self.status
-            && !b.status_label().eq_ignore_ascii_case(s)
-        {
-            return false;
-        }
-        true
-    }
-}
+/// Which backups to list (the API's query): the catalog's own filter.
+pub type Filter = ListFilter;
 
 /// The catalog as of one refresh, newest first.
 #[derive(Debug, Default)]
@@ -488,7 +396,7 @@ fn fill_sizes(b: &mut CachedBackup) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capsule_core::ServiceIdentity;
+    use capsule_core::{ServiceIdentity, ServiceType};
     use capsule_store::Store;
 
     #[tokio::test]
@@ -536,10 +444,13 @@ mod tests {
         assert_eq!(cache.stats().statefile_reads, 6, "one re-read");
         assert_eq!(snap.entries.len(), 4);
         assert!(snap.get(&ids[0]).unwrap().summary.contains("changed"));
-        let filter = Filter {
-            cluster: Some("c0".into()),
-            ..Default::default()
-        };
-        assert_eq!(snap.entries.iter().filter(|e| filter.matches(e)).count(), 3);
+        let filter = Filter::default().with_cluster("c0");
+        assert_eq!(
+            snap.entries
+                .iter()
+                .filter(|e| filter.matches(e.as_ref()))
+                .count(),
+            3
+        );
     }
 }

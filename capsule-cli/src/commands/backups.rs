@@ -2,7 +2,9 @@
 //! delete backups. Each action is one [`Catalog`] call plus rendering.
 
 use anyhow::{Context, Result};
-use capsule_core::{BackupId, Catalog, CatalogEntry, ListFilter, ServiceIdentity, ServiceType};
+use capsule_core::{
+    BackupFolder, BackupId, Catalog, CatalogEntry, ListFilter, ServiceIdentity, ServiceType,
+};
 
 use crate::args::{Action, GlobalArgs, ServiceArgs};
 use crate::exit::{Interrupted, UsageError};
@@ -62,7 +64,7 @@ impl Ctx<'_> {
     async fn list(&self, filter: &ListFilter) -> Result<()> {
         let entries = self.catalog.list(filter).await?;
         if self.g.json {
-            let all: Vec<_> = entries.iter().map(CatalogEntry::summary_json).collect();
+            let all: Vec<_> = entries.iter().map(BackupFolder::summary_json).collect();
             output::json(&serde_json::Value::Array(all))?;
             return Ok(());
         }

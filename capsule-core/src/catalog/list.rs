@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::Catalog;
+use super::{BackupFolder, Catalog};
 use crate::error::{Error, Result};
 use crate::id::ServiceType;
 use crate::statefile::{STATEFILE_NAME, Statefile};
@@ -51,14 +51,23 @@ impl ListFilter {
         self
     }
 
-    fn matches(&self, e: &CatalogEntry) -> bool {
+    /// Whether the filter lets everything through.
+    pub fn is_empty(&self) -> bool {
+        self.service_type.is_none()
+            && self.cluster.is_none()
+            && self.status.is_none()
+            && self.service.is_none()
+    }
+
+    /// Whether the backup `e` passes.
+    pub fn matches(&self, e: &impl BackupFolder) -> bool {
         if let Some(t) = self.service_type
             && e.service_type() != Some(t)
         {
             return false;
         }
         if let Some(c) = &self.cluster {
-            match &e.statefile {
+            match e.folder_statefile() {
                 Some(sf) if sf.service.cluster.as_deref() == Some(c.as_str()) => {}
                 _ => return false,
             }
@@ -69,7 +78,7 @@ impl ListFilter {
             return false;
         }
         if let Some(s) = &self.service {
-            match &e.statefile {
+            match e.folder_statefile() {
                 Some(sf) if sf.service.qualified_name().as_deref() == Some(s.as_str()) => {}
                 _ => return false,
             }
@@ -99,82 +108,24 @@ pub struct CatalogEntry {
     pub modified_at: Option<DateTime<Utc>>,
 }
 
-impl CatalogEntry {
-    /// `finished`, `failed`, …; `deleting` for a half-deleted backup;
-    /// `unreadable` when the statefile could not be read.
-    pub fn status_label(&self) -> &str {
-        if self.deleting {
-            return "deleting";
-        }
-        match &self.statefile {
-            Some(sf) => sf.status.as_str(),
-            None => "unreadable",
-        }
+impl BackupFolder for CatalogEntry {
+    fn folder_id(&self) -> &str {
+        &self.id
     }
-
-    /// The service type, from the statefile or the folder name.
-    pub fn service_type(&self) -> Option<ServiceType> {
-        match &self.statefile {
-            Some(sf) => Some(sf.service_type),
-            None => self
-                .id
-                .split_once('-')
-                .and_then(|(t, _)| t.parse::<ServiceType>().ok()),
-        }
+    fn folder_statefile(&self) -> Option<&Statefile> {
+        self.statefile.as_ref()
     }
-
-    /// When the backup was requested (else when its statefile was written).
-    pub fn date(&self) -> Option<DateTime<Utc>> {
-        self.statefile
-            .as_ref()
-            .map(|sf| sf.requested_at)
-            .or(self.modified_at)
+    fn unreadable_reason(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
-
-    /// Stored size: the artifacts' recorded sizes, else what the folder holds.
-    pub fn size_bytes(&self) -> Option<u64> {
-        self.statefile
-            .as_ref()
-            .and_then(|sf| sf.size_bytes())
-            .or((self.stored_bytes > 0).then_some(self.stored_bytes))
+    fn is_deleting(&self) -> bool {
+        self.deleting
     }
-
-    /// The machine-readable summary (`--json` list, the API).
-    pub fn summary_json(&self) -> serde_json::Value {
-        let sf = self.statefile.as_ref();
-        let mut v = serde_json::json!({
-            "backupId": self.id,
-            "serviceType": self.service_type().map(|t| t.as_str()),
-            "status": self.status_label(),
-            "requestType": sf.map(|s| s.request_type.as_str()),
-            "date": self.date().map(|d| d.to_rfc3339()),
-            "sizeBytes": self.size_bytes(),
-            "statefileVersion": sf.map(|s| s.statefile_version.as_str()),
-        });
-        let obj = v.as_object_mut().expect("object");
-        if let Some(sf) = sf {
-            obj.insert("description".into(), sf.description.clone().into());
-            if let Some(c) = &sf.service.cluster {
-                obj.insert("cluster".into(), c.clone().into());
-            }
-            if let Some(n) = sf.service.qualified_name() {
-                obj.insert("service".into(), n.into());
-            }
-            if let Some(d) = sf.duration() {
-                obj.insert("durationMs".into(), d.num_milliseconds().into());
-            }
-            if let Some(ver) = sf.last_verification() {
-                obj.insert(
-                    "verified".into(),
-                    serde_json::to_value(ver.status).unwrap_or_default(),
-                );
-            }
-            obj.insert("restores".into(), sf.restores.len().into());
-        }
-        if let Some(r) = &self.unreadable {
-            obj.insert("reason".into(), r.clone().into());
-        }
-        v
+    fn folder_stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+    fn statefile_modified_at(&self) -> Option<DateTime<Utc>> {
+        self.modified_at
     }
 }
 

@@ -3,10 +3,12 @@
 
 mod delete;
 mod download;
+mod folder;
 mod list;
 
 pub use delete::DeleteReport;
 pub use download::{DownloadedArtifact, StoreArtifactSource};
+pub use folder::BackupFolder;
 pub use list::{CatalogEntry, ListFilter};
 
 use bytes::Bytes;

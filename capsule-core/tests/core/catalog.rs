@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use capsule_core::statefile::STATEFILE_NAME;
 use capsule_core::{
-    Catalog, Error, ListFilter, NoProgress, RestoreStatus, ServiceIdentity, ServiceType, Status,
+    BackupFolder, Catalog, Error, ListFilter, NoProgress, RestoreStatus, ServiceIdentity,
+    ServiceType, Status,
 };
 use sha2::{Digest, Sha256};
 

@@ -7,7 +7,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use capsule_core::{BackupId, ServiceIdentity, ServiceType, Status};
+use capsule_core::{BackupFolder, BackupId, ServiceIdentity, ServiceType, Status};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -63,12 +63,12 @@ fn filter_of(q: ListQuery) -> Result<Filter, ApiError> {
             ));
         }
     };
-    Ok(Filter {
-        cluster: q.cluster,
-        service_type,
-        service: q.service,
-        status,
-    })
+    let mut filter = Filter::default();
+    filter.cluster = q.cluster;
+    filter.service_type = service_type;
+    filter.service = q.service;
+    filter.status = status;
+    Ok(filter)
 }
 
 /// Every cached backup passing `filter`, newest first, over every store.
@@ -77,7 +77,12 @@ pub(crate) fn matching(shared: &Shared, filter: &Filter) -> Vec<Arc<CachedBackup
     let mut out: Vec<Arc<CachedBackup>> = Vec::new();
     for v in &views {
         let snap = v.cache.snapshot();
-        out.extend(snap.entries.iter().filter(|e| filter.matches(e)).cloned());
+        out.extend(
+            snap.entries
+                .iter()
+                .filter(|e| filter.matches(e.as_ref()))
+                .cloned(),
+        );
     }
     if views.len() > 1 {
         out.sort_by(|a, b| b.date().cmp(&a.date()).then_with(|| a.id.cmp(&b.id)));

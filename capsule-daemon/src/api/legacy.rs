@@ -82,11 +82,8 @@ async fn list(
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, Access::Read)?;
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let filter = Filter {
-        service_type: Some(service_type),
-        cluster: q.cluster,
-        ..Filter::default()
-    };
+    let mut filter = Filter::default().with_service_type(service_type);
+    filter.cluster = q.cluster;
     let backups: Vec<serde_json::Value> = matching(&shared, &filter)
         .iter()
         .filter_map(|e| e.statefile.as_deref().map(|sf| legacy_json(sf, e.deleting)))
