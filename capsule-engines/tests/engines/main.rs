@@ -3,6 +3,7 @@
 //! test), osmem-server (OpenSearch-compatible, one per Elasticsearch
 //! test), `file://` stores and SeaweedFS S3.
 
+mod common;
 mod elasticsearch;
 mod postgresql;
 mod redis;

@@ -2,61 +2,17 @@
 //! index back (raw `_source` bytes, mappings, aliases, templates).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use capsule_core::{
-    BackupOptions, BackupReport, Catalog, JobContext, NoProgress, RestoreOptions, RestoreReport,
-    Result, run_backup, run_restore,
+    Catalog, JobContext, NoProgress, RestoreOptions, RestoreReport, Result, run_restore,
 };
 use capsule_engines::{EsEngine, EsOptions};
-use capsule_store::Store;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tempfile::TempDir;
 use test_support::opensearch::OpenSearch;
 
-pub const PREFIX: &str = "cnvrg-smart-backups";
-
-/// A `file://` catalog in a fresh temp dir.
-pub struct FileCatalog {
-    pub catalog: Catalog,
-    pub dir: TempDir,
-}
-
-impl FileCatalog {
-    pub fn new() -> FileCatalog {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::from_url(&format!("file://{}", dir.path().display()))
-            .unwrap()
-            .with_prefix(PREFIX)
-            .unwrap();
-        FileCatalog {
-            catalog: Catalog::new(store),
-            dir,
-        }
-    }
-
-    /// The local file of object `name` of backup `id`.
-    pub fn object_path(&self, id: &str, name: &str) -> PathBuf {
-        self.dir.path().join(PREFIX).join(id).join(name)
-    }
-
-    /// The statefile as raw JSON.
-    pub fn statefile_json(&self, id: &str) -> Value {
-        let bytes = std::fs::read(self.object_path(id, "statefile.json")).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    /// Overwrites the statefile with `json`.
-    pub fn write_statefile_json(&self, id: &str, json: &Value) {
-        std::fs::write(
-            self.object_path(id, "statefile.json"),
-            serde_json::to_vec_pretty(json).unwrap(),
-        )
-        .unwrap();
-    }
-}
+pub use crate::common::{FileCatalog, PREFIX, backup};
 
 /// An engine for `server` backing up `indices` (comma-separated patterns).
 pub fn engine(url: &str, indices: &str) -> EsEngine {
@@ -69,17 +25,6 @@ pub fn options(url: &str, indices: &str) -> EsOptions {
         .unwrap()
         .with_indices(indices)
         .with_page_size(500)
-}
-
-pub async fn backup(catalog: &Catalog, engine: &EsEngine) -> Result<BackupReport> {
-    let ctx = JobContext::new(&NoProgress);
-    run_backup(
-        catalog,
-        engine,
-        BackupOptions::default().with_description("test"),
-        &ctx,
-    )
-    .await
 }
 
 pub async fn restore(catalog: &Catalog, engine: &EsEngine, id: &str) -> Result<RestoreReport> {

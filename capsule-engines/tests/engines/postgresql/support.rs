@@ -1,60 +1,16 @@
 //! Shared helpers: the cluster, stores, engines, checksums of contents.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use capsule_core::{
-    BackupOptions, BackupReport, Catalog, JobContext, NoProgress, Result, run_backup,
-};
 use capsule_engines::{PgEngine, PgOptions, PgRestoreMode};
 use capsule_store::Store;
-use tempfile::TempDir;
 use test_support::postgres::Postgres;
 
-pub const PREFIX: &str = "cnvrg-smart-backups";
+pub use crate::common::{FileCatalog, PREFIX, backup};
 
 pub fn pg() -> &'static Postgres {
     Postgres::shared()
-}
-
-/// A `file://` catalog in a fresh temp dir.
-pub struct FileCatalog {
-    pub catalog: Catalog,
-    pub dir: TempDir,
-}
-
-impl FileCatalog {
-    pub fn new() -> FileCatalog {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::from_url(&format!("file://{}", dir.path().display()))
-            .unwrap()
-            .with_prefix(PREFIX)
-            .unwrap();
-        FileCatalog {
-            catalog: Catalog::new(store),
-            dir,
-        }
-    }
-
-    /// The local file of object `name` of backup `id`.
-    pub fn object_path(&self, id: &str, name: &str) -> PathBuf {
-        self.dir.path().join(PREFIX).join(id).join(name)
-    }
-
-    /// The statefile as raw JSON.
-    pub fn statefile_json(&self, id: &str) -> serde_json::Value {
-        let bytes = std::fs::read(self.object_path(id, "statefile.json")).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    /// Overwrites the statefile with `json`.
-    pub fn write_statefile_json(&self, id: &str, json: &serde_json::Value) {
-        std::fs::write(
-            self.object_path(id, "statefile.json"),
-            serde_json::to_vec_pretty(json).unwrap(),
-        )
-        .unwrap();
-    }
 }
 
 /// An engine for `database` on the shared cluster, as the superuser.
@@ -70,18 +26,6 @@ pub fn engine_with(database: &str, mode: PgRestoreMode, drop_previous: bool) -> 
             .with_restore_mode(mode)
             .with_drop_previous(drop_previous),
     )
-}
-
-pub async fn backup(catalog: &Catalog, engine: &PgEngine) -> Result<BackupReport> {
-    let progress = NoProgress;
-    let ctx = JobContext::new(&progress);
-    run_backup(
-        catalog,
-        engine,
-        BackupOptions::default().with_description("test"),
-        &ctx,
-    )
-    .await
 }
 
 /// A fresh database with `rows` rows in `public.items` and a sequence.

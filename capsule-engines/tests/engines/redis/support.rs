@@ -1,63 +1,13 @@
 //! Shared helpers: servers, catalogs, engines, a dataset of every type.
 
-use std::path::PathBuf;
-
-use capsule_core::{
-    BackupOptions, BackupReport, Catalog, JobContext, NoProgress, Result, run_backup,
-};
 use capsule_engines::{RedisEngine, RedisOptions};
-use capsule_store::Store;
-use tempfile::TempDir;
 use test_support::redis::{Redis, RedisClient, Reply};
 
-pub const PREFIX: &str = "cnvrg-smart-backups";
-
-/// A `file://` catalog in a fresh temp dir.
-pub struct FileCatalog {
-    pub catalog: Catalog,
-    pub dir: TempDir,
-}
-
-impl FileCatalog {
-    pub fn new() -> FileCatalog {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::from_url(&format!("file://{}", dir.path().display()))
-            .unwrap()
-            .with_prefix(PREFIX)
-            .unwrap();
-        FileCatalog {
-            catalog: Catalog::new(store),
-            dir,
-        }
-    }
-
-    /// The local file of object `name` of backup `id`.
-    pub fn object_path(&self, id: &str, name: &str) -> PathBuf {
-        self.dir.path().join(PREFIX).join(id).join(name)
-    }
-
-    /// The statefile as raw JSON.
-    pub fn statefile_json(&self, id: &str) -> serde_json::Value {
-        let bytes = std::fs::read(self.object_path(id, "statefile.json")).unwrap();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-}
+pub use crate::common::{FileCatalog, PREFIX, backup};
 
 /// An engine for `url` with default options.
 pub fn engine(url: &str) -> RedisEngine {
     RedisEngine::new(RedisOptions::from_url(url).unwrap())
-}
-
-pub async fn backup(catalog: &Catalog, engine: &RedisEngine) -> Result<BackupReport> {
-    let progress = NoProgress;
-    let ctx = JobContext::new(&progress);
-    run_backup(
-        catalog,
-        engine,
-        BackupOptions::default().with_description("test"),
-        &ctx,
-    )
-    .await
 }
 
 /// Runs `cmds` pipelined on `c`, asserting no error reply.
