@@ -1,14 +1,19 @@
 //! Backup: roles, then `pg_dump -Fc -Z0` of an exported snapshot streamed
-//! into the pipeline, with the fingerprint counted in the same snapshot.
+//! into the pipeline; the fingerprint's row counts are read from that
+//! stream ([`ArchiveCounter`]), the rest counted in the same snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use capsule_core::{
-    ArtifactRole, ArtifactSink, ArtifactSpec, EngineInfo, Error, Fingerprint, JobContext, Result,
+    ArtifactRole, ArtifactSink, ArtifactSpec, ByteStream, EngineInfo, Error, Fingerprint,
+    JobContext, Result,
 };
 use serde_json::{Map, Value, json};
+use tokio_util::io::InspectReader;
 
 use super::PgEngine;
+use super::archive::ArchiveCounter;
 use super::sql::{self, sql_error};
 use super::tools::{self, ToolOutput};
 
@@ -114,19 +119,49 @@ pub(crate) async fn backup(
         .spawn()
         .map_err(|e| Error::io(format!("postgresql {conn}: starting pg_dump"), e))?;
     tracing::info!(database = %conn.database, snapshot = %snapshot, tool = %pg_dump.version.text, "pg_dump started");
-    let stream = ToolOutput::new(child, "pg_dump", secrets.clone())
+    let output = ToolOutput::new(child, "pg_dump", secrets.clone())
         .map_err(|e| Error::io("pg_dump", e))?
         .boxed();
+    // The rows of each table are counted in the stream as it passes (no
+    // second scan of the live tables); what the stream cannot tell is
+    // counted with SQL afterwards, in the same snapshot.
+    let counter = Arc::new(Mutex::new(ArchiveCounter::new()));
+    let stream: ByteStream = if opts.fingerprint {
+        let feed = counter.clone();
+        Box::new(InspectReader::new(output, move |bytes: &[u8]| {
+            feed.lock().unwrap_or_else(|e| e.into_inner()).feed(bytes);
+        }))
+    } else {
+        output
+    };
     let spec = ArtifactSpec::new(DUMP_ARTIFACT, FORMAT_CUSTOM)
         .with_tool_version(pg_dump.version.text.clone());
-    let counting = async {
-        if opts.fingerprint {
-            sql::counts(client, conn, &rels).await
-        } else {
-            Ok(BTreeMap::new())
-        }
+    let artifact = sink.put(spec, stream).await?;
+    let counts = if opts.fingerprint {
+        let counter = std::mem::replace(
+            &mut *counter.lock().unwrap_or_else(|e| e.into_inner()),
+            ArchiveCounter::new(),
+        );
+        let streamed = counter.finish().unwrap_or_else(|why| {
+            tracing::info!(reason = %why, "rows not counted from the dump; counting with SQL");
+            BTreeMap::new()
+        });
+        let missing: Vec<sql::Relation> = rels
+            .iter()
+            .filter(|r| !r.sequence && !streamed.contains_key(&r.key()))
+            .cloned()
+            .collect();
+        details.insert("tablesCountedInDump".into(), json!(streamed.len()));
+        details.insert("tablesCountedWithSql".into(), json!(missing.len()));
+        let mut counts = sql::counts(client, conn, &missing).await?;
+        counts.extend(
+            rels.iter()
+                .filter_map(|r| streamed.get(&r.key()).map(|n| (r.key(), *n))),
+        );
+        counts
+    } else {
+        BTreeMap::new()
     };
-    let (artifact, counts) = tokio::try_join!(sink.put(spec, stream), counting)?;
     // Sequences are not transactional: keep only those that did not move
     // while pg_dump ran, whose value is then the one in the dump.
     let seq_after = sql::sequences(client, conn, &rels).await?;

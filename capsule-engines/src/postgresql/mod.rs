@@ -19,6 +19,7 @@
 //! The client tools are chosen by the server's major version (see
 //! `docs/postgresql.md`).
 
+mod archive;
 mod backup;
 mod connection;
 mod options;

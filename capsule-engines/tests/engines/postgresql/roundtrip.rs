@@ -44,7 +44,8 @@ CREATE MATERIALIZED VIEW app.item_stats AS SELECT item_id, count(*) AS n FROM ap
 CREATE SEQUENCE app.counter START 100;
 SELECT nextval('app.counter'), nextval('app.counter'), nextval('app.counter');
 CREATE TABLE "Mixed Case"."Tåble ""q""" (k text PRIMARY KEY, v bytea);
-INSERT INTO "Mixed Case"."Tåble ""q""" VALUES ('ключ', '\x00ff10'), ('κλειδί', NULL);
+INSERT INTO "Mixed Case"."Tåble ""q""" VALUES ('ключ', '\x00ff10'), ('κλειδί', NULL),
+  (E'multi\nline\r\n\ttab \\ backslash', '\x0a0a0d');
 SELECT lo_from_bytea(0, convert_to('large object ' || g || ' ✓', 'UTF8')) FROM generate_series(1, 3) g;
 GRANT SELECT ON app.events TO {owner_a};
 "#
@@ -85,6 +86,15 @@ async fn safe_restore_round_trip_with_roles_swap_and_history() {
     assert_eq!(fp.counts["public.items"], 1000);
     assert_eq!(fp.counts["app.events"], 5000);
     assert_eq!(fp.counts["app.item_stats"], 1000);
+    assert_eq!(fp.counts["Mixed Case.Tåble \"q\""], 3);
+    // Tables are counted in the dump stream; only the materialized view
+    // (whose data pg_dump does not dump) with SQL.
+    assert_eq!(info.details["tablesCountedInDump"], 3, "{:?}", info.details);
+    assert_eq!(
+        info.details["tablesCountedWithSql"], 1,
+        "{:?}",
+        info.details
+    );
     assert_eq!(fp.counts["pg_catalog.pg_largeobject_metadata"], 3);
     assert_eq!(fp.values["app.counter"], "102");
     assert_eq!(fp.values["public.items_id_seq"], "1000");
