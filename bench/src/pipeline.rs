@@ -223,6 +223,7 @@ impl PipelineBench {
                         .delete(&key)
                         .await
                         .with_context(|| format!("deleting {key}"))?;
+                    server.vacuum();
                 }
             }
             let rate = |r: &Run| mib_per_sec(self.size, r.elapsed);

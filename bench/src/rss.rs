@@ -25,6 +25,9 @@ const BUCKET: &str = "bench-rss";
 /// the child, rather than its command line.
 pub const URL_ENV: &str = "CAPSULE_BENCH_URL";
 const KEY: &str = "rss/artifact";
+/// The public key `--age` encrypts to (age's documentation example; the
+/// data is never decrypted).
+const AGE_RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
 /// Settings of the memory benchmark.
 #[derive(Clone, Copy, Debug)]
@@ -77,9 +80,16 @@ impl RssBench {
                 cases.push((label, url, ChildArgs::new(kind, compression, self.size)));
             }
         }
+        // Encryption at rest (age after zstd), on incompressible data.
+        for (label, url) in [("SeaweedFS, age", &s3_url), ("file://, age", &file_url)] {
+            let mut a = ChildArgs::new(DataKind::Random, CompressionArg::Zstd, self.size);
+            a.age = true;
+            cases.push((label, url, a));
+        }
         wait_for_quiet().await;
         for (label, url, args) in &cases {
             let out = run_child(url, args).await?;
+            server.vacuum();
             let hwm = out.vm_hwm_kib as f64 / 1024.0;
             let baseline = args.bytes == 0;
             let compression = Compression::from(args.compression).as_str();
@@ -291,6 +301,9 @@ pub struct ChildArgs {
     /// Parts in flight.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Encrypt (age) after compression, to a fixed public key.
+    #[arg(long)]
+    pub age: bool,
 }
 
 impl ChildArgs {
@@ -304,6 +317,7 @@ impl ChildArgs {
             zstd_job_mib: None,
             part_mib: None,
             concurrency: None,
+            age: false,
         }
     }
 
@@ -319,6 +333,9 @@ impl ChildArgs {
         ];
         if self.zstd_only {
             args.push("--zstd-only".into());
+        }
+        if self.age {
+            args.push("--age".into());
         }
         let knobs = [
             ("--zstd-workers", self.zstd_workers.map(|v| v.to_string())),
@@ -346,6 +363,11 @@ impl ChildArgs {
         }
         if let Some(c) = self.concurrency {
             upload = upload.with_max_concurrency(c);
+        }
+        if self.age {
+            o = o.with_encryption(
+                capsule_core::Recipients::from_keys([AGE_RECIPIENT]).expect("a valid key"),
+            );
         }
         o.with_upload(upload)
     }

@@ -40,6 +40,40 @@ impl S3Server {
         self.server.process().pid()
     }
 
+    /// Makes SeaweedFS give back the space of deleted objects now (its
+    /// master compacts volumes with garbage only every 15 minutes): without
+    /// it, a benchmark that writes and deletes tens of GiB fills the disk.
+    /// Best effort: a failure is printed, not returned.
+    pub fn vacuum(&self) {
+        let pid = self.server.process().pid();
+        let master = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|cmdline| {
+                cmdline.split(|b| *b == 0).find_map(|arg| {
+                    std::str::from_utf8(arg)
+                        .ok()?
+                        .strip_prefix("-master.port=")?
+                        .parse::<u16>()
+                        .ok()
+                })
+            });
+        let Some(port) = master else {
+            eprintln!("  (vacuum skipped: SeaweedFS master port not found)");
+            return;
+        };
+        match test_support::process::http_request(
+            port,
+            "GET",
+            "/vol/vacuum?garbageThreshold=0.0001",
+            &[],
+            b"",
+        ) {
+            Ok(r) if r.status == 200 => {}
+            Ok(r) => eprintln!("  (vacuum: HTTP {}: {})", r.status, r.body),
+            Err(e) => eprintln!("  (vacuum: {e})"),
+        }
+    }
+
     /// The capsule-store URL of `bucket`, credentials included.
     pub fn url(&self, bucket: &str) -> String {
         self.server.s3_url_with_credentials(bucket)

@@ -22,7 +22,9 @@ Store selection:
      file://~/.local/share/capsule/store.
 Backups live under --dst-dir inside the store. Remote calls are retried for
 up to 8 s; add retry_timeout=30s (or max_retries=N) to the --store URL to
-change that.
+change that. https endpoints must present a certificate the system trusts,
+or one signed by a CA in --ca-file; plain http is used only for an endpoint
+given as http:// (or without scheme and --use-ssl=false).
 
 Exit codes: 0 success, 1 the operation failed (store unreachable, backup not
 found or corrupt, confirmation declined), 2 usage error (bad flag or value,
@@ -145,6 +147,10 @@ pub struct ServiceArgs {
     /// failed, deleting, unreadable.
     #[arg(long, value_name = "STATUS")]
     pub status: Option<String>,
+    /// Encryption at rest: recipients for --create, identities for
+    /// --restore, --verify and --download.
+    #[command(flatten)]
+    pub encryption: crate::encryption_args::EncryptionArgs,
 }
 
 impl ServiceArgs {
@@ -320,6 +326,15 @@ pub struct GlobalArgs {
           require_equals = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub use_ssl: bool,
+    /// PEM file of CA certificates trusted for an https object store
+    /// besides the system's (a MinIO with a private CA).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "CNVRG_CAPSULE_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
     /// Bucket (or Azure container) name.
     #[arg(
         long,

@@ -39,7 +39,13 @@ pub fn redact(text: &str) -> String {
 /// over `secrets`. Call once, before any other output.
 pub fn init(verbose: bool, secrets: Vec<String>) {
     let _ = REDACTOR.set(redactor_for(secrets));
-    let default = if verbose { "debug" } else { "warn" };
+    // rustls-platform-verifier logs every refused certificate (each retry)
+    // at error level; the store's error says it once, with what to do.
+    let default = if verbose {
+        "debug"
+    } else {
+        "warn,rustls_platform_verifier=off"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

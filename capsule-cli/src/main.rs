@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod encryption_args;
 mod engine_args;
 mod exit;
 mod logging;

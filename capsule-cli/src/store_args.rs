@@ -8,7 +8,8 @@
 //!    `file://$XDG_DATA_HOME/capsule/store`, else
 //!    `file://~/.local/share/capsule/store` (created when missing).
 //!
-//! The backups live under `--dst-dir` in the store. Remote calls are retried
+//! `--ca-file` (a private CA for https) applies to remote stores of either
+//! kind. The backups live under `--dst-dir` in the store. Remote calls are retried
 //! for up to 8 s unless the `--store` URL sets `retry_timeout` or
 //! `max_retries`. A configuration the
 //! store rejects (unknown bucket type, malformed URL, missing option) is a
@@ -72,6 +73,11 @@ pub fn build(g: &GlobalArgs) -> Result<Store> {
         StoreSource::Legacy => true,
         StoreSource::Local(_) => false,
     };
+    // The legacy settings carry --ca-file themselves.
+    let url_ca_file = match &source {
+        StoreSource::Url(url) if is_remote(url) => g.ca_file.as_ref(),
+        _ => None,
+    };
     let mut builder = match source {
         StoreSource::Url(url) => {
             let b = StoreBuilder::from_url(&url).map_err(usage)?;
@@ -97,6 +103,9 @@ pub fn build(g: &GlobalArgs) -> Result<Store> {
     };
     if remote {
         builder = builder.with_option("retry_timeout", CLI_RETRY_TIMEOUT);
+    }
+    if let Some(ca) = url_ca_file {
+        builder = builder.with_option("ca_file", &ca.display().to_string());
     }
     builder
         .build()
@@ -156,6 +165,7 @@ fn settings(g: &GlobalArgs) -> Result<StorageSettings> {
     s.access_key = secret(&g.access_key);
     s.secret_key = secret(&g.secret_key);
     s.use_ssl = Some(g.use_ssl);
+    s.ca_file = g.ca_file.clone();
     s.bucket_name = g.bucket_name.clone();
     s.account_name = g.account_name.clone();
     s.account_key = secret(&g.account_key);

@@ -2024,6 +2024,42 @@ mod es {
             .ok();
         assert_eq!(run.json()["mode"], "replace");
         assert_eq!(count(&os, "cli-b"), 20);
+        // --replace failing mid-load (the server fails every _bulk): the
+        // live index is intact, no staging index is left, the error says so.
+        os.bulk("{\"index\":{\"_index\":\"cli-b\",\"_id\":\"extra\"}}\n{\"k\":\"x\"}");
+        let proxy = FaultProxy::start(
+            os.port,
+            Faults {
+                fail_bulk_from: Some(0),
+                ..Faults::default()
+            },
+        );
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--restore",
+                    "--id",
+                    &id,
+                    "--es-url",
+                    &proxy.url,
+                    "--yes",
+                    "--replace",
+                    "--indices",
+                    "cli-b",
+                ],
+                &NO_LEGACY,
+            )
+            .fails_with(1);
+        let line = error(&run);
+        assert!(
+            line.contains("POST /_bulk: HTTP 500")
+                && line.contains("nothing was replaced: the existing index cli-b is intact"),
+            "{line}"
+        );
+        assert_eq!(count(&os, "cli-b"), 21);
+        let indices = os.ok("GET", "/_cat/indices?format=json&h=index", "");
+        assert!(!indices.contains("capsule-restore-"), "{indices}");
 
         // --verify: a drill, compared index by index.
         let run = t
@@ -2179,5 +2215,425 @@ mod es {
             run.stderr.contains("--verify needs connection settings"),
             "{run:#?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Encryption at rest: --encrypt-to, --encryption-key-file, --identity-file
+// ---------------------------------------------------------------------------
+
+mod encryption {
+    use age::secrecy::ExposeSecret;
+    use test_support::postgres::Postgres;
+
+    use super::*;
+
+    fn pg() -> &'static Postgres {
+        Postgres::shared()
+    }
+
+    /// An identity file as `age-keygen` writes it; returns (path, public
+    /// key, secret key).
+    fn keygen(dir: &Path, name: &str) -> (PathBuf, String, String) {
+        let k = age::x25519::Identity::generate();
+        let public = k.to_public().to_string();
+        let secret = k.to_string().expose_secret().to_string();
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("# created: 2024-01-01T00:00:00Z\n# public key: {public}\n{secret}\n"),
+        )
+        .unwrap();
+        (path, public, secret)
+    }
+
+    fn statefile(t: &Target, id: &str) -> Value {
+        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
+    }
+
+    /// Whether any object of the store holds `marker`.
+    fn store_holds(t: &Target, marker: &str) -> bool {
+        let keys: Vec<String> = t.rt.block_on(async {
+            t.store
+                .list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        });
+        keys.iter().any(|k| {
+            t.get(k)
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+        })
+    }
+
+    fn state(db: &str) -> String {
+        pg().psql(
+            db,
+            "SELECT count(*) || ':' || md5(string_agg(id || '=' || body, ',' ORDER BY id)) FROM notes",
+        )
+    }
+
+    #[test]
+    fn flags_encrypt_and_identities_decrypt_end_to_end() {
+        let t = Target::file();
+        let keys = TempDir::new().unwrap();
+        let (key_file, public, secret) = keygen(keys.path(), "key.txt");
+        let (wrong_file, wrong_public, wrong_secret) = keygen(keys.path(), "wrong.txt");
+        let recipients = keys.path().join("recipients.txt");
+        std::fs::write(&recipients, format!("# ops team\n{public}\n")).unwrap();
+        let secrets = [secret.clone(), wrong_secret.clone()];
+        let (key_file, wrong_file) = (key_file.to_str().unwrap(), wrong_file.to_str().unwrap());
+
+        let marker = format!("cli-plaintext-marker-{}", std::process::id());
+        let db = Postgres::unique_name("cli_enc");
+        pg().create_database(&db, None);
+        pg().psql(
+            &db,
+            &format!(
+                "CREATE TABLE notes (id int PRIMARY KEY, body text); \
+                 INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 200) g; \
+                 INSERT INTO notes VALUES (1000, '{marker}');"
+            ),
+        );
+        let url = pg().url(&db);
+        let at_backup = state(&db);
+
+        // --create --encrypt-to: encrypted, the recipient recorded and shown.
+        let run = t
+            .run_traced(&["pg", "--create", "--pg-url", &url, "--encrypt-to", &public])
+            .ok();
+        assert_no_secrets(&run, &secrets);
+        let id = run.stdout.trim().to_string();
+        assert!(
+            run.stderr.contains(&format!("encrypted (age) to {public}")),
+            "{run:#?}"
+        );
+        let sf = statefile(&t, &id);
+        for a in sf["artifacts"].as_array().unwrap() {
+            assert!(a["name"].as_str().unwrap().ends_with(".zst.age"), "{a}");
+            assert_eq!(a["encryption"]["format"], "age");
+            assert_eq!(a["encryption"]["recipients"][0], public.as_str());
+        }
+        assert!(
+            !store_holds(&t, &marker),
+            "the marker is readable in the store"
+        );
+        // The recipients file, through its environment variable, works too.
+        let run = t
+            .run_env(
+                &["pg", "--create", "--pg-url", &url],
+                &[(
+                    "CNVRG_CAPSULE_ENCRYPTION_KEY_FILE",
+                    recipients.to_str().unwrap(),
+                )],
+            )
+            .ok();
+        let sf2 = statefile(&t, run.stdout.trim());
+        assert_eq!(
+            sf2["artifacts"][1]["encryption"]["recipients"][0],
+            public.as_str()
+        );
+        assert!(!store_holds(&t, &marker));
+        // Listing and describing need no key.
+        t.run(&["pg", "--list"]).ok();
+        let run = t.run(&["pg", "--describe", "--id", &id]).ok();
+        assert_eq!(run.json()["artifacts"][0]["encryption"]["format"], "age");
+
+        // The live database moves on; restores without the key leave it alone.
+        pg().psql(&db, "UPDATE notes SET body = 'changed' WHERE id = 1");
+        let live = state(&db);
+        let databases = pg().databases_like(&db);
+        // No identity: a usage error saying how to give one.
+        let run = t
+            .run(&["pg", "--restore", "--id", &id, "--pg-url", &url, "--yes"])
+            .fails_with(2);
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{run:#?}"));
+        assert!(
+            line.contains(&format!("backup {id}: "))
+                && line.contains(".sql.zst.age is encrypted (age, to ")
+                && line.contains("no identity was given")
+                && line.contains("--identity-file"),
+            "{line}"
+        );
+        // The wrong identity: exit 1, naming both public keys, no secret.
+        let run = t
+            .run(&[
+                "pg",
+                "--restore",
+                "--id",
+                &id,
+                "--pg-url",
+                &url,
+                "--yes",
+                "--identity-file",
+                wrong_file,
+            ])
+            .fails_with(1);
+        assert_no_secrets(&run, &secrets);
+        assert!(
+            run.stderr.contains("cannot decrypt")
+                && run.stderr.contains(&wrong_public)
+                && run.stderr.contains(&public),
+            "{run:#?}"
+        );
+        assert_eq!(state(&db), live, "the target was touched");
+        assert_eq!(pg().databases_like(&db), databases);
+        // Downloads and drills refuse the same way.
+        t.run(&["pg", "--download", "--id", &id]).fails_with(2);
+        t.run(&["pg", "--verify", "--id", &id, "--pg-url", &url])
+            .fails_with(2);
+        assert!(!t.dumpdir().join(&id).exists());
+
+        // The key, from the environment: restored exactly.
+        let with_key = [("CNVRG_CAPSULE_IDENTITY_FILE", key_file)];
+        let run = t
+            .run_env(
+                &["pg", "--restore", "--id", &id, "--pg-url", &url, "--yes"],
+                &with_key,
+            )
+            .ok();
+        assert_no_secrets(&run, &secrets);
+        assert_eq!(state(&db), at_backup);
+        assert_eq!(
+            pg().psql(&db, "SELECT body FROM notes WHERE id = 1000"),
+            marker
+        );
+        // A drill and a download with --identity-file.
+        let run = t
+            .run(&[
+                "pg",
+                "--verify",
+                "--id",
+                &id,
+                "--pg-url",
+                &url,
+                "--identity-file",
+                key_file,
+            ])
+            .ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        let run = t
+            .run(&[
+                "pg",
+                "--download",
+                "--id",
+                &id,
+                "--json",
+                "--identity-file",
+                key_file,
+            ])
+            .ok();
+        let files = run.json()["files"].clone();
+        assert!(
+            files
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["decrypted"] == true)
+        );
+        let dump = std::fs::read(t.dumpdir().join(&id).join("dump.pgc")).unwrap();
+        assert!(dump.starts_with(b"PGDMP"));
+        assert!(dump.windows(marker.len()).any(|w| w == marker.as_bytes()));
+
+        // An unencrypted backup still restores without any identity.
+        let run = t.run(&["pg", "--create", "--pg-url", &url]).ok();
+        let plain = run.stdout.trim().to_string();
+        assert!(
+            statefile(&t, &plain)["artifacts"][0]
+                .get("encryption")
+                .is_none()
+        );
+        t.run(&["pg", "--restore", "--id", &plain, "--pg-url", &url, "--yes"])
+            .ok();
+        for prev in pg().databases_like(&format!("{db}__")) {
+            pg().psql("postgres", &format!("DROP DATABASE \"{prev}\""));
+        }
+    }
+
+    #[test]
+    fn bad_keys_are_usage_errors_naming_the_flag() {
+        let t = Target::file();
+        let keys = TempDir::new().unwrap();
+        let (_, public, secret) = keygen(keys.path(), "key.txt");
+        let url = pg().url("postgres");
+        let run = t
+            .run(&[
+                "pg",
+                "--create",
+                "--pg-url",
+                &url,
+                "--encrypt-to",
+                "age1nope",
+            ])
+            .fails_with(2);
+        assert!(
+            run.error_line().contains("invalid --encrypt-to"),
+            "{run:#?}"
+        );
+        // A secret key given as a recipient is refused without being shown.
+        let run = t
+            .run(&["pg", "--create", "--pg-url", &url, "--encrypt-to", &secret])
+            .fails_with(2);
+        assert!(run.error_line().contains("secret key"), "{run:#?}");
+        assert_no_secrets(&run, std::slice::from_ref(&secret));
+        // A public key given as an identity file.
+        let not_identity = keys.path().join("public.txt");
+        std::fs::write(&not_identity, format!("{public}\n")).unwrap();
+        let run = t
+            .run(&[
+                "pg",
+                "--download",
+                "--id",
+                "postgresql-0000000000000000000000",
+                "--identity-file",
+                not_identity.to_str().unwrap(),
+            ])
+            .fails_with(2);
+        assert!(
+            run.error_line().contains("invalid --identity-file"),
+            "{run:#?}"
+        );
+        // A queued backup is encrypted as the daemon says: refused here.
+        let run = t
+            .run_env(
+                &["pg", "--create", "--encrypt-to", &public],
+                &[
+                    ("PGHOST", ""),
+                    ("PGDATABASE", ""),
+                    ("PGUSER", ""),
+                    ("PGPORT", ""),
+                ],
+            )
+            .fails_with(2);
+        assert!(run.error_line().contains("connection settings"), "{run:#?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS: an https store and a PostgreSQL, each with a private CA
+// ---------------------------------------------------------------------------
+
+mod tls {
+    use test_support::postgres::{PASSWORD, PASSWORD_USER, Postgres};
+
+    use super::*;
+
+    /// A fresh bucket on the shared https SeaweedFS: flags without the CA.
+    fn https_target() -> (Target, PathBuf) {
+        let s3 = SeaweedFs::shared_tls();
+        let bucket = unique("cli-tls");
+        s3.create_bucket(&bucket);
+        let url = s3.s3_https_url(&bucket);
+        let ca = s3.ca_file();
+        let store = StoreBuilder::from_url(&url)
+            .unwrap()
+            .with_access_key(
+                Secret::new(s3.access_key.clone()),
+                Secret::new(s3.secret_key.clone()),
+            )
+            .with_option("ca_file", ca.to_str().unwrap())
+            .with_prefix(PREFIX)
+            .build()
+            .unwrap();
+        let target = Target {
+            name: "seaweedfs-https",
+            flags: vec![
+                "--store".into(),
+                url,
+                "--access-key".into(),
+                s3.access_key.clone(),
+                "--secret-key".into(),
+                s3.secret_key.clone(),
+            ],
+            secrets: vec![s3.access_key.clone(), s3.secret_key.clone()],
+            store,
+            rt: runtime(),
+            dir: TempDir::new().unwrap(),
+        };
+        (target, ca)
+    }
+
+    #[test]
+    fn https_store_and_postgresql_over_verified_tls() {
+        let (t, store_ca) = https_target();
+        let store_ca = store_ca.to_str().unwrap();
+        let pg = Postgres::shared_tls();
+        let db = Postgres::unique_name("cli_tls");
+        pg.create_database(&db, None);
+        pg.psql(
+            &db,
+            "CREATE TABLE t (id int PRIMARY KEY, name text); \
+             INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 200) i;",
+        );
+        let pg_url = format!(
+            "postgres://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            pg.port,
+            pg.ca_file().display()
+        );
+        let secrets = [PASSWORD.to_string()];
+
+        // The store's CA is not the system's: refused, naming the endpoint
+        // and the flag, in one line, exit 1.
+        let https = SeaweedFs::shared_tls().https_endpoint();
+        let run = t.run(&["pg", "--list"]).fails_with(1);
+        let line = run.error_line();
+        assert!(
+            line.contains(&format!(
+                "the TLS certificate of endpoint {https} is not trusted"
+            )) && line.contains("--ca-file"),
+            "{run:#?}"
+        );
+        eprintln!("{line}");
+
+        // With --ca-file: back up over TLS both ways (SCRAM over TLS too).
+        let run = t
+            .run_traced(&["pg", "--create", "--pg-url", &pg_url, "--ca-file", store_ca])
+            .ok();
+        assert_no_secrets(&run, &secrets);
+        let id = run.stdout.trim().to_string();
+        assert!(id.starts_with("postgresql-"), "{run:#?}");
+        let sf: Value = serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap();
+        assert_eq!(sf["status"], "finished");
+        assert_eq!(sf["engine"]["fingerprint"]["counts"]["public.t"], 200);
+
+        // The CA from the environment: list, download, restore.
+        let env = [("CNVRG_CAPSULE_CA_FILE", store_ca)];
+        let run = t.run_env(&["pg", "--list", "--json"], &env).ok();
+        assert_eq!(ids(&run.json()), [id.as_str()]);
+        t.run_env(&["pg", "--download", "--id", &id], &env).ok();
+        let dump = std::fs::read(t.dumpdir().join(&id).join("dump.pgc")).unwrap();
+        assert!(dump.starts_with(b"PGDMP"), "not a custom-format dump");
+        pg.psql(&db, "DELETE FROM t WHERE id > 50");
+        let run = t
+            .run_env(
+                &["pg", "--restore", "--id", &id, "--pg-url", &pg_url, "--yes"],
+                &env,
+            )
+            .ok();
+        assert_no_secrets(&run, &secrets);
+        assert_eq!(pg.psql(&db, "SELECT count(*) FROM t"), "200");
+
+        // verify-full without the server's CA: refused before any dump.
+        let no_root = format!(
+            "postgres://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=verify-full",
+            pg.port
+        );
+        let run = t
+            .run_env(&["pg", "--create", "--pg-url", &no_root], &env)
+            .fails_with(1);
+        assert!(
+            run.stderr.contains("sslmode=verify-full needs the CA")
+                && run.stderr.contains("sslrootcert=FILE"),
+            "{run:#?}"
+        );
+        eprintln!("{}", run.stderr);
+        assert_no_secrets(&run, &secrets);
     }
 }

@@ -26,7 +26,7 @@ pub struct BackupOptions {
     pub cluster: Option<String>,
     /// The schedule that asked for it (periodic backups).
     pub schedule: Option<Schedule>,
-    /// Compression and upload settings.
+    /// Compression, encryption and upload settings.
     pub pipeline: PipelineOptions,
     /// How often the owner's heartbeat is written (default 30 s).
     pub heartbeat: Duration,
@@ -110,6 +110,14 @@ impl ArtifactSink for StoreSink<'_> {
         if compression == crate::Compression::Zstd && !name.ends_with(".zst") {
             name.push_str(".zst");
         }
+        if self
+            .options
+            .encryption
+            .as_ref()
+            .is_some_and(|r| !r.is_empty())
+        {
+            name.push_str(crate::encryption::AGE_SUFFIX);
+        }
         if name.contains('/')
             || name == crate::statefile::STATEFILE_NAME
             || self.artifacts.iter().any(|a| a.name == name)
@@ -139,6 +147,7 @@ impl ArtifactSink for StoreSink<'_> {
         a.raw_size_bytes = Some(report.raw_size_bytes);
         a.sha256 = Some(report.sha256);
         a.tool_version = spec.tool_version;
+        a.encryption = report.encryption;
         self.artifacts.push(a.clone());
         Ok(a)
     }
@@ -217,7 +226,8 @@ pub async fn run_backup(
         }
     };
     let id = handle.statefile.backup_id.to_string();
-    tracing::info!(backup = %id, engine = %engine, "backup started");
+    let encrypted_to = options.pipeline.encryption.as_ref().map_or(0, |r| r.len());
+    tracing::info!(backup = %id, engine = %engine, encrypted_to, "backup started");
 
     let mut sink = StoreSink {
         catalog,

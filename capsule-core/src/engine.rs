@@ -63,7 +63,8 @@ impl ArtifactSpec {
 }
 
 /// Where an engine writes its artifacts during a backup. The core's
-/// implementation streams each one through compress → checksum → upload.
+/// implementation streams each one through compress → encrypt (when
+/// configured) → checksum → upload.
 #[async_trait]
 pub trait ArtifactSink: Send {
     /// Stores everything `data` yields as one artifact and returns its record
@@ -77,10 +78,12 @@ pub trait ArtifactSink: Send {
 pub trait ArtifactSource: Send + Sync {
     /// The backup being restored.
     fn statefile(&self) -> &Statefile;
-    /// Checks the artifact's stored length and checksum without keeping it.
+    /// Checks the artifact's stored length and checksum without keeping
+    /// it, and, when it is encrypted, that it can be decrypted (a missing
+    /// or wrong identity fails here, before anything is restored).
     async fn verify(&self, name: &str) -> Result<()>;
-    /// Streams the artifact, decompressed. The stream fails (an I/O error
-    /// before EOF) on a length or checksum mismatch.
+    /// Streams the artifact, decrypted and decompressed. The stream fails
+    /// (an I/O error before EOF) on a length or checksum mismatch.
     async fn open(&self, name: &str) -> Result<ByteStream>;
 }
 

@@ -42,6 +42,29 @@ pub enum Error {
         /// What did not match (checksum, length, compression frame).
         reason: String,
     },
+    /// An artifact is encrypted and no identity was given to decrypt it.
+    #[error(
+        "backup {id}: {object} is encrypted ({encryption}) and no identity was given to decrypt it"
+    )]
+    IdentityRequired {
+        /// The backup.
+        id: String,
+        /// The artifact's object name.
+        object: String,
+        /// How it is encrypted: format and recipients' public keys.
+        encryption: String,
+    },
+    /// An encrypted artifact cannot be decrypted with the identities given
+    /// (none is one of its recipients).
+    #[error("backup {id}: cannot decrypt {object}: {reason}")]
+    Decrypt {
+        /// The backup.
+        id: String,
+        /// The artifact's object name.
+        object: String,
+        /// Why, naming the identities' and the recipients' public keys.
+        reason: String,
+    },
     /// A status change the state machine does not allow.
     #[error("backup {id}: cannot go from {from} to {to}")]
     InvalidTransition {

@@ -96,7 +96,12 @@ pub struct LeaseRecord {
 impl LeaseRecord {
     /// When the lease may be taken over unless renewed.
     pub fn expires_at(&self) -> DateTime<Utc> {
-        self.renewed_at + chrono::Duration::milliseconds(self.ttl_ms.min(i64::MAX as u64) as i64)
+        // The record is a file in the bucket: a ttl or date past the end
+        // of time means never (not a panic).
+        let ttl = chrono::Duration::milliseconds(self.ttl_ms.min(i64::MAX as u64) as i64);
+        self.renewed_at
+            .checked_add_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// Whether the lease is free at `now`: released, or not renewed within its ttl.
@@ -243,7 +248,10 @@ impl Leases {
                 return Ok(Acquisition::Held(c.clone()));
             }
             let expired = current.as_ref().is_some_and(|c| !c.released);
-            let takeovers = current.as_ref().map_or(0, |c| c.takeovers) + u32::from(expired);
+            let takeovers = current
+                .as_ref()
+                .map_or(0, |c| c.takeovers)
+                .saturating_add(u32::from(expired));
             let mut record = self.record(job, now, takeovers);
             if let Some(c) = &current {
                 record.extra = c.extra.clone();
@@ -484,6 +492,40 @@ mod tests {
             a.acquire("j", t(2)).await.unwrap(),
             Acquisition::Acquired(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn absurd_lease_records_are_values_not_panics() {
+        // Regression: a lease object with a ttl or a date past the end of
+        // time panicked in `expires_at` (DateTime + TimeDelta overflow), one
+        // with u32::MAX takeovers on the next takeover (u32 overflow).
+        let record = |renewed: &str, ttl_ms: u64| -> LeaseRecord {
+            serde_json::from_value(serde_json::json!({
+                "leaseVersion": "v1", "job": "j",
+                "holder": {"id": "x", "host": "h"},
+                "acquiredAt": "2020-01-01T00:00:00Z", "renewedAt": renewed,
+                "ttlMs": ttl_ms, "takeovers": u32::MAX,
+            }))
+            .unwrap()
+        };
+        for r in [
+            record("2020-01-01T00:00:00Z", u64::MAX),
+            record("+262142-12-31T23:59:59Z", 1000),
+        ] {
+            assert_eq!(r.expires_at(), DateTime::<Utc>::MAX_UTC);
+            assert!(!r.is_free(t(0)));
+        }
+        let store = Store::from_url("memory://").unwrap();
+        let expired = record("2020-01-01T00:00:00Z", 1000);
+        store
+            .put(&Leases::key("j"), encode(&expired).unwrap())
+            .await
+            .unwrap();
+        let got = leases(&store, "a").acquire("j", t(0)).await.unwrap();
+        let Acquisition::TakenOver { lease, .. } = got else {
+            panic!("expected a takeover, got {got:?}")
+        };
+        assert_eq!(lease.record().takeovers, u32::MAX);
     }
 
     #[tokio::test]

@@ -11,8 +11,9 @@
 //!   [`Period`].
 //! - [`Catalog`]: list, describe, download, delete backups in a store; queue
 //!   backup and restore requests.
-//! - [`pipeline`]: streaming upload (source → zstd → SHA-256 → multipart)
-//!   and download (→ verify → decompress → sink) with bounded memory.
+//! - [`pipeline`]: streaming upload (source → zstd → age encryption when
+//!   [`Recipients`] are given → SHA-256 → multipart) and download (→ verify
+//!   → decrypt with [`Identities`] → decompress → sink) with bounded memory.
 //! - [`Engine`]: the trait the PostgreSQL, Redis and Elasticsearch engines
 //!   implement; [`run_backup`] drives one into a store, [`run_restore`]
 //!   back out of it and [`run_verify`] runs a restore drill; each records
@@ -40,6 +41,7 @@
 
 mod backup;
 mod catalog;
+mod encryption;
 mod engine;
 mod error;
 mod id;
@@ -57,6 +59,7 @@ pub use catalog::{
     BackupFolder, Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, ListFilter,
     StatefileHandle, StoreArtifactSource,
 };
+pub use encryption::{AGE_FORMAT, Identities, Recipients};
 pub use engine::{
     ArtifactSink, ArtifactSource, ArtifactSpec, ByteStream, Capabilities, Engine, JobContext,
     RestoreOutcome, RestorePlan,
@@ -74,8 +77,8 @@ pub use schedule::{
     is_abandoned, periodic_due, plan_rotation,
 };
 pub use statefile::{
-    Artifact, ArtifactRole, Compression, EngineInfo, Fingerprint, LegacyInfo, Owner, RequestType,
-    Restore, Schedule, ServiceIdentity, Statefile, Verification, VerificationStatus,
+    Artifact, ArtifactRole, Compression, Encryption, EngineInfo, Fingerprint, LegacyInfo, Owner,
+    RequestType, Restore, Schedule, ServiceIdentity, Statefile, Verification, VerificationStatus,
 };
 pub use status::{RestoreStatus, Status};
 

@@ -28,7 +28,11 @@ impl Period {
                 format!("period {duration:?} out of range: must be between 1s and 10 years"),
             ));
         }
-        Ok(Period(Duration::from_millis(duration.as_millis() as u64)))
+        // To the nearest millisecond: a period given in float seconds
+        // (`780.001s`) is a hair under its value (780.000999…), and
+        // truncating it would make the text it prints read back shorter.
+        let ms = (duration.as_nanos() + 500_000) / 1_000_000;
+        Ok(Period(Duration::from_millis(ms as u64)))
     }
 
     /// A period from the legacy statefile's float seconds.
@@ -168,6 +172,20 @@ mod tests {
     }
 
     #[test]
+    fn fractional_milliseconds_read_back_the_same() {
+        // Regression: `780.0010133s` was kept as 780.001 s and printed so,
+        // but `780.001s` read back as 780 s (truncated from 780.000999…).
+        for input in ["780.0010133s", "1.001s", "780.001s"] {
+            let p: Period = input.parse().unwrap();
+            assert_eq!(p.to_string().parse::<Period>().unwrap(), p, "{input}");
+        }
+        assert_eq!(
+            "780.0010133s".parse::<Period>().unwrap().to_string(),
+            "780.001s"
+        );
+    }
+
+    #[test]
     fn display_is_shortest() {
         assert_eq!("1.5h".parse::<Period>().unwrap().to_string(), "90m");
         assert_eq!("24h".parse::<Period>().unwrap().to_string(), "1d");
@@ -175,10 +193,60 @@ mod tests {
         assert_eq!("61s".parse::<Period>().unwrap().to_string(), "61s");
     }
 
+    /// Valid periods to damage, and what is near them.
+    const SEEDS: [&str; 8] = ["24h", "90m", "1.5h", "30s", "1d", " 2h ", "0.5m", "87840h"];
+
+    /// Parses `s` the ways capsule does (text, JSON); whatever is accepted
+    /// prints as text that parses back to the same period.
+    fn check(s: &str) -> std::result::Result<(), TestCaseError> {
+        let _ = serde_json::from_value::<Period>(serde_json::Value::String(s.to_string()));
+        if let Ok(p) = s.parse::<Period>() {
+            prop_assert!(p.duration() >= Duration::from_secs(1) && p.duration() <= MAX_PERIOD);
+            prop_assert_eq!(
+                p.to_string().parse::<Period>().ok(),
+                Some(p),
+                "{:?} → {}",
+                s,
+                p
+            );
+        }
+        Ok(())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
         #[test]
         fn never_panics(s in ".{0,40}") {
-            let _ = s.parse::<Period>();
+            check(&s)?;
+        }
+
+        #[test]
+        fn mutated_periods_never_panic(
+            seed in any::<prop::sample::Index>(),
+            edits in prop::collection::vec(any::<(u8, usize, u8)>(), 1..4),
+            digits in "[0-9.]{0,24}",
+        ) {
+            let seed = seed.get(&SEEDS);
+            let bytes = test_support::mutation::mutate(seed.as_bytes(), &edits);
+            check(&String::from_utf8_lossy(&bytes))?;
+            // Long and odd numbers before each unit.
+            for unit in ["s", "m", "h", "d", "ms", ""] {
+                check(&format!("{digits}{unit}"))?;
+            }
+        }
+
+        #[test]
+        fn fractional_seconds_round_trip(ms in 1000u64..10_000_000) {
+            let p = Period::new(Duration::from_millis(ms)).unwrap();
+            prop_assert_eq!(p.to_string().parse::<Period>().unwrap(), p);
+        }
+
+        #[test]
+        fn legacy_float_seconds_never_panic(secs in any::<f64>()) {
+            if let Ok(p) = Period::from_secs_f64(secs) {
+                prop_assert!(p.duration() >= Duration::from_secs(1) && p.duration() <= MAX_PERIOD);
+            }
         }
 
         #[test]

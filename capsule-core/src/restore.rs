@@ -72,15 +72,19 @@ pub struct VerifyReport {
 /// Legacy (`v1alpha1`) statefiles keep their format: they get a
 /// `{date, status}` entry (`finished`/`failed`) when the restore ends.
 ///
-/// The engine verifies the artifacts before it changes the target; if
-/// `ctx.cancel` fires, the engine's work is dropped (its tools killed)
-/// and the entry says `failed`.
+/// Encrypted artifacts are decrypted with the catalog's identities
+/// ([`Catalog::with_identities`]); that they can be is checked on every
+/// artifact's age header before the engine starts. The engine verifies the
+/// artifacts before it changes the target; if `ctx.cancel` fires, the
+/// engine's work is dropped (its tools killed) and the entry says `failed`.
 ///
 /// # Errors
 /// [`Error::BackupNotFound`], [`Error::Invalid`] when the backup is not
 /// finished or the request is unknown, [`Error::Unsupported`] when the
-/// engine is of another service type; otherwise the engine's error, after
-/// the entry was marked `failed` (best effort).
+/// engine is of another service type; [`Error::IdentityRequired`] or
+/// [`Error::Decrypt`] for an encrypted backup without a matching identity
+/// (the target untouched); otherwise the engine's error, after the entry
+/// was marked `failed` (best effort).
 pub async fn run_restore(
     catalog: &Catalog,
     engine: &dyn Engine,
@@ -131,8 +135,12 @@ pub async fn run_restore(
     }
     tracing::info!(backup = %id, engine = %engine, target = %plan.target, mode = %plan.mode, "restore started");
 
+    // A missing or wrong key fails here, before the engine touches the target.
     let result = tokio::select! {
-        r = engine.restore(&source, ctx) => r,
+        r = async {
+            source.check_keys().await?;
+            engine.restore(&source, ctx).await
+        } => r,
         _ = ctx.cancel.cancelled() => Err(Error::Cancelled(format!("restore of backup {id}"))),
     };
     let finished = Utc::now();
@@ -263,7 +271,9 @@ where
 /// # Errors
 /// [`Error::Unsupported`] when the engine cannot run drills or is of
 /// another service type; [`Error::VerificationFailed`] naming every
-/// differing object on a mismatch; the engine's error (e.g.
+/// differing object on a mismatch; [`Error::IdentityRequired`] or
+/// [`Error::Decrypt`] for an encrypted backup without a matching identity
+/// (before the drill starts); the engine's error (e.g.
 /// [`Error::Corrupt`]) when the drill could not restore. The verification
 /// is recorded as `failed` in each of the last two cases.
 pub async fn run_verify(
@@ -287,7 +297,10 @@ pub async fn run_verify(
     let started = Instant::now();
     tracing::info!(backup = %id, engine = %engine, "restore drill started");
     let result = tokio::select! {
-        r = engine.restore_scratch(&source, ctx) => r,
+        r = async {
+            source.check_keys().await?;
+            engine.restore_scratch(&source, ctx).await
+        } => r,
         _ = ctx.cancel.cancelled() => Err(Error::Cancelled(format!("verification of backup {id}"))),
     };
     let duration_ms = Some(started.elapsed().as_millis() as u64);

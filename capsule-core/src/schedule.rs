@@ -127,8 +127,13 @@ pub fn is_abandoned(sf: &Statefile, owner_timeout: Duration, now: DateTime<Utc>)
         return false;
     }
     match &sf.owner {
-        None => sf.started_at.unwrap_or(sf.requested_at) + to_chrono(owner_timeout) <= now,
-        Some(o) => o.heartbeat_at + to_chrono(owner_timeout) <= now,
+        None => {
+            after(
+                sf.started_at.unwrap_or(sf.requested_at),
+                to_chrono(owner_timeout),
+            ) <= now
+        }
+        Some(o) => after(o.heartbeat_at, to_chrono(owner_timeout)) <= now,
     }
 }
 
@@ -167,10 +172,10 @@ pub fn periodic_due<'a>(
     }
     let period = to_chrono(policy.period.duration());
     let retry = to_chrono(policy.retry_after.min(policy.period.duration()));
-    let success = newest_ok.map(|sf| (sf, sf.requested_at + period));
+    let success = newest_ok.map(|sf| (sf, after(sf.requested_at, period)));
     let failure = newest_failed
         .filter(|(_, at)| newest_ok.is_none_or(|ok| *at > ok.requested_at))
-        .map(|(sf, at)| (sf, at + retry));
+        .map(|(sf, at)| (sf, after(at, retry)));
     let (due_at, reason) = match (success, failure) {
         (None, None) => return Due::Now(DueReason::NoBackup),
         (Some((ok, at)), None) => (
@@ -212,6 +217,12 @@ fn newer(a: &Statefile, b: &Statefile) -> bool {
 
 fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// `t + d`, or the end of time when that is past it: the times come from
+/// statefiles, which anyone may edit (chrono reads years up to 262142).
+fn after(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Which backups of a service a rotation keeps.
@@ -467,7 +478,7 @@ pub fn plan_rotation(
         let abandoned = is_abandoned(sf, policy.owner_timeout, now);
         match (sf.status, sf.request_type) {
             (Status::Deleting, _) => {
-                if attempt_time(sf) + grace <= now {
+                if after(attempt_time(sf), grace) <= now {
                     delete.insert(id, RotationReason::ResumeDelete);
                 } else {
                     keep.entry(id)
@@ -481,7 +492,7 @@ pub fn plan_rotation(
                 keep.entry(id).or_default().push(RotationReason::InProgress)
             }
             (Status::Running | Status::Failed, _) => {
-                if attempt_time(sf) + grace <= now {
+                if after(attempt_time(sf), grace) <= now {
                     delete.insert(id, RotationReason::FailedExpired);
                 } else {
                     keep.entry(id).or_default().push(RotationReason::InGrace);
@@ -543,6 +554,37 @@ mod tests {
 
     fn hour() -> Period {
         "1h".parse().unwrap()
+    }
+
+    #[test]
+    fn times_at_the_end_of_time_are_values_not_panics() {
+        // Regression: a statefile saying `"requestedAt":
+        // "+262142-12-31T23:59:59Z"` (chrono reads it) panicked the
+        // scheduler and the rotation with a DateTime + TimeDelta overflow.
+        let end: DateTime<Utc> = serde_json::from_str("\"+262142-12-31T23:59:59Z\"").unwrap();
+        let mut all = Vec::new();
+        for status in [
+            Status::Finished,
+            Status::Failed,
+            Status::Running,
+            Status::Deleting,
+        ] {
+            let mut sf = periodic(0, status);
+            sf.requested_at = end;
+            sf.started_at = Some(end);
+            sf.finished_at = sf.finished_at.map(|_| end);
+            if let Some(o) = sf.owner.as_mut() {
+                o.heartbeat_at = end;
+            }
+            assert!(!is_abandoned(&sf, Duration::MAX, at(0)));
+            all.push(sf);
+        }
+        let due = periodic_due(&all[..1], &DuePolicy::new(hour()), at(0));
+        assert_eq!(due, Due::At(DateTime::<Utc>::MAX_UTC));
+        let failed = periodic_due(&all[1..2], &DuePolicy::new(hour()), at(0));
+        assert_eq!(failed, Due::At(DateTime::<Utc>::MAX_UTC));
+        let plan = plan_rotation(&all, &RotationPolicy::new(0), at(0));
+        assert!(plan.delete.is_empty(), "{plan}");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! # store = "s3://other-bucket"      # optional, else the global store
 //! # dst_dir = "team-a/backups"       # optional, else the global dst-dir
 //! # tool_dir = "/usr/lib/postgresql/16/bin"   # postgresql: client tools
+//! # encrypt_to = ["age1…"]          # encrypt backups (age) to these public keys
+//! # encryption_key_file = "/etc/capsule/recipients.txt"   # … or those in a file
 //! ```
 //!
 //! The file is strict: an unknown key, an unknown type, a bad period or a
@@ -23,7 +25,7 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use capsule_core::{Period, ServiceType};
+use capsule_core::{Period, Recipients, ServiceType};
 use capsule_store::Secret;
 use serde::Deserialize;
 use toml::Spanned;
@@ -79,6 +81,9 @@ pub struct ServiceConfig {
     pub dst_dir: Option<String>,
     /// PostgreSQL: take the client tools from this directory.
     pub tool_dir: Option<PathBuf>,
+    /// Encrypt this service's backups to these age recipients
+    /// (`encrypt_to`, `encryption_key_file`).
+    pub encryption: Option<Recipients>,
     /// The line of the `name` key, for later messages.
     pub line: usize,
 }
@@ -117,6 +122,8 @@ struct RawService {
     store: Option<Spanned<String>>,
     dst_dir: Option<Spanned<String>>,
     tool_dir: Option<Spanned<String>>,
+    encrypt_to: Option<Spanned<Vec<String>>>,
+    encryption_key_file: Option<Spanned<String>>,
 }
 
 impl DaemonConfig {
@@ -275,6 +282,17 @@ impl DaemonConfig {
             let store = nonempty(s.store, "store")?;
             let dst_dir = nonempty(s.dst_dir, "dst_dir")?;
             let tool_dir = nonempty(s.tool_dir, "tool_dir")?.map(PathBuf::from);
+            let mut encryption = None;
+            if let Some(keys) = s.encrypt_to {
+                let r = Recipients::from_keys(keys.get_ref())
+                    .map_err(|e| at(keys.span(), field("encrypt_to"), e.to_string()))?;
+                encryption = Some(r);
+            }
+            if let Some(path) = s.encryption_key_file {
+                let r = Recipients::read_file(Path::new(path.get_ref()))
+                    .map_err(|e| at(path.span(), field("encryption_key_file"), e.to_string()))?;
+                encryption = Some(encryption.unwrap_or_default().merge(r));
+            }
             services.push(ServiceConfig {
                 name: name.into_inner(),
                 service_type,
@@ -287,6 +305,7 @@ impl DaemonConfig {
                 store,
                 dst_dir,
                 tool_dir,
+                encryption: encryption.filter(|r| !r.is_empty()),
                 line,
             });
         }
@@ -422,6 +441,31 @@ keep_daily = 7
     }
 
     #[test]
+    fn services_name_their_recipients() {
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recipients.txt");
+        std::fs::write(&file, format!("# ops\n{key}\n")).unwrap();
+        let c = parse(&format!(
+            "{GOOD}encrypt_to = [\"{key}\"]\nencryption_key_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap();
+        let r = c.services[0].encryption.as_ref().unwrap();
+        assert_eq!(r.to_strings(), vec![key.to_string()]);
+        assert!(parse(GOOD).unwrap().services[0].encryption.is_none());
+        let e = parse(&format!("{GOOD}encrypt_to = [\"age1nope\"]\n")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("service[0].encrypt_to"), "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
+        let e = parse(&format!("{GOOD}encryption_key_file = \"/nonexistent\"\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("reading recipients file /nonexistent"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn duplicate_services_are_refused() {
         let text = format!(
             "{GOOD}\n[[service]]\nname = \"cnvrg/pg-storage\"\ntype = \"redis\"\nurl = \"redis://r\"\n"
@@ -430,3 +474,6 @@ keep_daily = 7
         assert!(e.to_string().contains("configured twice"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod mutation_tests;

@@ -19,6 +19,10 @@ use crate::metrics::Metrics;
 use crate::options::{DaemonOptions, parse_bind_addr};
 use crate::targets::{Target, TargetSource};
 
+/// After the target source reports a change, how long the daemon waits for
+/// more before it scans.
+const CHANGE_SETTLE: Duration = Duration::from_millis(250);
+
 /// One store (bucket and prefix) the daemon reads: its cached catalog and
 /// its leases.
 #[derive(Debug)]
@@ -104,8 +108,9 @@ impl Shared {
                     && p.target.service_type == t.service_type
                     && p.view.url() == view.url()
             });
-            // A source that rebuilt the engine (discovery re-reads Secrets:
-            // the credentials may have changed) replaces the target.
+            // A source that rebuilt the engine (discovery plans again after
+            // a resync or a watch event) replaces the target; jobs already
+            // running keep the one they started with.
             match same {
                 Some(p)
                     if p.target.schedule == t.schedule
@@ -187,7 +192,7 @@ impl Shared {
 fn new_view(store: Store, holder: &LeaseHolder, options: &DaemonOptions) -> StoreView {
     StoreView {
         leases: Leases::new(store.clone(), holder.clone(), options.timings.lease_ttl),
-        cache: CatalogCache::new(Catalog::new(store)),
+        cache: CatalogCache::new(Catalog::new(store).with_identities(options.identities.clone())),
     }
 }
 
@@ -357,6 +362,15 @@ async fn main_loop(shared: Arc<Shared>, listener: Option<tokio::net::TcpListener
         tokio::select! {
             () = shared.stop.cancelled() => break,
             () = tokio::time::sleep(interval) => {}
+            () = shared.source.changed() => {
+                // The targets changed (a watch event): scan now, after a
+                // moment for the rest of a burst of changes to arrive.
+                tracing::debug!(source = %shared.source.name(), "targets changed: scanning now");
+                tokio::select! {
+                    () = shared.stop.cancelled() => break,
+                    () = tokio::time::sleep(CHANGE_SETTLE.min(interval)) => {}
+                }
+            }
         }
     }
 

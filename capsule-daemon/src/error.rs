@@ -34,6 +34,16 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A job's credentials could not be read when it started (a Secret
+    /// gone, a key missing, a forbidden read); never holds a value.
+    #[error("credentials of {target} read at job start: {message}")]
+    Credentials {
+        /// The target (`namespace/name`).
+        target: String,
+        /// The source and field at fault
+        /// (`Secret cnvrg/pg-creds not found`).
+        message: String,
+    },
 }
 
 /// A configuration error, naming the file, the line and the field at fault.

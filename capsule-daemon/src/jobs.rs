@@ -11,15 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capsule_core::{
-    Acquisition, BackupOptions, Error as CoreError, JobContext, NoProgress, Renewal, RequestType,
-    RestoreOptions, RestoreStatus, Statefile, Status, periodic_due, plan_rotation, run_backup,
-    run_restore,
+    Acquisition, BackupOptions, Catalog, Error as CoreError, JobContext, NoProgress, Renewal,
+    RequestType, RestoreOptions, RestoreStatus, Statefile, Status, periodic_due, plan_rotation,
+    run_backup, run_restore,
 };
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{Shared, StoreView, TargetRt};
 use crate::metrics::{Outcome, ServiceLabels};
+use crate::standin::StandInEngine;
+use crate::targets::credentials_error;
 
 static NO_PROGRESS: NoProgress = NoProgress;
 
@@ -169,10 +171,62 @@ pub(crate) async fn periodic(shared: Arc<Shared>, t: Arc<TargetRt>) {
     .await;
 }
 
-async fn backup(shared: &Shared, t: &TargetRt, options: BackupOptions, cancel: CancellationToken) {
+/// The engine and catalog one job runs with. A target with
+/// [`crate::JobCredentials`] reads them now (so a rotated password or key
+/// is used at once, and nothing outlives the job); when they cannot be
+/// read, the job runs with an engine that fails with why, over the scan's
+/// catalog, so the failure is recorded in the statefile and the metrics
+/// like any other.
+async fn job_target(t: &TargetRt) -> (Arc<dyn capsule_core::Engine>, Catalog) {
+    let Some(credentials) = &t.target.credentials else {
+        return (t.target.engine.clone(), t.view.catalog().clone());
+    };
+    let resolved = match credentials.resolve().await {
+        Ok(job) if job.store.url() != t.view.url() => Err(credentials_error(
+            &t.target.name,
+            format!(
+                "the credentials name the store {}, not the target's {}",
+                job.store.url(),
+                t.view.url()
+            ),
+        )),
+        other => other,
+    };
+    match resolved {
+        Ok(job) => {
+            tracing::debug!(service = %t.target.name, engine = %job.engine, "credentials read for this job");
+            let catalog =
+                Catalog::new(job.store).with_identities(t.view.catalog().identities().clone());
+            (job.engine, catalog)
+        }
+        Err(e) => {
+            tracing::warn!(service = %t.target.name, error = %e, "cannot read the credentials: the job fails");
+            let engine = StandInEngine::of(t.target.engine.as_ref(), e.to_string());
+            (Arc::new(engine), t.view.catalog().clone())
+        }
+    }
+}
+
+async fn backup(
+    shared: &Shared,
+    t: &TargetRt,
+    mut options: BackupOptions,
+    cancel: CancellationToken,
+) {
+    // The target's own recipients, else the daemon's.
+    if let Some(to) = t
+        .target
+        .encryption
+        .as_ref()
+        .or(shared.options.encryption.as_ref())
+    {
+        options.pipeline = options.pipeline.with_encryption(to.clone());
+    }
     let ctx = context(cancel);
     let started = Instant::now();
-    let result = run_backup(t.view.catalog(), t.target.engine.as_ref(), options, &ctx).await;
+    let (engine, catalog) = job_target(t).await;
+    let result = run_backup(&catalog, engine.as_ref(), options, &ctx).await;
+    drop(engine);
     let took = started.elapsed();
     let labels = labels(shared, t);
     match result {
@@ -356,7 +410,9 @@ pub(crate) async fn restore_request(shared: Arc<Shared>, t: Arc<TargetRt>, id: S
         let options = RestoreOptions::default()
             .with_request(requested_at)
             .with_cluster(shared.options.cluster.clone());
-        let result = run_restore(catalog, t.target.engine.as_ref(), &id, options, &ctx).await;
+        let (engine, job_catalog) = job_target(&t).await;
+        let result = run_restore(&job_catalog, engine.as_ref(), &id, options, &ctx).await;
+        drop(engine);
         let labels = labels(&shared, &t);
         let took = started.elapsed();
         match result {

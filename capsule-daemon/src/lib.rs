@@ -18,7 +18,9 @@
 //! - [`TargetSource`]: where the services come from: the static
 //!   configuration file ([`DaemonConfig`] → [`StaticTargets`]) and
 //!   Kubernetes discovery ([`KubeDiscovery`]: `CnvrgApp` resources and
-//!   annotated PVCs, their Secrets turned into engines and stores).
+//!   annotated PVCs, watched between full resyncs; their Secrets checked
+//!   when planning and read again by each job through
+//!   [`JobCredentials`]).
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
@@ -53,6 +55,7 @@ mod jobs;
 mod metrics;
 mod options;
 mod scan;
+mod standin;
 mod targets;
 
 pub use cache::{CacheStats, CachedBackup, CatalogCache, Filter, Snapshot};
@@ -66,8 +69,8 @@ pub use error::{ConfigError, Error, Result};
 pub use metrics::{Metrics, Outcome, ServiceLabels};
 pub use options::{ApiToken, DaemonOptions, Mode, Timings, parse_bind_addr, parse_duration};
 pub use targets::{
-    DefaultEngines, DefaultStores, EngineFactory, StaticTargets, StoreResolver, Target,
-    TargetSchedule, TargetSource,
+    DefaultEngines, DefaultStores, EngineFactory, JobCredentials, JobTarget, StaticTargets,
+    StoreResolver, Target, TargetSchedule, TargetSource,
 };
 
 /// The OpenAPI document the API serves at `/openapi.json` (`anonymous_read`:

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use capsule_core::{Identities, Recipients};
+
 use crate::error::{Error, Result};
 
 /// What a daemon does.
@@ -164,6 +166,11 @@ pub struct DaemonOptions {
     pub max_jobs: usize,
     /// The clocks.
     pub timings: Timings,
+    /// Encrypt the backups of every target that names no recipients of its
+    /// own to these (age public keys); `None`: unencrypted.
+    pub encryption: Option<Recipients>,
+    /// Decrypt encrypted backups for restores with these (age identities).
+    pub identities: Identities,
 }
 
 impl DaemonOptions {
@@ -177,6 +184,8 @@ impl DaemonOptions {
             anonymous_read: false,
             max_jobs: 2,
             timings: Timings::default(),
+            encryption: None,
+            identities: Identities::new(),
         }
     }
     /// Sets the API address.
@@ -202,6 +211,17 @@ impl DaemonOptions {
     /// Sets the timings.
     pub fn with_timings(mut self, t: Timings) -> Self {
         self.timings = t;
+        self
+    }
+    /// Encrypts the backups of targets without recipients of their own to
+    /// `recipients` (none: no encryption).
+    pub fn with_encryption(mut self, recipients: Recipients) -> Self {
+        self.encryption = (!recipients.is_empty()).then_some(recipients);
+        self
+    }
+    /// Decrypts encrypted backups for restores with `identities`.
+    pub fn with_identities(mut self, identities: Identities) -> Self {
+        self.identities = identities;
         self
     }
 }

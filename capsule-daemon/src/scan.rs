@@ -93,7 +93,11 @@ async fn mark_owners_lost(shared: &Shared, view: &StoreView, snap: &Snapshot, no
         }
         let stale_restore = sf.restores.iter().any(|r| {
             r.status == RestoreStatus::Running
-                && r.started_at.unwrap_or(r.requested_at) + chrono_of(timeout) <= now
+                && passed(
+                    r.started_at.unwrap_or(r.requested_at),
+                    chrono_of(timeout),
+                    now,
+                )
         });
         if stale_restore && !shared.job_running(&jobs::restore_key(id)) {
             mark_restore_lost(shared, view, sf).await;
@@ -144,7 +148,7 @@ async fn mark_restore_lost(shared: &Shared, view: &StoreView, sf: &Statefile) {
             let mut any = false;
             for r in sf.restores.iter_mut().filter(|r| {
                 r.status == RestoreStatus::Running
-                    && r.started_at.unwrap_or(r.requested_at) + timeout <= now
+                    && passed(r.started_at.unwrap_or(r.requested_at), timeout, now)
             }) {
                 r.status = RestoreStatus::Failed;
                 r.finished_at = Some(now);
@@ -281,12 +285,12 @@ async fn note_unserved(
         }
         let waiting_backup = sf.status == Status::Requested
             && sf.error.is_none()
-            && sf.requested_at + timeout <= now;
+            && passed(sf.requested_at, timeout, now);
         let waiting_restore = sf.status == Status::Finished
             && sf.restores.iter().any(|r| {
                 r.status == RestoreStatus::Requested
                     && r.error.is_none()
-                    && r.requested_at + timeout <= now
+                    && passed(r.requested_at, timeout, now)
             });
         if !waiting_backup && !waiting_restore {
             continue;
@@ -318,7 +322,7 @@ async fn note_unserved(
                 for r in sf.restores.iter_mut().filter(|r| {
                     r.status == RestoreStatus::Requested
                         && r.error.is_none()
-                        && r.requested_at + timeout <= now
+                        && passed(r.requested_at, timeout, now)
                 }) {
                     r.error = Some(note.clone());
                 }
@@ -343,4 +347,30 @@ fn same_process(a: &str, b: &str) -> bool {
 
 fn chrono_of(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Whether `d` has passed since `since` at `now`; never when `since + d`
+/// is past the end of time (statefile dates are anyone's to edit).
+fn passed(since: DateTime<Utc>, d: chrono::Duration, now: DateTime<Utc>) -> bool {
+    since.checked_add_signed(d).is_some_and(|t| t <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_past_the_end_of_time_never_pass() {
+        // Regression: `requested_at + timeout` panicked (DateTime +
+        // TimeDelta overflow) on a statefile dated in the year 262142.
+        let end: DateTime<Utc> = serde_json::from_str("\"+262142-12-31T23:59:59Z\"").unwrap();
+        let now = Utc::now();
+        assert!(!passed(
+            end,
+            chrono_of(std::time::Duration::from_secs(60)),
+            now
+        ));
+        assert!(!passed(now, chrono::Duration::MAX, now));
+        assert!(passed(now, chrono::Duration::zero(), now));
+    }
 }

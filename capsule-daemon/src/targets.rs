@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use capsule_core::{
-    DuePolicy, Engine, Period, RotationPolicy, Schedule, ServiceIdentity, ServiceType, Statefile,
+    DuePolicy, Engine, Period, Recipients, RotationPolicy, Schedule, ServiceIdentity, ServiceType,
+    Statefile,
 };
 use capsule_engines::{EsEngine, EsOptions, PgEngine, PgOptions, RedisEngine, RedisOptions};
 use capsule_store::Store;
 
 use crate::config::{DaemonConfig, ServiceConfig};
-use crate::error::{ConfigError, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// A service's schedule and retention.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,9 +87,18 @@ pub struct Target {
     /// Periodic backups and rotation; `None` runs requests only.
     pub schedule: Option<TargetSchedule>,
     /// Where this service's backups live (the global store, or its own).
+    /// The daemon lists it between jobs (what is due, requests).
     pub store: Store,
-    /// The engine, configured with the connection.
+    /// The engine, configured with the connection. With
+    /// [`Target::credentials`] it only describes the service (type,
+    /// identity, capabilities) and the job's engine comes from there.
     pub engine: Arc<dyn Engine>,
+    /// Reads the credentials when a job starts (Kubernetes discovery: the
+    /// target's Secrets); `None`: jobs use `engine` and `store` as they are.
+    pub credentials: Option<Arc<dyn JobCredentials>>,
+    /// Encrypt this service's backups to these age recipients (else the
+    /// daemon's, else unencrypted).
+    pub encryption: Option<Recipients>,
 }
 
 impl Target {
@@ -106,7 +116,22 @@ impl Target {
             schedule,
             store,
             engine,
+            credentials: None,
+            encryption: None,
         }
+    }
+
+    /// Encrypts this service's backups to `recipients` (none: the daemon's
+    /// default applies).
+    pub fn with_encryption(mut self, recipients: Recipients) -> Self {
+        self.encryption = (!recipients.is_empty()).then_some(recipients);
+        self
+    }
+
+    /// Sets where each job reads its credentials (see [`JobCredentials`]).
+    pub fn with_credentials(mut self, credentials: Arc<dyn JobCredentials>) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Whether `sf` is a backup of this service in `cluster` (exact
@@ -138,7 +163,63 @@ impl fmt::Debug for Target {
             .field("schedule", &self.schedule)
             .field("store", &self.store.url())
             .field("engine", &self.engine.to_string())
+            .field("credentials_at_job_start", &self.credentials.is_some())
+            .field("encryption", &self.encryption)
             .finish()
+    }
+}
+
+/// What one job runs with: the engine and the store, built from
+/// credentials read for this job and dropped when it ends.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct JobTarget {
+    /// The engine, with the service's credentials.
+    pub engine: Arc<dyn Engine>,
+    /// The store, with the bucket's credentials.
+    pub store: Store,
+}
+
+impl JobTarget {
+    /// A job's engine and store.
+    pub fn new(engine: Arc<dyn Engine>, store: Store) -> Self {
+        JobTarget { engine, store }
+    }
+}
+
+impl fmt::Debug for JobTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobTarget")
+            .field("engine", &self.engine.to_string())
+            .field("store", &self.store.url())
+            .finish()
+    }
+}
+
+/// Reads a target's credentials when one of its jobs starts, so a rotated
+/// password or bucket key is used by the next job without a restart and
+/// no database credential is held between jobs. Kubernetes discovery
+/// implements it with the target's Secrets.
+///
+/// Implementations must not log, store or cache what they read, and must
+/// name the source and field at fault in their errors, never a value.
+#[async_trait]
+pub trait JobCredentials: Send + Sync {
+    /// The engine and store for one job, built from credentials read now.
+    /// The job's store must be the target's store (same
+    /// [`Store::url`]): only the credentials may differ.
+    ///
+    /// # Errors
+    /// [`Error::Credentials`] when they cannot be read or are incomplete;
+    /// the job is then recorded as failed with that message.
+    async fn resolve(&self) -> Result<JobTarget>;
+}
+
+/// The error of a job whose credentials cannot be read.
+pub(crate) fn credentials_error(target: &str, message: impl Into<String>) -> Error {
+    Error::Credentials {
+        target: target.to_string(),
+        message: message.into(),
     }
 }
 
@@ -160,6 +241,13 @@ pub trait TargetSource: Send + Sync {
     /// reports its problems there); none by default.
     fn metrics(&self) -> String {
         String::new()
+    }
+    /// Completes when the targets may have changed (Kubernetes discovery:
+    /// a watch saw a change), so the daemon asks again at once rather than
+    /// at its next scan. Must be cancel-safe (it is raced against a timer);
+    /// by default it never completes.
+    async fn changed(&self) {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -220,13 +308,17 @@ impl StaticTargets {
             schedule.keep_daily = s.keep_daily;
             schedule.keep_weekly = s.keep_weekly;
             schedule.keep_monthly = s.keep_monthly;
-            targets.push(Target::new(
+            let mut target = Target::new(
                 s.name.clone(),
                 s.service_type,
                 Some(schedule),
                 store,
                 engine,
-            ));
+            );
+            if let Some(to) = &s.encryption {
+                target = target.with_encryption(to.clone());
+            }
+            targets.push(target);
         }
         Ok(StaticTargets::new(
             format!("config file {}", config.file.display()),

@@ -51,7 +51,9 @@
 
 pub mod postgresql;
 
-pub use postgresql::{PgConnection, PgEngine, PgOptions, PgRestoreMode, PgRestoreReport};
+pub use postgresql::{
+    PgConnection, PgEngine, PgOptions, PgRestoreMode, PgRestoreReport, PgSslMode,
+};
 
 pub mod elasticsearch;
 

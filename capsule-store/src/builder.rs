@@ -5,7 +5,7 @@ mod backends;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::{BackoffConfig, RetryConfig};
+use object_store::{BackoffConfig, Certificate, RetryConfig};
 
 use crate::error::{BackendKind, Error, Redactor, Result, chain_text};
 use crate::secret::Secret;
@@ -104,6 +104,8 @@ impl StoreBuilder {
     /// - azure: account name and key, container `bucket_name`;
     /// - gcp: service account key from `key_json` (the JSON itself or a path
     ///   to it; none means application default credentials), bucket `bucket_name`.
+    ///
+    /// `ca_file` becomes the `ca_file` option (a private CA trusted for https).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the flag (and bucket secret key) at
@@ -234,6 +236,9 @@ impl StoreBuilder {
                 Location::Gcs { bucket }
             }
         };
+        if let Some(ca_file) = &settings.ca_file {
+            options.push(("ca_file".into(), ca_file.display().to_string()));
+        }
         Ok(StoreBuilder {
             location,
             url_prefix: String::new(),
@@ -250,11 +255,17 @@ impl StoreBuilder {
     /// or without the `aws_`/`azure_`/`google_` prefix; short names such as
     /// `endpoint`, `region`, `allow_http`, `connect_timeout` work), overriding
     /// the URL's. capsule's own: `max_retries` and `retry_timeout` (e.g.
-    /// `30s`) for every remote operation but [`Store::ping`]; `access_key`
-    /// and `secret_key` (s3); `use_emulator` (az: Azurite's account, key and
-    /// `http://127.0.0.1:10000/devstoreaccount1` unless given); `key_json`
-    /// (gs: the service account JSON or a path to it).
+    /// `30s`) for every remote operation but [`Store::ping`]; `ca_file`
+    /// (s3, az, gs: a PEM file of one or more CA certificates trusted for
+    /// https besides the system's, for a server with a private CA);
+    /// `access_key` and `secret_key` (s3); `use_emulator` (az: Azurite's
+    /// account, key and `http://127.0.0.1:10000/devstoreaccount1` unless
+    /// given); `key_json` (gs: the service account JSON or a path to it).
     /// Unknown names fail at [`build`](Self::build).
+    ///
+    /// https endpoints always verify the server's certificate (against the
+    /// system's roots plus `ca_file`); plain http is used only for an
+    /// endpoint given as `http://`.
     pub fn with_option(mut self, key: &str, value: &str) -> Self {
         self.options
             .push((normalize_option_name(key), value.to_string()));
@@ -277,12 +288,13 @@ impl StoreBuilder {
     }
 
     /// Builds the store. Does no I/O, except reading a GCS service account
-    /// key file given by path.
+    /// key file given by path and the `ca_file`.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an invalid prefix, an unknown or invalid
-    /// option, or a configuration object_store rejects (missing account,
-    /// unparsable key); the message never holds a secret.
+    /// option, an unreadable `ca_file` or one without a PEM certificate, or
+    /// a configuration object_store rejects (missing account, unparsable
+    /// key); the message never holds a secret.
     pub fn build(self) -> Result<Store> {
         let prefix = normalize_prefix(&self.prefix)
             .map_err(|why| Error::invalid(format!("prefix (dst-dir) {:?} {why}", self.prefix)))?;
@@ -315,16 +327,18 @@ impl StoreBuilder {
         Ok(store)
     }
 
-    /// Splits capsule's own retry options from the backend's, renaming
-    /// aliases with `alias`.
+    /// Splits capsule's own options (retries, `ca_file`) from the
+    /// backend's, renaming aliases with `alias`.
     fn split_options(
         &self,
         alias: impl Fn(&str) -> &str,
     ) -> Result<(Vec<(String, String)>, RetrySettings)> {
         let mut retry = RetryConfig::default();
         let mut backend = Vec::new();
+        let mut roots = Vec::new();
         for (name, value) in &self.options {
             match name.as_str() {
+                "ca_file" => roots = self.read_ca_file(value)?,
                 "max_retries" => {
                     retry.max_retries = value.trim().parse().map_err(|_| {
                         Error::invalid(format!(
@@ -358,8 +372,39 @@ impl StoreBuilder {
             RetrySettings {
                 normal: retry,
                 probe,
+                roots,
             },
         ))
+    }
+
+    /// The certificates of the PEM file at `path` (option `ca_file`).
+    fn read_ca_file(&self, path: &str) -> Result<Vec<Certificate>> {
+        let path = path.trim();
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::invalid(format!(
+                "cannot read the CA file {path} (option ca_file of {}): {e}",
+                self.origin
+            ))
+        })?;
+        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::invalid(format!(
+                "the CA file {path} (option ca_file of {}) is not PEM: {}",
+                self.origin,
+                chain_text(&e)
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::invalid(format!(
+                "the CA file {path} (option ca_file of {}) holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                self.origin
+            )));
+        }
+        tracing::debug!(
+            ca_file = path,
+            certificates = certs.len(),
+            "trusting a private CA"
+        );
+        Ok(certs)
     }
 
     fn unknown_option(&self, name: &str, scheme: &str) -> Error {
@@ -378,10 +423,13 @@ impl StoreBuilder {
     }
 }
 
-/// Retry settings: for object operations, and for [`Store::ping`].
+/// capsule's own client settings: retries for object operations and for
+/// [`Store::ping`], and the CA certificates of `ca_file`.
 struct RetrySettings {
     normal: RetryConfig,
     probe: RetryConfig,
+    /// Trusted for https besides the system's roots.
+    roots: Vec<Certificate>,
 }
 
 /// `endpoint` with a scheme: as given, or `https://` when `use_ssl` is true

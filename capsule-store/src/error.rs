@@ -385,6 +385,11 @@ impl ErrorContext {
             .or_else(|| origin_in(text))
             .or_else(|| self.default_endpoint.clone())
             .unwrap_or_else(|| "(default endpoint)".into());
+        if let Some(problem) = certificate_problem(text) {
+            return Some(format!(
+                "the TLS certificate of endpoint {endpoint} {problem}"
+            ));
+        }
         if lower.contains("connection refused") {
             return Some(format!(
                 "cannot reach endpoint {endpoint}: connection refused"
@@ -437,6 +442,39 @@ impl ErrorContext {
         }
         None
     }
+}
+
+/// What is wrong with a server certificate the TLS client refused (from
+/// rustls's `invalid peer certificate: ...` in an error text), and what to
+/// do about it: "is not trusted (...): ...".
+fn certificate_problem(text: &str) -> Option<String> {
+    const MARK: &str = "invalid peer certificate";
+    let lower = text.to_ascii_lowercase();
+    let detail = match lower.find(MARK) {
+        Some(at) => text[at + MARK.len()..].trim_start_matches([':', ' ']),
+        None if lower.contains("certificate verify failed") => "",
+        None => return None,
+    };
+    let detail_lower = detail.to_ascii_lowercase();
+    let problem = if detail_lower.starts_with("unknownissuer") || detail.is_empty() {
+        "is not trusted (signed by an unknown authority): give the CA that signed it with --ca-file FILE (store option ca_file=FILE)".to_string()
+    } else if detail_lower.starts_with("certificate not valid for name")
+        || detail_lower.starts_with("notvalidforname")
+    {
+        let why: String = detail.chars().take(200).collect();
+        format!("does not name the endpoint's host ({why})")
+    } else if detail_lower.starts_with("certificate expired") || detail_lower.starts_with("expired")
+    {
+        "has expired".to_string()
+    } else {
+        let why: String = detail
+            .chars()
+            .take_while(|c| !matches!(c, '\n' | ')'))
+            .take(200)
+            .collect();
+        format!("is not trusted ({why})")
+    };
+    Some(problem)
 }
 
 /// `scheme://host[:port]` of the first http(s) URL in `text`.
@@ -556,6 +594,35 @@ mod tests {
             redact_url_text("s3://k:s@b/p?secret_key=zz&region=r"),
             "s3://***@b/p?secret_key=***&region=r"
         );
+    }
+
+    #[test]
+    fn refused_certificates_are_explained() {
+        let hint = |text: &str| certificate_problem(text).unwrap_or_default();
+        let unknown = hint(
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer",
+        );
+        assert!(
+            unknown.starts_with("is not trusted (signed by an unknown authority)")
+                && unknown.contains("--ca-file"),
+            "{unknown}"
+        );
+        let name = hint(
+            "invalid peer certificate: certificate not valid for name \"minio\"; certificate is only valid for localhost",
+        );
+        assert!(
+            name.starts_with("does not name the endpoint's host"),
+            "{name}"
+        );
+        assert_eq!(
+            hint("invalid peer certificate: certificate expired: verification time 2"),
+            "has expired"
+        );
+        assert_eq!(
+            hint("invalid peer certificate: BadSignature"),
+            "is not trusted (BadSignature)"
+        );
+        assert_eq!(certificate_problem("connection refused"), None);
     }
 
     #[test]

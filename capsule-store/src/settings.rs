@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
@@ -86,6 +87,9 @@ pub struct StorageSettings {
     pub secret_key: Option<Secret>,
     /// `--use-ssl`: https for a minio endpoint given without scheme.
     pub use_ssl: Option<bool>,
+    /// `--ca-file`: a PEM file of CA certificates trusted for https besides
+    /// the system's (a MinIO with a private CA).
+    pub ca_file: Option<PathBuf>,
     /// `--bucket-name`: the bucket (the container for azure).
     pub bucket_name: Option<String>,
     /// `--account-name` (azure).
@@ -148,6 +152,7 @@ impl StorageSettings {
             access_key: secret("CNVRG_STORAGE_ACCESS_KEY"),
             secret_key: secret("CNVRG_STORAGE_SECRET_KEY"),
             use_ssl: None,
+            ca_file: None,
             bucket_name,
             account_name: get("CNVRG_STORAGE_AZURE_ACCOUNT_NAME"),
             account_key: secret("CNVRG_STORAGE_AZURE_ACCESS_KEY"),
@@ -174,6 +179,7 @@ impl fmt::Debug for StorageSettings {
             .field("access_key", &set(&self.access_key))
             .field("secret_key", &set(&self.secret_key))
             .field("use_ssl", &self.use_ssl)
+            .field("ca_file", &self.ca_file)
             .field("bucket_name", &self.bucket_name)
             .field("account_name", &self.account_name)
             .field("account_key", &set(&self.account_key))

@@ -1,7 +1,8 @@
 //! A throwaway OpenSearch-compatible server (osmem-server, in memory) on a
 //! free loopback port, and [`FaultProxy`], an HTTP proxy in front of it
-//! that injects what osmem cannot be told to do: `_bulk` rejections (429)
-//! and basic authentication.
+//! that injects what osmem cannot be told to do: `_bulk` rejections (429),
+//! failed or cut `_bulk` requests, failing endpoints and basic
+//! authentication.
 //!
 //! The binary is `$CAPSULE_OSMEM`, else `osmem-server` on `PATH`, else the
 //! one inside the `osmem_server` Python package (`pip install
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use proxy::{FaultProxy, Faults};
+pub use proxy::{BulkFailure, FaultProxy, Faults};
 
 use crate::process::{HttpResponse, ServerProcess, find_binary, free_port, http_request};
 

@@ -8,6 +8,11 @@
 //! 127.0.0.1, except [`PASSWORD_USER`], who must give [`PASSWORD_USER`]'s
 //! password over TCP (`scram-sha-256`), for the tests of credentials.
 //!
+//! With [`PgConfig::with_tls`] the server also accepts TLS (`ssl=on`) with
+//! a certificate for `127.0.0.1` and `localhost` signed by a private CA of
+//! its own ([`Postgres::ca_file`]); plain connections stay allowed, so the
+//! client's `sslmode` decides.
+//!
 //! Binaries: the directory of `$CAPSULE_PG_INITDB` if set, else the
 //! newest `/usr/lib/postgresql/<major>/bin`, else `initdb` on `PATH`.
 
@@ -20,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::process::{ServerProcess, find_binary, free_port, wait_for_tcp};
+use crate::tls::TestCa;
 
 /// The superuser every test connects as (trusted on 127.0.0.1).
 pub const SUPERUSER: &str = "postgres";
@@ -29,6 +35,22 @@ pub const PASSWORD_USER: &str = "capsule_pw";
 
 /// The password of [`PASSWORD_USER`].
 pub const PASSWORD: &str = "pw-Sup3r-S3cret-xyz";
+
+/// How to start a cluster.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct PgConfig {
+    /// Accept TLS (`ssl=on`), with a certificate signed by a private CA.
+    pub tls: bool,
+}
+
+impl PgConfig {
+    /// Accepts TLS connections too (see [`Postgres::ca_file`]).
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+}
 
 /// A running PostgreSQL cluster; stopped (and its files removed) on drop.
 #[derive(Debug)]
@@ -54,6 +76,14 @@ impl Postgres {
     /// `initdb` fails, or the server is not ready within 60 s (with the
     /// tail of its log).
     pub fn start() -> Postgres {
+        Self::start_with(PgConfig::default())
+    }
+
+    /// As [`Postgres::start`], configured by `config`.
+    ///
+    /// # Panics
+    /// As [`Postgres::start`].
+    pub fn start_with(config: PgConfig) -> Postgres {
         let initdb = find_binary("initdb", "CAPSULE_PG_INITDB", &pg_bin_dirs());
         // `/usr/local/bin/initdb` may be a link into the real bin directory.
         let initdb = initdb.canonicalize().unwrap_or(initdb);
@@ -97,6 +127,18 @@ impl Postgres {
              host all all 127.0.0.1/32 trust\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        if config.tls {
+            // The key must belong to the server's user, mode 0600.
+            let ca = TestCa::new("capsule test CA (postgres)");
+            ca.write_pem(&work.path().join("ca.pem"));
+            let (cert, key) = ca.server_cert().write(&data, "server");
+            if let Some((uid, gid)) = owner {
+                for file in [&cert, &key] {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid))
+                        .unwrap_or_else(|e| panic!("cannot chown {}: {e}", file.display()));
+                }
+            }
+        }
 
         let port = free_port();
         let mut server = Command::new(bin_dir.join("postgres"));
@@ -110,6 +152,14 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
             .args(["-c", "log_connections=on"]);
+        if config.tls {
+            server.args(["-c", "ssl=on"]).args([
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+            ]);
+        }
         as_server_user(&mut server, owner);
         let mut process = ServerProcess::spawn("postgres", server, work);
         let isready = bin_dir.join("pg_isready");
@@ -149,6 +199,18 @@ impl Postgres {
     pub fn shared() -> &'static Postgres {
         static SHARED: OnceLock<Postgres> = OnceLock::new();
         SHARED.get_or_init(Postgres::start)
+    }
+
+    /// As [`Postgres::shared`], for a cluster started with TLS.
+    pub fn shared_tls() -> &'static Postgres {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(|| Postgres::start_with(PgConfig::default().with_tls()))
+    }
+
+    /// The PEM file of the private CA that signed the server's certificate
+    /// (started with TLS; the file is missing otherwise).
+    pub fn ca_file(&self) -> PathBuf {
+        self.process.work_dir().join("ca.pem")
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>` (trusted, no password).

@@ -8,6 +8,7 @@
 //! the test process exits without dropping the guard, so servers kept in
 //! `static`s never outlive the test binary.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -29,6 +30,7 @@ pub struct ServerProcess {
     child: Child,
     watchdog: Option<Child>,
     log_path: PathBuf,
+    launch: Launch,
     // Dropped last: the server is dead by then.
     work_dir: TempDir,
 }
@@ -53,6 +55,7 @@ impl ServerProcess {
     /// # Panics
     /// If the log file cannot be created or the command cannot be spawned.
     pub fn spawn(name: &str, mut command: Command, work_dir: TempDir) -> ServerProcess {
+        let launch = Launch::of(&command);
         let log_path = work_dir.path().join(format!("{name}.log"));
         let log = File::create(&log_path)
             .unwrap_or_else(|e| panic!("cannot create log file {}: {e}", log_path.display()));
@@ -73,6 +76,7 @@ impl ServerProcess {
             child,
             watchdog,
             log_path,
+            launch,
             work_dir,
         }
     }
@@ -114,6 +118,49 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the server's process group (SIGKILL) and waits for it: a
+    /// crash. The work directory stays; [`ServerProcess::restart`] starts
+    /// the server again on it.
+    pub fn kill(&mut self) {
+        kill_group(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the server (as [`ServerProcess::kill`]) and starts it again
+    /// with the program, arguments, directory and environment it was
+    /// spawned with (not a `uid`/`gid` the command may have set), its
+    /// output appended to the same log. Wait for it with
+    /// [`ServerProcess::wait_ready`].
+    ///
+    /// # Panics
+    /// If the log cannot be opened or the command cannot be spawned.
+    pub fn restart(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        self.kill();
+        let mut command = self.launch.command();
+        let log = File::options()
+            .append(true)
+            .create(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log_path.display()));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone log file handle: {e}"));
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0);
+        self.child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot restart {} ({command:?}): {e}", self.name));
+        self.watchdog = spawn_watchdog(self.child.id(), self.work_dir.path());
+    }
+
     /// Polls `probe` every 100 ms until it returns true.
     ///
     /// # Panics
@@ -144,6 +191,44 @@ impl Drop for ServerProcess {
         kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How a server was started, to start it again ([`ServerProcess::restart`]).
+#[derive(Debug)]
+struct Launch {
+    program: OsString,
+    args: Vec<OsString>,
+    dir: Option<PathBuf>,
+    envs: Vec<(OsString, Option<OsString>)>,
+}
+
+impl Launch {
+    fn of(command: &Command) -> Launch {
+        Launch {
+            program: command.get_program().to_owned(),
+            args: command.get_args().map(OsStr::to_owned).collect(),
+            dir: command.get_current_dir().map(Path::to_path_buf),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned)))
+                .collect(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
+        }
+        for (k, v) in &self.envs {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd
     }
 }
 

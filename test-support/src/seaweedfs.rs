@@ -8,6 +8,11 @@
 //! A capsule-store URL for a bucket is [`SeaweedFs::s3_url`] (no
 //! credentials; add them with `StoreBuilder::with_access_key`) or
 //! [`SeaweedFs::s3_url_with_credentials`] (keys as URL options).
+//!
+//! With [`SeaweedConfig::with_tls`] the S3 API also listens with TLS, on
+//! [`SeaweedFs::https_port`], with a certificate for `127.0.0.1` and
+//! `localhost` signed by a private CA of its own ([`SeaweedFs::ca_file`]);
+//! [`SeaweedFs::s3_https_url`] is the URL for it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,9 +22,26 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::process::{ServerProcess, find_binary, free_ports, http_request};
+use crate::tls::TestCa;
 
 /// SHA-256 of the empty payload, as SigV4 wants it.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// How to start a server.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SeaweedConfig {
+    /// Also serve S3 over https (see [`SeaweedFs::https_port`]).
+    pub tls: bool,
+}
+
+impl SeaweedConfig {
+    /// Serves S3 over https too, with a certificate signed by a private CA.
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+}
 
 /// A running SeaweedFS with its S3 API on 127.0.0.1; stopped on drop.
 #[derive(Debug)]
@@ -28,6 +50,8 @@ pub struct SeaweedFs {
     pub endpoint: String,
     /// The S3 port.
     pub port: u16,
+    /// The S3 https port, when started with TLS.
+    pub https_port: Option<u16>,
     /// Access key of the admin identity.
     pub access_key: String,
     /// Secret key of the admin identity.
@@ -48,19 +72,27 @@ impl SeaweedFs {
     /// If the binary is missing (naming `scripts/setup-test-deps.sh`) or the
     /// server does not start within 60 s (with the tail of its log).
     pub fn start() -> SeaweedFs {
+        Self::start_with(SeaweedConfig::default())
+    }
+
+    /// As [`SeaweedFs::start`], configured by `config`.
+    ///
+    /// # Panics
+    /// As [`SeaweedFs::start`].
+    pub fn start_with(config: SeaweedConfig) -> SeaweedFs {
         let weed = find_binary("weed", "CAPSULE_WEED", &python_scripts_dir());
         let work = ServerProcess::work_dir_for("seaweedfs");
         let access_key = format!("AK{}", random_hex(8)).to_uppercase();
         let secret_key = random_hex(20);
-        let config = format!(
+        let identities = format!(
             r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
         );
         let config_path = work.path().join("s3.json");
-        std::fs::write(&config_path, config).expect("write s3.json");
+        std::fs::write(&config_path, identities).expect("write s3.json");
         let data_dir = work.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
 
-        let ports = free_ports(10);
+        let ports = free_ports(11);
         let [
             s3,
             s3_grpc,
@@ -72,9 +104,10 @@ impl SeaweedFs {
             filer_grpc,
             admin,
             admin_grpc,
+            https,
         ] = ports[..]
         else {
-            unreachable!("asked for 10 ports")
+            unreachable!("asked for 11 ports")
         };
         let mut cmd = Command::new(&weed);
         cmd.current_dir(work.path()).args([
@@ -107,6 +140,18 @@ impl SeaweedFs {
             "-volume.max=1000".into(),
             format!("-s3.config={}", config_path.display()),
         ]);
+        // The plain port stays open too: the readiness probe uses it.
+        let https_port = config.tls.then(|| {
+            let ca = TestCa::new("capsule test CA (seaweedfs)");
+            ca.write_pem(&work.path().join("ca.pem"));
+            let (cert, key) = ca.server_cert().write(work.path(), "server");
+            cmd.args([
+                format!("-s3.port.https={https}"),
+                format!("-s3.cert.file={}", cert.display()),
+                format!("-s3.key.file={}", key.display()),
+            ]);
+            https
+        });
         let mut process = ServerProcess::spawn("seaweedfs", cmd, work);
         // The S3 API answers (an authenticated ListBuckets succeeds) once the
         // filer behind it is up.
@@ -119,6 +164,7 @@ impl SeaweedFs {
         SeaweedFs {
             endpoint: format!("http://127.0.0.1:{s3}"),
             port: s3,
+            https_port,
             access_key,
             secret_key,
             region: "us-east-1".into(),
@@ -131,6 +177,39 @@ impl SeaweedFs {
     pub fn shared() -> &'static SeaweedFs {
         static SHARED: OnceLock<SeaweedFs> = OnceLock::new();
         SHARED.get_or_init(SeaweedFs::start)
+    }
+
+    /// As [`SeaweedFs::shared`], for a server started with TLS.
+    pub fn shared_tls() -> &'static SeaweedFs {
+        static SHARED: OnceLock<SeaweedFs> = OnceLock::new();
+        SHARED.get_or_init(|| SeaweedFs::start_with(SeaweedConfig::default().with_tls()))
+    }
+
+    /// `https://127.0.0.1:<https port>`.
+    ///
+    /// # Panics
+    /// When the server was started without TLS.
+    pub fn https_endpoint(&self) -> String {
+        let port = self.https_port.expect("started with TLS");
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// The PEM file of the private CA that signed the https certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.process.work_dir().join("ca.pem")
+    }
+
+    /// A capsule-store URL for `bucket` over https, without credentials and
+    /// without the CA: `s3://<bucket>?endpoint=https://127.0.0.1:<port>&region=us-east-1`.
+    ///
+    /// # Panics
+    /// When the server was started without TLS.
+    pub fn s3_https_url(&self, bucket: &str) -> String {
+        format!(
+            "s3://{bucket}?endpoint={}&region={}",
+            self.https_endpoint(),
+            self.region
+        )
     }
 
     /// Creates bucket `name` (an existing bucket is fine), retrying for a
@@ -211,6 +290,32 @@ impl SeaweedFs {
     /// The server process (log, work directory).
     pub fn process(&self) -> &ServerProcess {
         &self.process
+    }
+}
+
+/// Crashing and restarting the server (fault-injection tests).
+impl SeaweedFs {
+    /// Kills the server (SIGKILL to its process group): the object store
+    /// goes away mid-request, as in a crash. Its data directory stays for
+    /// [`SeaweedFs::restart`].
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again (killing it first if it runs) on the same
+    /// ports, with the same keys and data directory, and waits until the
+    /// S3 API answers.
+    ///
+    /// # Panics
+    /// If it is not ready within 60 s (with the tail of its log).
+    pub fn restart(&mut self) {
+        self.process.restart();
+        let probe = server_probe(self.port, &self.access_key, &self.secret_key);
+        self.process.wait_ready(
+            "S3 API answering ListBuckets after a restart",
+            Duration::from_secs(60),
+            probe,
+        );
     }
 }
 

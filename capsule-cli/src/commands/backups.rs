@@ -2,8 +2,10 @@
 //! delete backups. Each action is one [`Catalog`] call plus rendering.
 
 use anyhow::{Context, Result};
+use capsule_core::pipeline::PipelineOptions;
 use capsule_core::{
     BackupFolder, BackupId, Catalog, CatalogEntry, ListFilter, ServiceIdentity, ServiceType,
+    Statefile,
 };
 
 use crate::args::{Action, GlobalArgs, ServiceArgs};
@@ -28,7 +30,10 @@ const STATUSES: [&str; 6] = [
 /// terminal; the core's and the store's errors otherwise.
 pub async fn run(g: &GlobalArgs, service_type: ServiceType, args: &ServiceArgs) -> Result<()> {
     let filter = list_filter(service_type, args)?;
-    let catalog = Catalog::new(store_args::build(g)?);
+    let mut catalog = Catalog::new(store_args::build(g)?);
+    if args.action() == Action::Download {
+        catalog = catalog.with_identities(args.encryption.identities()?);
+    }
     let cmd = Ctx {
         g,
         service_type,
@@ -45,6 +50,49 @@ pub async fn run(g: &GlobalArgs, service_type: ServiceType, args: &ServiceArgs) 
         Action::Verify => {
             Err(UsageError::new("--verify needs the engine's connection settings").into())
         }
+    }
+}
+
+/// The catalog of an action that runs the engine now: the store the flags
+/// select, with the `--identity-file` identities for `--restore` and
+/// `--verify`.
+///
+/// # Errors
+/// As [`store_args::build`]; a [`UsageError`] for an unreadable identity file.
+pub fn engine_catalog(g: &GlobalArgs, args: &ServiceArgs) -> Result<Catalog> {
+    let catalog = Catalog::new(store_args::build(g)?);
+    Ok(match args.action() {
+        Action::Restore | Action::Verify => catalog.with_identities(args.encryption.identities()?),
+        _ => catalog,
+    })
+}
+
+/// `base` with the recipients of `--encrypt-to` / `--encryption-key-file`.
+///
+/// # Errors
+/// A [`UsageError`] naming the flag with a value that is not a public key.
+pub fn pipeline(args: &ServiceArgs, base: PipelineOptions) -> Result<PipelineOptions> {
+    Ok(match args.encryption.recipients()? {
+        Some(r) => base.with_encryption(r),
+        None => base,
+    })
+}
+
+/// Says, on stderr, to whom a new backup was encrypted.
+pub fn note_encryption(sf: &Statefile) {
+    let mut to: Vec<&str> = sf
+        .artifacts
+        .iter()
+        .filter_map(|a| a.encryption.as_ref())
+        .flat_map(|e| e.recipients.iter().map(String::as_str))
+        .collect();
+    to.sort_unstable();
+    to.dedup();
+    if !to.is_empty() {
+        output::note(&format!(
+            "encrypted (age) to {}: restoring needs a matching --identity-file",
+            to.join(", ")
+        ));
     }
 }
 
@@ -100,6 +148,13 @@ impl Ctx<'_> {
     /// exist (e.g. `--pg-url`), a "run now" branch goes here, calling
     /// `capsule_core::run_backup` with the engine instead.
     async fn create(&self) -> Result<()> {
+        if self.args.encryption.encrypts() {
+            return Err(UsageError::new(
+                "--encrypt-to and --encryption-key-file need the engine's connection settings: \
+                 a queued backup is encrypted as the daemon that runs it is configured",
+            )
+            .into());
+        }
         self.queue_backup().await
     }
 
@@ -182,6 +237,7 @@ impl Ctx<'_> {
                         "storedSizeBytes": f.report.size_bytes,
                         "sha256": f.report.sha256,
                         "checksumVerified": f.report.checksum_verified,
+                        "decrypted": f.report.decrypted,
                     })
                 })
                 .collect();
@@ -192,7 +248,11 @@ impl Ctx<'_> {
         for f in &files {
             let check = if f.report.checksum_verified {
                 Cell::styled(
-                    "sha256 verified",
+                    if f.report.decrypted {
+                        "sha256 verified, decrypted"
+                    } else {
+                        "sha256 verified"
+                    },
                     console::Style::new().for_stdout().green(),
                 )
             } else {

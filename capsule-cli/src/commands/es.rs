@@ -17,7 +17,7 @@ use super::backups::{self, cancellable};
 use crate::args::{Action, EsArgs, GlobalArgs, ServiceArgs};
 use crate::exit::UsageError;
 use crate::table::{Cell, Table};
-use crate::{output, progress, store_args};
+use crate::{output, progress};
 
 /// Runs `capsule es`.
 ///
@@ -43,7 +43,7 @@ pub async fn run(g: &GlobalArgs, args: &EsArgs) -> Result<()> {
     let now = Now {
         g,
         args: &args.common,
-        catalog: Catalog::new(store_args::build(g)?),
+        catalog: backups::engine_catalog(g, &args.common)?,
     };
     match action {
         Action::Create => now.backup(options).await,
@@ -64,7 +64,10 @@ impl Now<'_> {
         let engine = EsEngine::new(options.with_service(backups::service_identity(self.args)?));
         let mut backup = BackupOptions::default()
             .with_description(&self.args.description)
-            .with_pipeline(PipelineOptions::default().with_zstd_level(RECOMMENDED_ZSTD_LEVEL));
+            .with_pipeline(backups::pipeline(
+                self.args,
+                PipelineOptions::default().with_zstd_level(RECOMMENDED_ZSTD_LEVEL),
+            )?);
         if let Some(c) = &self.args.cluster {
             backup = backup.with_cluster(c);
         }
@@ -95,6 +98,7 @@ impl Now<'_> {
                 .unwrap_or_else(|| "-".into()),
             self.catalog.store().url(),
         ));
+        backups::note_encryption(sf);
         Ok(())
     }
 
@@ -234,7 +238,10 @@ fn restore_prompt(id: &str, sf: &Statefile, engine: &EsEngine) -> String {
         None => String::new(),
     };
     if o.replace {
-        format!("Restore {what} into {engine}{names}, DELETING existing indices of the same names?")
+        format!(
+            "Restore {what} into {engine}{names}, REPLACING existing indices of the same names \
+             (each is deleted once its restored copy is loaded and checked)?"
+        )
     } else {
         format!(
             "Restore {what} into {engine}{names}? Existing indices of the same names make it fail."

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::CommandFactory;
 
 use crate::args::{Cli, Command};
+use crate::encryption_args::hint;
 use crate::output;
 
 /// Runs the parsed command line.
@@ -25,9 +26,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(*shell, &mut cmd, "capsule", &mut std::io::stdout());
             Ok(())
         }
-        Command::Pg(args) => pg::run(&cli.global, args).await,
-        Command::Redis(args) => redis::run(&cli.global, args).await,
-        Command::Es(args) => es::run(&cli.global, args).await,
+        Command::Pg(args) => pg::run(&cli.global, args).await.map_err(hint),
+        Command::Redis(args) => redis::run(&cli.global, args).await.map_err(hint),
+        Command::Es(args) => es::run(&cli.global, args).await.map_err(hint),
         Command::Start(args) => start::run(&cli.global, args).await,
         Command::Plan(args) => plan::run(&cli.global, args).await,
     }

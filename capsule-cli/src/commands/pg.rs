@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use capsule_core::pipeline::PipelineOptions;
 use capsule_core::{
     ArtifactSink, ArtifactSource, BackupOptions, Capabilities, Catalog, Engine, EngineInfo,
     Fingerprint, JobContext, RestoreOptions, RestoreOutcome, RestorePlan, ServiceIdentity,
@@ -20,7 +21,7 @@ use super::backups::{self, cancellable};
 use crate::args::{Action, GlobalArgs, PgArgs, ServiceArgs};
 use crate::exit::UsageError;
 use crate::table::{Cell, Table};
-use crate::{output, progress, store_args};
+use crate::{output, progress};
 
 /// Runs `capsule pg`.
 ///
@@ -54,7 +55,7 @@ pub async fn run(g: &GlobalArgs, args: &PgArgs) -> Result<()> {
     let now = Now {
         g,
         args: &args.common,
-        catalog: Catalog::new(store_args::build(g)?),
+        catalog: backups::engine_catalog(g, &args.common)?,
     };
     match action {
         Action::Create => now.backup(options).await,
@@ -77,7 +78,9 @@ impl Now<'_> {
             cluster: self.args.cluster.clone(),
             ..service
         }));
-        let mut backup = BackupOptions::default().with_description(&self.args.description);
+        let mut backup = BackupOptions::default()
+            .with_description(&self.args.description)
+            .with_pipeline(backups::pipeline(self.args, PipelineOptions::default())?);
         if let Some(c) = &self.args.cluster {
             backup = backup.with_cluster(c);
         }
@@ -109,6 +112,7 @@ impl Now<'_> {
                 .unwrap_or_else(|| "-".into()),
             self.catalog.store().url(),
         ));
+        backups::note_encryption(sf);
         Ok(())
     }
 

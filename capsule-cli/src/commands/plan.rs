@@ -43,8 +43,9 @@ pub fn discovery_enabled(g: &GlobalArgs) -> bool {
         && (g.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())
 }
 
-/// The daemon's target source: Kubernetes discovery plus the config
-/// file's services when discovery is enabled, else the config file alone.
+/// The daemon's target source: Kubernetes discovery (a full resync every
+/// `resync`, watches in between) plus the config file's services when
+/// discovery is enabled, else the config file alone.
 ///
 /// # Errors
 /// [`UsageError`] for a bad `--ns-whitelist` or config file; the
@@ -54,10 +55,12 @@ pub async fn target_source(
     config: Option<&DaemonConfig>,
     cluster: &str,
     store: &Store,
+    resync: Duration,
 ) -> Result<Arc<dyn TargetSource>> {
     let stores = CliStores {
         global: store.clone(),
         access: g.access_key.clone().zip(g.secret_key.clone()),
+        ca_file: g.ca_file.clone(),
     };
     let static_targets = match config {
         Some(c) => StaticTargets::from_config(c, cluster, &DefaultEngines, &stores)
@@ -67,16 +70,24 @@ pub async fn target_source(
     if !discovery_enabled(g) {
         return Ok(Arc::new(static_targets));
     }
-    let discovery = discovery(g, cluster, store).await?;
+    let discovery = discovery(g, cluster, store, Some(resync)).await?;
     let config_targets = static_targets.targets().await?;
     Ok(Arc::new(discovery.with_config_targets(config_targets)))
 }
 
-async fn discovery(g: &GlobalArgs, cluster: &str, store: &Store) -> Result<KubeDiscovery> {
+async fn discovery(
+    g: &GlobalArgs,
+    cluster: &str,
+    store: &Store,
+    resync: Option<Duration>,
+) -> Result<KubeDiscovery> {
     let whitelist: NsWhitelist = g.ns_whitelist.parse().map_err(UsageError::new)?;
-    let options = DiscoveryOptions::new(cluster)
+    let mut options = DiscoveryOptions::new(cluster)
         .with_whitelist(whitelist)
         .with_dst_dir(store.prefix());
+    if let Some(resync) = resync {
+        options = options.with_resync(resync);
+    }
     Ok(KubeDiscovery::from_kubeconfig(g.kubeconfig.as_deref(), options).await?)
 }
 
@@ -98,6 +109,7 @@ pub async fn run(g: &GlobalArgs, args: &PlanArgs) -> Result<()> {
     let stores = CliStores {
         global: store.clone(),
         access: g.access_key.clone().zip(g.secret_key.clone()),
+        ca_file: g.ca_file.clone(),
     };
     let config_targets = match &config {
         Some(c) => {
@@ -109,7 +121,7 @@ pub async fn run(g: &GlobalArgs, args: &PlanArgs) -> Result<()> {
         None => Vec::new(),
     };
     let mut plan = if discovery_enabled(g) {
-        discovery(g, &cluster, &store)
+        discovery(g, &cluster, &store, None)
             .await?
             .with_config_targets(config_targets)
             .plan()

@@ -3,6 +3,7 @@
 //! restores, `--verify` runs a restore drill.
 
 use anyhow::Result;
+use capsule_core::pipeline::PipelineOptions;
 use capsule_core::{
     BackupId, BackupOptions, Catalog, Error, Fingerprint, JobContext, ListFilter, RestoreOptions,
     ServiceIdentity, ServiceType, run_backup, run_restore, run_verify,
@@ -12,7 +13,7 @@ use capsule_engines::{RedisEngine, RedisOptions};
 use super::backups;
 use crate::args::{Action, GlobalArgs, RedisArgs, ServiceArgs};
 use crate::exit::{Interrupted, UsageError};
-use crate::{output, picker, progress, store_args};
+use crate::{output, picker, progress};
 
 /// Runs `capsule redis`.
 ///
@@ -34,7 +35,7 @@ pub async fn run(g: &GlobalArgs, args: &RedisArgs) -> Result<()> {
     let now = Now {
         g,
         args: &args.common,
-        catalog: Catalog::new(store_args::build(g)?),
+        catalog: backups::engine_catalog(g, &args.common)?,
     };
     match action {
         Action::Create => now.backup(options).await,
@@ -68,7 +69,9 @@ impl Now<'_> {
             name,
             ..Default::default()
         }));
-        let mut backup = BackupOptions::default().with_description(&self.args.description);
+        let mut backup = BackupOptions::default()
+            .with_description(&self.args.description)
+            .with_pipeline(backups::pipeline(self.args, PipelineOptions::default())?);
         if let Some(c) = &self.args.cluster {
             backup = backup.with_cluster(c);
         }
@@ -99,6 +102,7 @@ impl Now<'_> {
                 .map(|d| format!(" in {}", output::duration(d)))
                 .unwrap_or_default()
         ));
+        backups::note_encryption(sf);
         Ok(())
     }
 

@@ -78,6 +78,11 @@ pub struct StartArgs {
     #[arg(long, value_name = "DURATION", env = "CNVRG_CAPSULE_WATCH_INTERVAL",
           default_value = "10s", value_parser = duration)]
     pub watch_interval: Duration,
+    /// How often Kubernetes discovery re-reads the whole cluster; watches
+    /// pick up a changed PVC or CnvrgApp within seconds in between.
+    #[arg(long, value_name = "DURATION", env = "CNVRG_CAPSULE_DISCOVERY_RESYNC",
+          default_value = "60s", value_parser = duration)]
+    pub discovery_resync: Duration,
     /// How many jobs run at once.
     #[arg(
         long,
@@ -116,6 +121,10 @@ pub struct StartArgs {
     /// After a failed periodic backup, retry after this (at most one period).
     #[arg(long, hide = true, value_name = "DURATION", default_value = "5m", value_parser = duration)]
     pub retry_after: Duration,
+    /// Encryption at rest: the recipients of every service's backups
+    /// (unless its config names its own), the identities restores decrypt with.
+    #[command(flatten)]
+    pub encryption: crate::encryption_args::EncryptionArgs,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -191,11 +200,13 @@ impl Drop for LineBuffer {
 }
 
 /// Builds the store of a service that names its own: the URL with the
-/// global `--access-key`/`--secret-key` applied when given, else the
-/// global store; `dst_dir` else the global `--dst-dir`.
+/// global `--access-key`/`--secret-key` (and `--ca-file`, unless the URL
+/// names a CA file itself) applied when given, else the global store;
+/// `dst_dir` else the global `--dst-dir`.
 pub(crate) struct CliStores {
     pub(crate) global: Store,
     pub(crate) access: Option<(String, String)>,
+    pub(crate) ca_file: Option<std::path::PathBuf>,
 }
 
 impl StoreResolver for CliStores {
@@ -208,11 +219,25 @@ impl StoreResolver for CliStores {
                 if let Some((a, s)) = &self.access {
                     b = b.with_access_key(Secret::new(a.clone()), Secret::new(s.clone()));
                 }
+                if let Some(ca) = self.ca_file.as_ref().filter(|_| url_needs_ca(u)) {
+                    b = b.with_option("ca_file", &ca.display().to_string());
+                }
                 b.build().map_err(|e| e.to_string())?
             }
         };
         base.with_prefix(prefix).map_err(|e| e.to_string())
     }
+}
+
+/// Whether the global `--ca-file` applies to a service's store URL: a
+/// remote store whose URL names no `ca_file` of its own.
+fn url_needs_ca(url: &str) -> bool {
+    url::Url::parse(url.trim()).is_ok_and(|u| {
+        !matches!(u.scheme(), "file" | "memory")
+            && !u
+                .query_pairs()
+                .any(|(k, _)| k.to_ascii_lowercase().replace('-', "_") == "ca_file")
+    })
 }
 
 /// Runs `capsule start` until SIGTERM or SIGINT; exits 0 after a graceful
@@ -237,8 +262,14 @@ pub async fn run(g: &GlobalArgs, args: &StartArgs) -> Result<()> {
         .unwrap_or_else(|| "default".to_string());
     // The config file's services, plus Kubernetes discovery when enabled
     // (the same code path as `capsule plan`).
-    let targets =
-        crate::commands::plan::target_source(g, config.as_ref(), &cluster, &store).await?;
+    let targets = crate::commands::plan::target_source(
+        g,
+        config.as_ref(),
+        &cluster,
+        &store,
+        args.discovery_resync,
+    )
+    .await?;
     let token = match (&args.api_token_file, std::env::var(TOKEN_ENV).ok()) {
         (Some(file), _) => {
             let text = std::fs::read_to_string(file)
@@ -268,7 +299,9 @@ pub async fn run(g: &GlobalArgs, args: &StartArgs) -> Result<()> {
         .with_api_token(token)
         .with_anonymous_read(args.api_anonymous_read)
         .with_max_jobs(args.max_jobs)
-        .with_timings(timings);
+        .with_timings(timings)
+        .with_encryption(args.encryption.recipients()?.unwrap_or_default())
+        .with_identities(args.encryption.identities()?);
     capsule_daemon::run(options, store, targets, shutdown_signal())
         .await
         .map_err(|e| match e {

@@ -32,8 +32,13 @@ pub struct EsEngineArgs {
     /// 'logs-(.+):restored-logs-$1' (aliases are renamed alike).
     #[arg(long, value_name = "PATTERN:REPLACEMENT")]
     pub rename: Option<String>,
-    /// Restore over existing indices of the same names (they are deleted
-    /// first) and overwrite templates that differ.
+    /// Restore over existing indices of the same names, and overwrite
+    /// templates that differ. Each such index is loaded into a staging
+    /// index (capsule-restore-<tag>-<index>) and checked against the
+    /// backup first; only then is the existing index deleted and the
+    /// staging one moved to its name (_clone, or _reindex where the server
+    /// has no _clone). A restore failing before that leaves the existing
+    /// indices intact. Needs disk for both copies meanwhile.
     #[arg(long)]
     pub replace: bool,
     /// Parallel scroll slices per index at backup (default: automatic).

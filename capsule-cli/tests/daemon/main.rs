@@ -5,6 +5,7 @@
 //! (scripts/setup-test-deps.sh).
 
 mod api;
+mod encryption;
 mod failover;
 mod plan;
 mod restore;

@@ -1,15 +1,16 @@
 //! `capsule plan` and `capsule start` with Kubernetes discovery: a fake API
-//! server (test_support::kube_api) serving a CnvrgApp, annotated PVCs and
-//! Secrets, reached through a generated kubeconfig; the bucket is a real
-//! SeaweedFS bucket, the database a real PostgreSQL.
+//! server (test_support::kube_api) serving and watching CnvrgApps,
+//! annotated PVCs and Secrets, reached through a generated kubeconfig; the
+//! bucket is a real SeaweedFS bucket, the database a real PostgreSQL.
 
 use std::process::Command;
 use std::time::Duration;
 
-use capsule_core::{RequestType, Status};
+use capsule_core::{RequestType, Statefile, Status};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use test_support::kube_api::FakeKubeApi;
-use test_support::postgres::{PASSWORD, SUPERUSER};
+use test_support::postgres::{PASSWORD, PASSWORD_USER, SUPERUSER};
 use test_support::seaweedfs::SeaweedFs;
 
 use crate::support::{Bucket, CAPSULE, Spec, pg, serial, statefiles, wait_until};
@@ -224,4 +225,147 @@ fn start_backs_up_a_discovered_postgresql_on_schedule() {
     );
     let metrics = daemon.get("/metrics").body;
     assert!(metrics.contains("capsule_discovery_targets 1"), "{metrics}");
+}
+
+/// Gives [`PASSWORD_USER`] its usual password back when the test ends
+/// (other tests of this binary may log in with it).
+struct RestorePassword;
+
+impl Drop for RestorePassword {
+    fn drop(&mut self) {
+        pg().psql(
+            "postgres",
+            &format!("ALTER ROLE {PASSWORD_USER} PASSWORD '{PASSWORD}'"),
+        );
+    }
+}
+
+/// A CnvrgApp in `ns` whose PostgreSQL (the test server) is backed up
+/// every 2 s.
+fn pg_app(api: &FakeKubeApi, ns: &str) {
+    api.add_cnvrgapp(
+        ns,
+        "cnvrgapp",
+        &format!(
+            r#"{{"dbs":{{"pg":{{"enabled":true,"port":{},"backup":{{"period":"2s","rotation":3}}}}}}}}"#,
+            pg().port
+        ),
+    );
+}
+
+fn creds(api: &FakeKubeApi, ns: &str, db: &str, user: &str, password: &str) {
+    api.add_secret(
+        ns,
+        "pg-creds",
+        &[
+            ("POSTGRES_HOST", "127.0.0.1"),
+            ("POSTGRES_DB", db),
+            ("POSTGRES_USER", user),
+            ("POSTGRES_PASSWORD", password),
+        ],
+    );
+}
+
+#[test]
+fn start_plans_changes_as_they_happen_and_reads_secrets_when_each_job_starts() {
+    let _guard = serial();
+    let _restore = RestorePassword;
+    let bucket = Bucket::new();
+    let (db_a, db_b) = (
+        crate::support::database("krot", 20),
+        crate::support::database("kwatch", 20),
+    );
+    let api = FakeKubeApi::start();
+    bucket_secret(&api, "cnvrg", &bucket_name(&bucket));
+    // cnvrg's database needs the password (scram over TCP).
+    creds(&api, "cnvrg", &db_a, PASSWORD_USER, PASSWORD);
+    pg_app(&api, "cnvrg");
+    let kubeconfig = api.kubeconfig();
+    // The cluster is read in full once an hour: what happens sooner comes
+    // from the watches, and from the Secrets read by each job.
+    let mut daemon = Spec::new("k8s-watch", &bucket.url, "dev-eu")
+        .arg("--kubeconfig")
+        .arg(kubeconfig.to_str().unwrap())
+        .arg("--discovery-resync")
+        .arg("1h")
+        .start();
+    let catalog = bucket.catalog("cnvrg-smart-backups");
+    let backups = |service: &str, status: Status, after: DateTime<Utc>| -> Vec<Statefile> {
+        statefiles(&catalog)
+            .into_iter()
+            .filter(|sf| {
+                sf.status == status
+                    && sf.request_type == RequestType::Periodic
+                    && sf.service.qualified_name().as_deref() == Some(service)
+                    && sf.started_at.is_some_and(|t| t > after)
+            })
+            .collect()
+    };
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    wait_until(
+        Duration::from_secs(60),
+        "a backup of cnvrg/pg-storage",
+        || !backups("cnvrg/pg-storage", Status::Finished, epoch).is_empty(),
+        || daemon.log_tail(40),
+    );
+
+    // A CnvrgApp created while the daemon runs is backed up within seconds.
+    bucket_secret(&api, "team-a", &bucket_name(&bucket));
+    creds(&api, "team-a", &db_b, SUPERUSER, "unused");
+    pg_app(&api, "team-a");
+    wait_until(
+        Duration::from_secs(20),
+        "a backup of team-a/pg-storage, created after the daemon started",
+        || !backups("team-a/pg-storage", Status::Finished, epoch).is_empty(),
+        || daemon.log_tail(40),
+    );
+
+    // The password is rotated in the database and in the Secret: the next
+    // job logs in with the new one, without a restart.
+    let rotated = "Rotated-Pg-Pw-4821";
+    pg().psql(
+        "postgres",
+        &format!("ALTER ROLE {PASSWORD_USER} PASSWORD '{rotated}'"),
+    );
+    creds(&api, "cnvrg", &db_a, PASSWORD_USER, rotated);
+    let rotated_at = Utc::now();
+    wait_until(
+        Duration::from_secs(20),
+        "a backup of cnvrg/pg-storage with the rotated password",
+        || !backups("cnvrg/pg-storage", Status::Finished, rotated_at).is_empty(),
+        || daemon.log_tail(40),
+    );
+
+    // team-a's Secret is deleted: its next job fails naming the Secret,
+    // recorded in its statefile; cnvrg's jobs go on.
+    assert!(api.remove_secret("team-a", "pg-creds"));
+    let removed_at = Utc::now();
+    wait_until(
+        Duration::from_secs(20),
+        "a failed backup of team-a/pg-storage naming its Secret, and cnvrg's still running",
+        || {
+            backups("team-a/pg-storage", Status::Failed, removed_at)
+                .iter()
+                .any(|sf| {
+                    sf.error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("Secret team-a/pg-creds not found"))
+                })
+                && !backups("cnvrg/pg-storage", Status::Finished, removed_at).is_empty()
+        },
+        || daemon.log_tail(40),
+    );
+    // Planned again at once: the problem is in /metrics.
+    let problem = r#"capsule_discovery_problems{namespace="team-a",resource="CnvrgApp team-a/cnvrgapp",field="spec.dbs.pg.credsRef"} 1"#;
+    wait_until(
+        Duration::from_secs(10),
+        "the missing Secret in /metrics",
+        || daemon.get("/metrics").body.contains(problem),
+        || daemon.get("/metrics").body,
+    );
+    assert!(daemon.running());
+    let log = daemon.log();
+    for secret in [PASSWORD, rotated, SeaweedFs::shared().secret_key.as_str()] {
+        assert!(!log.contains(secret), "a secret value is in the log");
+    }
 }

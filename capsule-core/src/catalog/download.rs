@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinHandle;
 
 use super::Catalog;
+use crate::encryption::{self, AGE_SUFFIX, Identities};
 use crate::engine::{ArtifactSource, ByteStream};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, DownloadReport, Expected};
@@ -30,25 +31,56 @@ pub struct DownloadedArtifact {
     pub report: DownloadReport,
 }
 
-/// The local file name of an artifact once decompressed (`dump.pgc.zst` → `dump.pgc`).
+/// The local file name of an artifact once decrypted and decompressed
+/// (`dump.pgc.zst.age` → `dump.pgc`).
 pub(crate) fn local_name(a: &Artifact) -> String {
+    let name = match &a.encryption {
+        Some(_) => a.name.strip_suffix(AGE_SUFFIX).unwrap_or(&a.name),
+        None => &a.name,
+    };
     match a.compression {
-        Compression::Zstd => a.name.strip_suffix(".zst").unwrap_or(&a.name).to_string(),
-        _ => a.name.clone(),
+        Compression::Zstd => name.strip_suffix(".zst").unwrap_or(name).to_string(),
+        _ => name.to_string(),
     }
+}
+
+/// Checks that `identities` open the age header of every encrypted
+/// artifact of `sf` (reading a few bytes of each), so a missing or wrong
+/// key is reported before anything is written or restored.
+async fn check_keys(store: &Store, sf: &Statefile, identities: &Identities) -> Result<()> {
+    let id = sf.backup_id.as_str();
+    for a in &sf.artifacts {
+        if let Some(enc) = &a.encryption {
+            encryption::check_header(
+                store,
+                id,
+                &Catalog::key(id, &a.name),
+                &a.name,
+                enc,
+                a.size_bytes,
+                identities,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 impl Catalog {
     /// Downloads every artifact of finished backup `id` into
-    /// `<dir>/<id>/`, decompressed, each checked against its recorded
-    /// length and SHA-256 (legacy artifacts have no checksum: their length
-    /// is checked against the store). A file appears under its final name
-    /// only once it was fully written and checked; on failure nothing is
-    /// left but what was already complete.
+    /// `<dir>/<id>/`, decrypted (with the catalog's identities) and
+    /// decompressed, each checked against its recorded length and SHA-256
+    /// (legacy artifacts have no checksum: their length is checked against
+    /// the store). A file appears under its final name only once it was
+    /// fully written and checked; on failure nothing is left but what was
+    /// already complete.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the backup is not finished; [`Error::Corrupt`]
-    /// naming the object on a mismatch; storage and local I/O errors.
+    /// [`Error::Invalid`] when the backup is not finished;
+    /// [`Error::IdentityRequired`] or [`Error::Decrypt`] for an encrypted
+    /// backup without a matching identity (before any file is created);
+    /// [`Error::Corrupt`] naming the object on a mismatch; storage and
+    /// local I/O errors.
     pub async fn download(
         &self,
         id: &str,
@@ -71,6 +103,7 @@ impl Catalog {
                 format!("backup {id} has no artifacts"),
             ));
         }
+        check_keys(&self.store, &sf, &self.identities).await?;
         let folder = dir.join(id);
         tokio::fs::create_dir_all(&folder)
             .await
@@ -88,6 +121,7 @@ impl Catalog {
                     id,
                     &Self::key(id, &a.name),
                     &Expected::from(a),
+                    &self.identities,
                     &mut file,
                     progress,
                 )
@@ -126,18 +160,34 @@ impl Catalog {
         Ok(StoreArtifactSource {
             store: self.store.clone(),
             statefile: sf,
+            identities: self.identities.clone(),
         })
     }
 }
 
-/// Reads a backup's artifacts from the store, verified and decompressed.
+/// Reads a backup's artifacts from the store, verified, decrypted and
+/// decompressed.
 #[derive(Clone, Debug)]
 pub struct StoreArtifactSource {
     store: Store,
     statefile: Statefile,
+    identities: Identities,
 }
 
 impl StoreArtifactSource {
+    /// Checks that the catalog's identities decrypt every encrypted
+    /// artifact, reading only their age headers. [`run_restore`](crate::run_restore)
+    /// and [`run_verify`](crate::run_verify) call it before the engine
+    /// starts, so a missing or wrong key never reaches the target.
+    ///
+    /// # Errors
+    /// [`Error::IdentityRequired`] without identities, [`Error::Decrypt`]
+    /// when none is a recipient, naming the backup and the artifact;
+    /// [`Error::Corrupt`] for a damaged header; storage errors.
+    pub async fn check_keys(&self) -> Result<()> {
+        check_keys(&self.store, &self.statefile, &self.identities).await
+    }
+
     fn artifact(&self, name: &str) -> Result<&Artifact> {
         self.statefile.artifact(name).ok_or_else(|| {
             Error::invalid(
@@ -157,10 +207,23 @@ impl ArtifactSource for StoreArtifactSource {
     async fn verify(&self, name: &str) -> Result<()> {
         let a = self.artifact(name)?;
         let id = self.statefile.backup_id.as_str();
+        let key = Catalog::key(id, &a.name);
+        if let Some(enc) = &a.encryption {
+            encryption::check_header(
+                &self.store,
+                id,
+                &key,
+                &a.name,
+                enc,
+                a.size_bytes,
+                &self.identities,
+            )
+            .await?;
+        }
         pipeline::verify_object(
             &self.store,
             id,
-            &Catalog::key(id, &a.name),
+            &key,
             &Expected::from(a),
             &crate::NoProgress,
         )
@@ -171,7 +234,13 @@ impl ArtifactSource for StoreArtifactSource {
     async fn open(&self, name: &str) -> Result<ByteStream> {
         let a = self.artifact(name)?.clone();
         let id = self.statefile.backup_id.to_string();
+        if let Some(enc) = &a.encryption
+            && self.identities.is_empty()
+        {
+            return Err(encryption::identity_required(&id, &a.name, enc));
+        }
         let store = self.store.clone();
+        let identities = self.identities.clone();
         let (mut writer, reader) = tokio::io::duplex(1024 * 1024);
         let task = tokio::spawn(async move {
             pipeline::download(
@@ -179,6 +248,7 @@ impl ArtifactSource for StoreArtifactSource {
                 &id,
                 &Catalog::key(&id, &a.name),
                 &Expected::from(&a),
+                &identities,
                 &mut writer,
                 &crate::NoProgress,
             )

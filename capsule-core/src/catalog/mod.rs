@@ -15,6 +15,7 @@ use bytes::Bytes;
 use capsule_store::{Store, Version};
 use chrono::Utc;
 
+use crate::encryption::Identities;
 use crate::error::{Error, Result};
 use crate::id::{BackupId, ServiceType};
 use crate::statefile::{RequestType, Restore, STATEFILE_NAME, ServiceIdentity, Statefile, legacy};
@@ -35,11 +36,13 @@ pub struct StatefileHandle {
     pub raw: Bytes,
 }
 
-/// The backups of one store and prefix.
+/// The backups of one store and prefix, and the identities that decrypt
+/// encrypted ones.
 #[derive(Clone, Debug)]
 pub struct Catalog {
     store: Store,
     concurrency: usize,
+    identities: Identities,
 }
 
 impl Catalog {
@@ -48,7 +51,21 @@ impl Catalog {
         Catalog {
             store,
             concurrency: 64,
+            identities: Identities::new(),
         }
+    }
+
+    /// Decrypts encrypted artifacts (downloads, restores, drills) with
+    /// `identities`. Without them, encrypted backups can still be listed,
+    /// described, checked and deleted, but not read.
+    pub fn with_identities(mut self, identities: Identities) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The identities encrypted artifacts are decrypted with.
+    pub fn identities(&self) -> &Identities {
+        &self.identities
     }
 
     /// How many statefiles are fetched at once when listing (default 64).

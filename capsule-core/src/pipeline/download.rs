@@ -1,4 +1,5 @@
-//! Object → checksum → decompress → sink, and checksum-only verification.
+//! Object → checksum → decrypt → decompress → sink, and checksum-only
+//! verification.
 
 use std::io;
 
@@ -10,9 +11,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::channel::{ChannelReader, ChannelWriter};
+use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::statefile::{Artifact, Compression};
+use crate::statefile::{Artifact, Compression, Encryption};
 
 const CHUNK: usize = 1024 * 1024;
 const DEPTH: usize = 2;
@@ -26,6 +28,8 @@ pub struct Expected {
     pub sha256: Option<String>,
     /// How the stored bytes are compressed.
     pub compression: Compression,
+    /// How the stored bytes are encrypted (after compression), if they are.
+    pub encryption: Option<Encryption>,
 }
 
 impl From<&Artifact> for Expected {
@@ -34,6 +38,7 @@ impl From<&Artifact> for Expected {
             size_bytes: a.size_bytes,
             sha256: a.sha256.clone(),
             compression: a.compression,
+            encryption: a.encryption.clone(),
         }
     }
 }
@@ -44,12 +49,14 @@ impl From<&Artifact> for Expected {
 pub struct DownloadReport {
     /// Stored bytes read.
     pub size_bytes: u64,
-    /// Bytes written to the sink (after decompression).
+    /// Bytes written to the sink (after decryption and decompression).
     pub raw_size_bytes: u64,
     /// Hex SHA-256 of the stored bytes.
     pub sha256: String,
     /// Whether a recorded checksum was compared (false for legacy artifacts).
     pub checksum_verified: bool,
+    /// Whether the stored bytes were decrypted.
+    pub decrypted: bool,
 }
 
 fn check(backup: &str, key: &str, expected: &Expected, size: u64, sha256: &str) -> Result<bool> {
@@ -109,23 +116,43 @@ pub async fn verify_object(
         raw_size_bytes: size,
         sha256,
         checksum_verified: verified,
+        decrypted: false,
     })
 }
 
-/// Streams the object `key` into `sink`, hashing the stored bytes and
-/// decompressing them. The sink receives data as it arrives; success is
-/// reported only after the whole object was read and its length and
-/// checksum matched, so a caller writing to a file must keep it under a
-/// temporary name until this returns `Ok` (as the catalog's download does).
+/// Why the decrypt-and-decompress stage stopped.
+enum StageError {
+    /// The age header could not be opened with the identities given.
+    Key(age::DecryptError),
+    /// The data could not be decrypted or decompressed.
+    Data(io::Error),
+}
+
+impl From<io::Error> for StageError {
+    fn from(e: io::Error) -> Self {
+        StageError::Data(e)
+    }
+}
+
+/// Streams the object `key` into `sink`, hashing the stored bytes,
+/// decrypting them with `identities` when `expected` says they are
+/// encrypted, and decompressing them. The sink receives data as it
+/// arrives; success is reported only after the whole object was read and
+/// its length and checksum matched, so a caller writing to a file must keep
+/// it under a temporary name until this returns `Ok` (as the catalog's
+/// download does).
 ///
 /// # Errors
-/// [`Error::Corrupt`] naming the object on a length, checksum or zstd frame
-/// error; storage and sink I/O errors.
+/// [`Error::IdentityRequired`] for an encrypted object without identities
+/// (before anything is read), [`Error::Decrypt`] when none of them is a
+/// recipient; [`Error::Corrupt`] naming the object on a length, checksum,
+/// age or zstd frame error; storage and sink I/O errors.
 pub async fn download<W>(
     store: &Store,
     backup: &str,
     key: &str,
     expected: &Expected,
+    identities: &Identities,
     sink: &mut W,
     progress: &dyn Progress,
 ) -> Result<DownloadReport>
@@ -133,6 +160,12 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let ctx = || format!("backup {backup}: download of {key}");
+    let object = key.rsplit('/').next().unwrap_or(key);
+    if let Some(enc) = &expected.encryption
+        && identities.is_empty()
+    {
+        return Err(encryption::identity_required(backup, object, enc));
+    }
     let obj = store
         .get_stream(key)
         .await
@@ -141,13 +174,21 @@ where
     let (in_tx, in_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(DEPTH);
     let compression = expected.compression;
-    let stage = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+    let keys = expected.encryption.as_ref().map(|_| identities.clone());
+    let stage = tokio::task::spawn_blocking(move || -> Result<u64, StageError> {
         let mut input = ChannelReader::new(in_rx);
         let mut output = ChannelWriter::new(out_tx, CHUNK, false);
-        match compression {
-            Compression::Zstd => zstd::stream::copy_decode(&mut input, &mut output)?,
-            _ => {
-                io::copy(&mut input, &mut output)?;
+        {
+            // age reads one 64 KiB chunk at a time: memory stays bounded.
+            let mut plain: Box<dyn io::Read + '_> = match &keys {
+                Some(ids) => Box::new(ids.open(&mut input).map_err(StageError::Key)?),
+                None => Box::new(&mut input),
+            };
+            match compression {
+                Compression::Zstd => zstd::stream::copy_decode(&mut plain, &mut output)?,
+                _ => {
+                    io::copy(&mut plain, &mut output)?;
+                }
             }
         }
         // Drain what is left so a truncated frame is not mistaken for a
@@ -164,18 +205,32 @@ where
     let mut stream_done = false;
     let mut decoder_gone = false;
     let mut failure: Option<Error> = None;
+    let mut output_done = false;
     loop {
+        if output_done && stream_done {
+            break;
+        }
         let tx = in_tx.clone();
         tokio::select! {
             biased;
-            out = out_rx.recv(), if !decoder_gone || stream_done => match out {
+            out = out_rx.recv(), if !output_done => match out {
                 Some(chunk) => {
                     if let Err(e) = sink.write_all(&chunk).await {
                         failure = Some(Error::io(format!("{}: writing the output failed", ctx()), e));
                         break;
                     }
                 }
-                None => break,
+                // The decoder ended. Before the object did (a corrupt frame,
+                // a wrong key): keep hashing the rest so the report says
+                // what is wrong with the object.
+                None => {
+                    output_done = true;
+                    if !stream_done {
+                        pending = None;
+                        decoder_gone = true;
+                        in_tx = None;
+                    }
+                }
             },
             permit = async move {
                 match tx {
@@ -223,11 +278,23 @@ where
     let verified = check(backup, key, expected, size, &sha256)?;
     let raw = match stage_result {
         Ok(Ok(n)) => n,
-        Ok(Err(e)) => {
+        Ok(Err(StageError::Key(e))) => {
+            let enc = expected
+                .encryption
+                .as_ref()
+                .expect("keys only when encrypted");
+            return Err(encryption::key_error(backup, object, enc, identities, &e));
+        }
+        Ok(Err(StageError::Data(e))) => {
+            let what = if expected.encryption.is_some() {
+                "cannot decrypt or decompress"
+            } else {
+                "cannot decompress"
+            };
             return Err(Error::Corrupt {
                 id: backup.to_string(),
                 object: key.to_string(),
-                reason: format!("cannot decompress: {e}"),
+                reason: format!("{what}: {e}"),
             });
         }
         Err(e) => {
@@ -245,5 +312,6 @@ where
         raw_size_bytes: raw,
         sha256,
         checksum_verified: verified,
+        decrypted: expected.encryption.is_some(),
     })
 }

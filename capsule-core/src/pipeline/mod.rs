@@ -1,8 +1,10 @@
 //! Streaming pipelines between engines and the store.
 //!
-//! Upload: an `AsyncRead` source → zstd (multi-threaded) → SHA-256 and byte
-//! count → multipart upload. Download: object stream → SHA-256 and byte count
-//! → zstd decode → `AsyncWrite`. Memory is bounded by a few chunks plus the
+//! Upload: an `AsyncRead` source → zstd (multi-threaded) → age encryption
+//! (when [`PipelineOptions::encryption`] names recipients) → SHA-256 and
+//! byte count → multipart upload. Download: object stream → SHA-256 and
+//! byte count → age decryption (with the [`crate::Identities`] given) →
+//! zstd decode → `AsyncWrite`. Memory is bounded by a few chunks plus the
 //! upload's parts in flight, whatever the size of the data; each stage waits
 //! for the next (back-pressure through bounded channels).
 //!

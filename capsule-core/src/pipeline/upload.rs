@@ -1,4 +1,4 @@
-//! Source → compress → checksum → multipart upload.
+//! Source → compress → encrypt → checksum → multipart upload.
 
 use std::io;
 
@@ -9,16 +9,17 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::channel::{ChannelReader, ChannelWriter};
+use crate::encryption::{Recipients, SealedWriter};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::statefile::Compression;
+use crate::statefile::{Compression, Encryption};
 
 /// Size of the chunks passed between stages.
 const CHUNK: usize = 1024 * 1024;
 /// Chunks buffered between two stages.
 const DEPTH: usize = 2;
 
-/// How the upload pipeline compresses and uploads.
+/// How the upload pipeline compresses, encrypts and uploads.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PipelineOptions {
@@ -30,6 +31,9 @@ pub struct PipelineOptions {
     pub zstd_workers: u32,
     /// Multipart upload parameters.
     pub upload: UploadOptions,
+    /// Encrypt the stored bytes (after compression) to these age
+    /// recipients; `None` (default) stores them unencrypted.
+    pub encryption: Option<Recipients>,
 }
 
 impl Default for PipelineOptions {
@@ -43,6 +47,7 @@ impl Default for PipelineOptions {
             zstd_level: 3,
             zstd_workers: cores,
             upload: UploadOptions::default(),
+            encryption: None,
         }
     }
 }
@@ -68,13 +73,18 @@ impl PipelineOptions {
         self.upload = upload;
         self
     }
+    /// Encrypts to `recipients` (none: no encryption).
+    pub fn with_encryption(mut self, recipients: Recipients) -> Self {
+        self.encryption = (!recipients.is_empty()).then_some(recipients);
+        self
+    }
 }
 
 /// What an upload stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UploadReport {
-    /// Bytes stored (after compression).
+    /// Bytes stored (after compression and encryption).
     pub size_bytes: u64,
     /// Bytes read from the source.
     pub raw_size_bytes: u64,
@@ -82,16 +92,20 @@ pub struct UploadReport {
     pub sha256: String,
     /// Compression applied.
     pub compression: Compression,
+    /// Encryption applied (format and recipients), if any.
+    pub encryption: Option<Encryption>,
 }
 
-/// Streams `source` into the object `key` of `store`, compressed and
-/// checksummed. The object becomes visible only when the whole source was
-/// read without error and every part was uploaded; on any failure the
-/// multipart upload is aborted and nothing is left at `key`.
+/// Streams `source` into the object `key` of `store`, compressed,
+/// encrypted when [`PipelineOptions::encryption`] names recipients, and
+/// checksummed (the SHA-256 is of the stored bytes). The object becomes
+/// visible only when the whole source was read without error and every
+/// part was uploaded; on any failure the multipart upload is aborted and
+/// nothing is left at `key`.
 ///
 /// # Errors
-/// A read error of the source (e.g. the dump tool died), a compression
-/// error, or a storage error; each names `key`.
+/// A read error of the source (e.g. the dump tool died), a compression or
+/// encryption error, or a storage error; each names `key`.
 pub async fn upload<R>(
     store: &Store,
     key: &str,
@@ -110,14 +124,18 @@ where
     progress.start(key, None);
 
     // Stage 1 (this task): read the source. Stage 2 (blocking thread):
-    // compress and hash. Stage 3 (this task, interleaved): upload.
+    // compress, encrypt and hash. Stage 3 (this task, interleaved): upload.
     let (raw_tx, raw_rx) = mpsc::channel(DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel(DEPTH);
     let compression = options.compression;
     let (level, workers) = (options.zstd_level, options.zstd_workers);
+    let recipients = options.encryption.clone().filter(|r| !r.is_empty());
+    let encryption = recipients.as_ref().map(Recipients::record);
     let stage = tokio::task::spawn_blocking(move || -> io::Result<(u64, Option<String>)> {
         let mut input = ChannelReader::new(raw_rx);
-        let mut output = ChannelWriter::new(out_tx, CHUNK, true);
+        let mut hashed = ChannelWriter::new(out_tx, CHUNK, true);
+        // age buffers one 64 KiB chunk: memory stays bounded.
+        let mut output = SealedWriter::new(&mut hashed, recipients.as_ref())?;
         match compression {
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(&mut output, level)?;
@@ -138,7 +156,8 @@ where
                 io::copy(&mut input, &mut output)?;
             }
         }
-        output.finish()
+        output.finish()?;
+        hashed.finish()
     });
 
     let mut raw_size = 0u64;
@@ -229,7 +248,7 @@ where
         match &stage_result {
             Ok(Ok(_)) => None,
             Ok(Err(e)) | Err(e) => Some(Error::io(
-                format!("{}: compression failed", ctx()),
+                format!("{}: compression or encryption failed", ctx()),
                 io::Error::new(e.kind(), e.to_string()),
             )),
         }
@@ -253,11 +272,18 @@ where
     }
     upload.finish().await.map_err(|e| Error::store(ctx(), e))?;
     progress.finish();
-    tracing::debug!(key, size, raw_size, "artifact uploaded");
+    tracing::debug!(
+        key,
+        size,
+        raw_size,
+        encrypted = encryption.is_some(),
+        "artifact uploaded"
+    );
     Ok(UploadReport {
         size_bytes: size,
         raw_size_bytes: raw_size,
         sha256,
         compression,
+        encryption,
     })
 }

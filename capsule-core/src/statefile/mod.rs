@@ -84,4 +84,6 @@ impl Statefile {
 }
 
 #[cfg(test)]
+mod mutation_tests;
+#[cfg(test)]
 mod tests;

@@ -104,12 +104,13 @@ impl Statefile {
         self.legacy.is_some()
     }
 
-    /// Total stored size of the artifacts, when every size is known.
+    /// Total stored size of the artifacts, when every size is known (and
+    /// the total fits in a `u64`: sizes come from a file anyone may edit).
     pub fn size_bytes(&self) -> Option<u64> {
         self.artifacts
             .iter()
             .map(|a| a.size_bytes)
-            .try_fold(0u64, |acc, s| s.map(|s| acc + s))
+            .try_fold(0u64, |acc, s| acc.checked_add(s?))
             .filter(|_| !self.artifacts.is_empty())
     }
 
@@ -282,6 +283,13 @@ pub struct Artifact {
     /// The tool and version that produced it (`pg_dump (PostgreSQL) 15.18`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_version: Option<String>,
+    /// How the stored bytes are encrypted (after compression); absent when
+    /// they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Fields this version does not know, kept so a rewrite loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Artifact {
@@ -296,6 +304,41 @@ impl Artifact {
             sha256: None,
             raw_size_bytes: None,
             tool_version: None,
+            encryption: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Whether the stored bytes are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+}
+
+/// How an artifact's stored bytes are encrypted: the format and who can
+/// decrypt them. Public keys only, never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Encryption {
+    /// `age` (<https://age-encryption.org/v1>).
+    pub format: String,
+    /// The recipients' public keys (`age1…`): the holder of any of their
+    /// identities can decrypt.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// Fields this version does not know, kept so a rewrite loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Encryption {
+    /// age, to `recipients` (public keys).
+    pub fn age(recipients: Vec<String>) -> Self {
+        Encryption {
+            format: crate::encryption::AGE_FORMAT.to_string(),
+            recipients,
+            extra: serde_json::Map::new(),
         }
     }
 }

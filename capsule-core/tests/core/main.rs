@@ -3,5 +3,6 @@
 
 mod backup;
 mod catalog;
+mod encryption;
 mod pipeline;
 mod stores;

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use capsule_core::pipeline::{self, Expected, PipelineOptions};
 use capsule_core::store::UploadOptions;
-use capsule_core::{Compression, Error, NoProgress};
+use capsule_core::{Compression, Error, Identities, NoProgress};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -65,11 +65,20 @@ async fn round_trip_on_every_store() {
                 size_bytes: Some(report.size_bytes),
                 sha256: Some(report.sha256.clone()),
                 compression,
+                encryption: None,
             };
             let mut out = Vec::new();
-            let d = pipeline::download(&ts.store, "b", &key, &expected, &mut out, &NoProgress)
-                .await
-                .unwrap();
+            let d = pipeline::download(
+                &ts.store,
+                "b",
+                &key,
+                &expected,
+                &Identities::new(),
+                &mut out,
+                &NoProgress,
+            )
+            .await
+            .unwrap();
             assert!(d.checksum_verified);
             assert_eq!(d.raw_size_bytes, input.len() as u64);
             assert!(out == input, "{name}: bytes differ after round trip");
@@ -88,10 +97,19 @@ async fn empty_source_round_trips() {
         size_bytes: Some(r.size_bytes),
         sha256: Some(r.sha256),
         compression: Compression::Zstd,
+        encryption: None,
     };
-    pipeline::download(&ts.store, "b", "e", &expected, &mut out, &NoProgress)
-        .await
-        .unwrap();
+    pipeline::download(
+        &ts.store,
+        "b",
+        "e",
+        &expected,
+        &Identities::new(),
+        &mut out,
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert!(out.is_empty());
 }
 
@@ -151,6 +169,7 @@ async fn flipped_byte_and_truncation_are_caught() {
             size_bytes: Some(r.size_bytes),
             sha256: Some(r.sha256.clone()),
             compression: Compression::Zstd,
+            encryption: None,
         };
         let good = ts.store.get("c/obj.zst").await.unwrap().bytes.to_vec();
 
@@ -169,6 +188,7 @@ async fn flipped_byte_and_truncation_are_caught() {
                     "b",
                     "c/obj.zst",
                     &expected,
+                    &Identities::new(),
                     &mut out,
                     &NoProgress,
                 )
@@ -193,6 +213,7 @@ async fn flipped_byte_and_truncation_are_caught() {
             "b",
             "c/obj.zst",
             &expected,
+            &Identities::new(),
             &mut out,
             &NoProgress,
         )
@@ -205,12 +226,14 @@ async fn flipped_byte_and_truncation_are_caught() {
             size_bytes: None,
             sha256: None,
             compression: Compression::Zstd,
+            encryption: None,
         };
         let err = pipeline::download(
             &ts.store,
             "b",
             "c/obj.zst",
             &no_sum,
+            &Identities::new(),
             &mut Vec::new(),
             &NoProgress,
         )

@@ -11,38 +11,65 @@
 //! behind it; a difference is logged as a warning. Targets of the static
 //! configuration file win over both (an explicit setting).
 //!
-//! Each target's credentials Secret (`credsRef`) and bucket Secret
-//! (`bucketRef`) are read on every resync (default every 60 s) and kept in
-//! memory only. A target whose Secret, key, period or service type is wrong
-//! is reported ([`DiscoveryProblem`]: logs, `capsule_discovery_problems` in
-//! `/metrics`, `capsule plan`) and the others are still planned.
+//! **When the plan is made.** As the daemon's [`TargetSource`], discovery
+//! lists both sources (per whitelisted namespace, or cluster-wide and
+//! filtered when the whitelist has a glob) at start, then again at every
+//! full resync (default every 60 s) and within seconds of a relevant
+//! change: after the first plan it watches both sources (kube-runtime
+//! watchers, the same scopes as the lists; a lost watch is resumed after
+//! kube-runtime's backoff) and a new, changed or deleted annotated PVC or
+//! `CnvrgApp` marks the plan stale and wakes the daemon
+//! ([`TargetSource::changed`]).
+//!
+//! **Secrets.** Planning reads each target's credentials Secret (`credsRef`)
+//! and bucket Secret (`bucketRef`, and the GCP key Secret it names) only to
+//! check that they exist and hold every key; the database credentials are
+//! dropped at once. A job reads them again when it starts
+//! ([`crate::JobCredentials`]) and holds them only while it runs, so a rotated
+//! password or bucket key is used by the next job without a restart. The
+//! bucket credentials read at planning also open the store the daemon lists
+//! between jobs (the daemon keeps the first store it opened for a bucket,
+//! so that listing does not follow a rotated key until a restart). No value
+//! is logged or written.
+//!
+//! A target whose Secret, key, period or service type is wrong is reported
+//! ([`DiscoveryProblem`]: logs, `capsule_discovery_problems` in `/metrics`,
+//! `capsule plan`) and the others are still planned. A job whose Secret
+//! is gone (or a key missing, or the read forbidden) when it starts fails
+//! with that problem in its statefile, and the plan is made again at once.
 
 mod credentials;
 mod plan;
+mod secrets;
 mod sources;
+mod watch;
 mod whitelist;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use capsule_core::ServiceIdentity;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::standin::StandInEngine;
 use crate::targets::{Target, TargetSchedule, TargetSource};
 
 pub use plan::{DiscoveryPlan, DiscoveryProblem, PlannedTarget, TargetOrigin};
 pub use sources::{ANNOTATION_PREFIX, DEFAULT_BUCKET_REF};
 pub use whitelist::NsWhitelist;
 
-use credentials::SecretData;
+use secrets::{SecretCredentials, SecretReader};
 use sources::Candidate;
+use watch::Watched;
 
 /// How discovery runs.
 #[derive(Clone, Debug)]
@@ -54,20 +81,25 @@ pub struct DiscoveryOptions {
     pub whitelist: NsWhitelist,
     /// The prefix (dst-dir) inside each bucket.
     pub dst_dir: String,
-    /// How often the cluster is read again (the daemon asks more often and
-    /// gets the last answer in between).
+    /// How often the whole cluster is read again (a full resync); the
+    /// daemon asks more often and gets the last answer in between, unless
+    /// a watch saw a change.
     pub resync: Duration,
+    /// Whether the daemon watches the sources after its first plan, to
+    /// plan again within seconds of a change (default true).
+    pub watch: bool,
 }
 
 impl DiscoveryOptions {
     /// Options for `cluster`: every namespace, dst-dir
-    /// `cnvrg-smart-backups`, resync every 60 s.
+    /// `cnvrg-smart-backups`, resync every 60 s, watches on.
     pub fn new(cluster: impl Into<String>) -> Self {
         DiscoveryOptions {
             cluster: cluster.into(),
             whitelist: NsWhitelist::default(),
             dst_dir: "cnvrg-smart-backups".into(),
             resync: Duration::from_secs(60),
+            watch: true,
         }
     }
 
@@ -83,9 +115,15 @@ impl DiscoveryOptions {
         self
     }
 
-    /// Sets the resync interval.
+    /// Sets the full resync interval.
     pub fn with_resync(mut self, resync: Duration) -> Self {
         self.resync = resync;
+        self
+    }
+
+    /// Turns the watches on or off (off: only the full resync).
+    pub fn with_watch(mut self, watch: bool) -> Self {
+        self.watch = watch;
         self
     }
 }
@@ -100,12 +138,22 @@ struct State {
 }
 
 /// The Kubernetes [`TargetSource`] (plus the configuration file's targets,
-/// which win on a conflict).
+/// which win on a conflict). Its watches stop when it is dropped.
 pub struct KubeDiscovery {
     client: Client,
     options: DiscoveryOptions,
     config_targets: Vec<Target>,
     state: Mutex<State>,
+    watched: Arc<Watched>,
+    watches: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for KubeDiscovery {
+    fn drop(&mut self) {
+        for task in self.watches.get_mut().unwrap_or_else(|e| e.into_inner()) {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for KubeDiscovery {
@@ -117,7 +165,7 @@ impl std::fmt::Debug for KubeDiscovery {
     }
 }
 
-fn cnvrgapp_resource() -> ApiResource {
+pub(crate) fn cnvrgapp_resource() -> ApiResource {
     ApiResource {
         group: "mlops.cnvrg.io".into(),
         version: "v1".into(),
@@ -135,14 +183,14 @@ fn kube_error(message: impl Into<String>) -> Error {
 }
 
 /// What a failed API call means for discovery.
-enum Failure {
+pub(crate) enum Failure {
     /// The API answered with an error status (403, 404…).
     Api(u16, String),
     /// The API cannot be reached.
     Transport(String),
 }
 
-fn failure(e: kube::Error) -> Failure {
+pub(crate) fn failure(e: kube::Error) -> Failure {
     match e {
         kube::Error::Api(s) => Failure::Api(s.code, s.message),
         other => Failure::Transport(other.to_string()),
@@ -157,6 +205,8 @@ impl KubeDiscovery {
             options,
             config_targets: Vec::new(),
             state: Mutex::new(State::default()),
+            watched: Arc::new(Watched::default()),
+            watches: Mutex::new(Vec::new()),
         }
     }
 
@@ -215,6 +265,8 @@ impl KubeDiscovery {
             None => vec![None],
         };
         let mut candidates: Vec<(Candidate, Option<TargetOrigin>)> = Vec::new();
+        // What the plan is built from, for the watches to compare with.
+        let mut seen: HashMap<watch::Key, String> = HashMap::new();
         let ar = cnvrgapp_resource();
         for scope in &scopes {
             let where_ = scope
@@ -235,6 +287,10 @@ impl KubeDiscovery {
                         }
                         let name = app.metadata.name.clone().unwrap_or_default();
                         let spec = app.data.get("spec").cloned().unwrap_or_default();
+                        seen.insert(
+                            (watch::Kind::CnvrgApp, ns.clone(), name.clone()),
+                            watch::cnvrgapp_fingerprint(&spec),
+                        );
                         let (found, problems) = sources::from_cnvrgapp(&ns, &name, &spec);
                         plan.problems.extend(problems);
                         candidates.extend(found.into_iter().map(|c| (c, None)));
@@ -268,6 +324,9 @@ impl KubeDiscovery {
                         }
                         let name = pvc.metadata.name.clone().unwrap_or_default();
                         let annotations = pvc.metadata.annotations.clone().unwrap_or_default();
+                        if let Some(fp) = watch::pvc_fingerprint(&annotations) {
+                            seen.insert((watch::Kind::Pvc, ns.clone(), name.clone()), fp);
+                        }
                         match sources::from_pvc(&ns, &name, &annotations) {
                             None => {}
                             Some(Err(p)) => plan.problems.push(p),
@@ -291,57 +350,29 @@ impl KubeDiscovery {
             }
         }
 
-        let mut secrets: HashMap<(String, String), std::result::Result<SecretData, String>> =
-            HashMap::new();
+        // Each Secret read once per plan; the values are dropped with the
+        // reader at the end of the plan.
+        let mut reader = SecretReader::new(self.client.clone());
         for c in candidates {
-            let planned = self.build(&c.0, c.1, &mut secrets).await;
+            let planned = self.build(&c.0, c.1, &mut reader).await;
             plan.targets.push(planned);
         }
+        drop(reader);
+        self.watched.record_plan(seen);
         plan.merge_config(self.config_targets.clone());
         plan.targets.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(plan)
     }
 
-    async fn secret(
-        &self,
-        cache: &mut HashMap<(String, String), std::result::Result<SecretData, String>>,
-        namespace: &str,
-        name: &str,
-    ) -> std::result::Result<SecretData, String> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(found) = cache.get(&key) {
-            return found.clone();
-        }
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let got = match api.get(name).await {
-            Ok(s) => {
-                let mut data: SecretData = s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect();
-                data.extend(s.string_data.unwrap_or_default());
-                Ok(data)
-            }
-            Err(e) => Err(match failure(e) {
-                Failure::Api(404, _) => format!("Secret {namespace}/{name} not found"),
-                Failure::Api(403, m) => format!("forbidden to read Secret {namespace}/{name}: {m}"),
-                Failure::Api(code, m) => {
-                    format!("reading Secret {namespace}/{name}: the API answered {code}: {m}")
-                }
-                Failure::Transport(m) => format!("reading Secret {namespace}/{name}: {m}"),
-            }),
-        };
-        cache.insert(key, got.clone());
-        got
-    }
-
+    /// Plans candidate `c`: checks its Secrets by opening its engine and
+    /// store, keeps the store (the daemon lists it between jobs) and a
+    /// description of the engine without its credentials; each job reads
+    /// them again ([`SecretCredentials`]).
     async fn build(
         &self,
         c: &Candidate,
         also_in: Option<TargetOrigin>,
-        cache: &mut HashMap<(String, String), std::result::Result<SecretData, String>>,
+        reader: &mut SecretReader,
     ) -> PlannedTarget {
         let name = format!("{}/{}", c.namespace, c.name);
         let mut planned = PlannedTarget {
@@ -358,22 +389,13 @@ impl KubeDiscovery {
             problem: None,
             target: None,
         };
-        let at =
-            |field: &str, m: String| DiscoveryProblem::new(&c.namespace, &c.resource, field, m);
-        let creds = match self.secret(cache, &c.namespace, &c.creds_ref).await {
-            Ok(d) => d,
-            Err(m) => {
-                planned.problem = Some(at(&c.field("credsRef"), m));
-                return planned;
-            }
-        };
         let identity = ServiceIdentity {
             cluster: Some(self.options.cluster.clone()),
             namespace: Some(c.namespace.clone()),
             name: Some(c.name.clone()),
             ..Default::default()
         };
-        let engine = match credentials::engine(c, &creds, identity) {
+        let engine = match secrets::open_engine(c, reader, identity.clone()).await {
             Ok(e) => e,
             Err(p) => {
                 planned.problem = Some(p);
@@ -381,67 +403,57 @@ impl KubeDiscovery {
             }
         };
         planned.endpoint = engine.identity().endpoint;
-        let bucket = match self.secret(cache, &c.namespace, &c.bucket_ref).await {
-            Ok(d) => d,
-            Err(m) => {
-                planned.problem = Some(at(&c.field("bucketRef"), m));
-                return planned;
-            }
-        };
-        let bucket_resource = format!("Secret {}/{}", c.namespace, c.bucket_ref);
-        let gcp_key = match bucket
-            .get("CNVRG_STORAGE_GCP_SECRET_REF")
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-        {
-            None => None,
-            Some(gcp_ref) => match self.secret(cache, &c.namespace, gcp_ref).await {
-                Ok(d) => match d.get("key.json") {
-                    Some(k) => Some(k.clone()),
-                    None => {
-                        planned.problem = Some(DiscoveryProblem::new(
-                            &c.namespace,
-                            format!("Secret {}/{gcp_ref}", c.namespace),
-                            "data.key.json",
-                            "missing or empty",
-                        ));
-                        return planned;
-                    }
-                },
-                Err(m) => {
-                    planned.problem = Some(DiscoveryProblem::new(
-                        &c.namespace,
-                        &bucket_resource,
-                        "data.CNVRG_STORAGE_GCP_SECRET_REF",
-                        m,
-                    ));
-                    return planned;
-                }
-            },
-        };
-        let store = match credentials::store(&bucket, gcp_key, &self.options.dst_dir) {
+        // The credentials go with the engine, here.
+        let described = StandInEngine::of(
+            engine.as_ref(),
+            format!("{name}: the credentials are read when a job starts"),
+        );
+        drop(engine);
+        let store = match secrets::open_store(c, reader, &self.options.dst_dir).await {
             Ok(s) => s,
-            Err(m) => {
-                planned.problem = Some(DiscoveryProblem::new(
-                    &c.namespace,
-                    &bucket_resource,
-                    "data",
-                    m,
-                ));
+            Err(p) => {
+                planned.problem = Some(p);
                 return planned;
             }
         };
         planned.store = Some(store.url().to_string());
         planned.dst_dir = Some(store.prefix().to_string());
+        let credentials = SecretCredentials {
+            client: self.client.clone(),
+            candidate: c.clone(),
+            identity,
+            dst_dir: self.options.dst_dir.clone(),
+            store_url: store.url().to_string(),
+            watched: self.watched.clone(),
+        };
         let schedule = TargetSchedule::new(c.period, c.rotation);
-        planned.target = Some(Target::new(
-            name,
-            c.service_type,
-            Some(schedule),
-            store,
-            engine,
-        ));
+        planned.target = Some(
+            Target::new(
+                name,
+                c.service_type,
+                Some(schedule),
+                store,
+                Arc::new(described),
+            )
+            .with_credentials(Arc::new(credentials)),
+        );
         planned
+    }
+
+    /// Starts the watches once (after the first plan), when enabled.
+    fn start_watches(&self) {
+        if !self.options.watch {
+            return;
+        }
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if watches.is_empty() {
+            *watches = watch::spawn(&self.client, &self.options.whitelist, &self.watched);
+            tracing::info!(
+                namespaces = %self.options.whitelist,
+                resync = ?self.options.resync,
+                "discovery: watching PersistentVolumeClaims and CnvrgApps"
+            );
+        }
     }
 }
 
@@ -493,11 +505,21 @@ impl TargetSource for KubeDiscovery {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((at, targets)) = &state.last
                 && at.elapsed() < self.options.resync
+                && !self.watched.is_stale()
             {
                 return Ok(targets.clone());
             }
         }
+        // A change seen from here on makes this plan stale in turn.
+        let was_stale = self.watched.take_stale();
         let result = self.plan().await;
+        if result.is_ok() {
+            self.start_watches();
+        } else if was_stale {
+            // Not planned: try again at the next scan (no wake-up, or an
+            // unreachable API would be asked in a tight loop).
+            self.watched.keep_stale();
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.resyncs += 1;
         match result {
@@ -559,7 +581,21 @@ impl TargetSource for KubeDiscovery {
             "capsule_discovery_errors_total {}\n",
             state.errors
         ));
+        out.push_str("# HELP capsule_discovery_watch_events_total Changes the watches saw that made the plan stale.\n# TYPE capsule_discovery_watch_events_total counter\n");
+        out.push_str(&format!(
+            "capsule_discovery_watch_events_total {}\n",
+            self.watched.events.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP capsule_discovery_watch_errors_total Watch failures (each retried after a backoff).\n# TYPE capsule_discovery_watch_errors_total counter\n");
+        out.push_str(&format!(
+            "capsule_discovery_watch_errors_total {}\n",
+            self.watched.errors.load(Ordering::Relaxed)
+        ));
         out
+    }
+
+    async fn changed(&self) {
+        self.watched.changed().await;
     }
 }
 

@@ -2,6 +2,8 @@
 //! shapes (test_support::kube_api), reached by the real `kube` client
 //! through a generated kubeconfig.
 
+use std::time::{Duration, Instant};
+
 use capsule_core::ServiceType;
 use capsule_daemon::{
     DiscoveryOptions, DiscoveryPlan, KubeDiscovery, NsWhitelist, PlannedTarget, TargetOrigin,
@@ -9,12 +11,12 @@ use capsule_daemon::{
 };
 use test_support::kube_api::FakeKubeApi;
 
-const PG_PASSWORD: &str = "pg-Secret-Value-1";
+pub(crate) const PG_PASSWORD: &str = "pg-Secret-Value-1";
 const REDIS_PASSWORD: &str = "redis-Secret-Value-2";
 const ES_PASSWORD: &str = "es-Secret-Value-3";
 const BUCKET_SECRET: &str = "bucket-Secret-Value-4";
 
-fn bucket_secret(api: &FakeKubeApi, ns: &str, name: &str) {
+pub(crate) fn bucket_secret(api: &FakeKubeApi, ns: &str, name: &str) {
     api.add_secret(
         ns,
         name,
@@ -28,7 +30,7 @@ fn bucket_secret(api: &FakeKubeApi, ns: &str, name: &str) {
     );
 }
 
-fn service_secrets(api: &FakeKubeApi, ns: &str) {
+pub(crate) fn service_secrets(api: &FakeKubeApi, ns: &str) {
     api.add_secret(
         ns,
         "pg-creds",
@@ -75,7 +77,7 @@ fn find<'a>(plan: &'a DiscoveryPlan, name: &str) -> &'a PlannedTarget {
         .unwrap_or_else(|| panic!("{name} not planned: {plan:#?}"))
 }
 
-fn assert_no_secret(text: &str) {
+pub(crate) fn assert_no_secret(text: &str) {
     for s in [PG_PASSWORD, REDIS_PASSWORD, ES_PASSWORD, BUCKET_SECRET] {
         assert!(!text.contains(s), "a secret value leaked: {text}");
     }
@@ -158,7 +160,14 @@ async fn cnvrgapp_overrides_are_honoured() {
     assert_eq!(redis.period, "90m");
 }
 
-fn annotated(api: &FakeKubeApi, ns: &str, pvc: &str, kind: &str, creds: &str, period: &str) {
+pub(crate) fn annotated(
+    api: &FakeKubeApi,
+    ns: &str,
+    pvc: &str,
+    kind: &str,
+    creds: &str,
+    period: &str,
+) {
     api.add_pvc(
         ns,
         pvc,
@@ -330,7 +339,27 @@ async fn missing_secret_missing_key_and_forbidden_are_reported_and_the_rest_plan
     ));
 }
 
-#[tokio::test]
+/// Requests other than the watches' (a plan's lists and Secret reads).
+pub(crate) fn reads(api: &FakeKubeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| !r.contains("watch=") && !r.contains("limit="))
+        .count()
+}
+
+/// Polls `check` every 50 ms for up to 10 s.
+pub(crate) async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_source_reports_problems_in_metrics_and_caches_between_resyncs() {
     let api = FakeKubeApi::start();
     service_secrets(&api, "cnvrg");
@@ -342,12 +371,15 @@ async fn the_target_source_reports_problems_in_metrics_and_caches_between_resync
             .unwrap();
     let targets = d.targets().await.unwrap();
     assert_eq!(targets.len(), 2);
-    let before = api.requests().len();
+    // The watches start after the first plan; their first list matches
+    // it, so it is not planned again.
+    wait_for("the two cluster-wide watches", || api.open_watches() == 2).await;
+    let before = reads(&api);
     assert_eq!(d.targets().await.unwrap().len(), 2);
     assert_eq!(
-        api.requests().len(),
+        reads(&api),
         before,
-        "a second call within the resync reads nothing"
+        "a second call within the resync, nothing changed, reads nothing"
     );
     let m = d.metrics();
     assert!(m.contains("capsule_discovery_targets 2"), "{m}");

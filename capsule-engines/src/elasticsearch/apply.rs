@@ -204,16 +204,18 @@ struct MgetDoc<'a> {
     source: Option<&'a RawValue>,
 }
 
-/// Reads the sampled documents back from index `target` and compares
+/// Reads the sampled documents back from index `index` and compares
 /// their `_source` bytes with the sample. Returns the restored entries
 /// (digest of what the server returned; zeros for a missing document) and
-/// one line per difference.
+/// one line per difference, naming the index `label` (the target of a
+/// staging index).
 ///
 /// # Errors
 /// The client's errors.
 pub(crate) async fn compare_sample(
     client: &EsClient,
-    target: &str,
+    index: &str,
+    label: &str,
     sample: &[SampleEntry],
 ) -> Result<(Vec<SampleEntry>, Vec<String>)> {
     if sample.is_empty() {
@@ -222,7 +224,7 @@ pub(crate) async fn compare_sample(
     let docs: Vec<Value> = sample
         .iter()
         .map(|e| {
-            let mut d = json!({ "_index": target, "_id": e.id });
+            let mut d = json!({ "_index": index, "_id": e.id });
             if let Some(r) = &e.routing {
                 d["routing"] = json!(r);
             }
@@ -247,14 +249,14 @@ pub(crate) async fn compare_sample(
                 entry.digest = digest(src.get().as_bytes());
                 if entry.digest != want.digest {
                     mismatches.push(format!(
-                        "{target}/{}: _source differs from the backup",
+                        "{label}/{}: _source differs from the backup",
                         want.id
                     ));
                 }
             }
             None => {
                 entry.digest = [0; 32];
-                mismatches.push(format!("{target}/{}: missing", want.id));
+                mismatches.push(format!("{label}/{}: missing", want.id));
             }
         }
         restored.push(entry);

@@ -136,7 +136,7 @@ impl EsClient {
     /// or an old version.
     pub async fn server_info(&self) -> Result<ServerInfo> {
         // The first call of a job: an unreachable server fails at once.
-        let reply = self.request_with(Method::GET, "/", None, 0).await?;
+        let reply = self.request_with(Method::GET, "/", None, 0, None).await?;
         if !reply.status.is_success() {
             return Err(self.status_error(&Method::GET, "/", &reply));
         }
@@ -150,7 +150,30 @@ impl EsClient {
     /// [`Error::Engine`] naming the request when the server cannot be
     /// reached (after the retries) or the response cannot be read.
     pub async fn request(&self, method: Method, path: &str, body: Option<Body>) -> Result<Reply> {
-        self.request_with(method, path, body, self.retries).await
+        self.request_with(method, path, body, self.retries, None)
+            .await
+    }
+
+    /// As [`EsClient::call`], waiting up to `timeout` for the answer
+    /// instead of the connection's timeout (a synchronous `_reindex`).
+    ///
+    /// # Errors
+    /// As [`EsClient::call`].
+    pub async fn call_with_timeout(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        let reply = self
+            .request_with(method.clone(), path, body, self.retries, Some(timeout))
+            .await?;
+        if reply.status.is_success() {
+            Ok(reply.body)
+        } else {
+            Err(self.status_error(&method, path, &reply))
+        }
     }
 
     async fn request_with(
@@ -159,10 +182,13 @@ impl EsClient {
         path: &str,
         body: Option<Body>,
         retries: u32,
+        timeout: Option<Duration>,
     ) -> Result<Reply> {
         let mut attempt = 0;
         loop {
-            let outcome = self.send_once(method.clone(), path, body.clone()).await;
+            let outcome = self
+                .send_once(method.clone(), path, body.clone(), timeout)
+                .await;
             let retryable = match &outcome {
                 Ok(reply) => is_retryable(reply.status),
                 Err(e) => e.is_connect(),
@@ -191,8 +217,12 @@ impl EsClient {
         method: Method,
         path: &str,
         body: Option<Body>,
+        timeout: Option<Duration>,
     ) -> std::result::Result<Reply, reqwest::Error> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(user) = &self.user {
             req = req.basic_auth(user, self.password.as_ref().map(|p| p.expose()));
         }
@@ -208,7 +238,9 @@ impl EsClient {
     }
 
     fn transport_error(&self, method: &Method, path: &str, e: &reqwest::Error) -> Error {
-        let message = if e.is_connect() {
+        let message = if let Some(problem) = certificate_problem(&chain(e)) {
+            format!("the TLS certificate of {} {problem}", self.base)
+        } else if e.is_connect() {
             format!("cannot connect to {}: {}", self.base, root_cause(e))
         } else if e.is_timeout() {
             format!("{method} {path}: no answer in time ({})", root_cause(e))
@@ -292,6 +324,23 @@ impl EsClient {
         };
         self.error(message)
     }
+}
+
+/// What is wrong with a server certificate the TLS client refused (from
+/// rustls's `invalid peer certificate: ...` in an error chain), and what to
+/// do about it.
+fn certificate_problem(text: &str) -> Option<String> {
+    const MARK: &str = "invalid peer certificate";
+    let at = text.to_ascii_lowercase().find(MARK)?;
+    let detail = text[at + MARK.len()..].trim_start_matches([':', ' ']);
+    let short: String = detail.chars().take(200).collect();
+    Some(
+        if detail.to_ascii_lowercase().starts_with("unknownissuer") {
+            "is not trusted (signed by an unknown authority): give the CA that signed it as the connection's CA certificate (--es-ca-cert FILE)".to_string()
+        } else {
+            format!("is not trusted ({short})")
+        },
+    )
 }
 
 /// Characters kept as they are in a path segment (index and template names).

@@ -2,10 +2,14 @@
 //! indices, in `_bulk` requests of bounded size sent in parallel.
 //! Requests answered 429/503 are retried whole; items rejected with 429
 //! are retried alone; every other item error is logged and counted, never
-//! dropped silently.
+//! dropped silently. A load that stops early (an error, a cancelled job)
+//! leaves its requests in flight to finish rather than abandoning them
+//! half-sent; [`InFlight::settle`] waits for them, so that what removes
+//! the loaded index comes after the last write to it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use capsule_core::{ByteStream, Error, Progress, Result};
@@ -16,6 +20,7 @@ use serde_json::Value;
 use tokio::io::BufReader;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::client::{Body, EsClient, backoff, describe_error};
 use super::export::IndexTally;
@@ -43,8 +48,6 @@ pub(crate) struct LoadPlan {
     pub bulk_bytes: usize,
     /// Most documents per request.
     pub bulk_docs: usize,
-    /// Parallel requests.
-    pub workers: usize,
     /// Retries of rejected items.
     pub retries: u32,
     /// Documents sampled per index.
@@ -87,13 +90,64 @@ pub(crate) struct LoadReport {
     pub retried_items: u64,
 }
 
+/// The `_bulk` requests of a load that may still be running: the
+/// permits they hold, and a signal to stop retrying.
+#[derive(Clone, Debug)]
+pub(crate) struct InFlight {
+    permits: Arc<Semaphore>,
+    workers: usize,
+    abandoned: CancellationToken,
+}
+
+impl InFlight {
+    /// Room for `workers` parallel requests.
+    pub fn new(workers: usize) -> Self {
+        let workers = workers.max(1);
+        InFlight {
+            permits: Arc::new(Semaphore::new(workers)),
+            workers,
+            abandoned: CancellationToken::new(),
+        }
+    }
+
+    /// Waits (at most `within`) until no request is in flight; whether
+    /// that happened.
+    pub async fn settle(&self, within: Duration) -> bool {
+        self.abandoned.cancel();
+        let all = u32::try_from(self.workers).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout(within, self.permits.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// The tasks sending `_bulk` requests. Dropped while some run (the load
+/// failed or was dropped), they are detached, not aborted: a request
+/// already sent is processed by the server anyway, and aborting it would
+/// only hide when. They stop retrying rejected documents.
+struct Tasks {
+    set: JoinSet<Result<BatchOutcome>>,
+    abandoned: CancellationToken,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        if !self.set.is_empty() {
+            self.abandoned.cancel();
+            self.set.detach_all();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Batch {
     body: Vec<u8>,
     ranges: Vec<(usize, usize)>,
 }
 
-/// Loads the documents of `stream` according to `plan`.
+/// Loads the documents of `stream` according to `plan`, at most
+/// `inflight`'s workers requests at a time.
 ///
 /// # Errors
 /// [`Error::Corrupt`]-like errors for a malformed artifact, the client's
@@ -106,12 +160,16 @@ pub(crate) async fn load(
     backup: &str,
     artifact: &str,
     progress: &dyn Progress,
+    inflight: &InFlight,
 ) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let mut reader = PairReader::new(BufReader::with_capacity(1 << 20, stream));
     let (mut action, mut source) = (Vec::new(), Vec::new());
-    let permits = Arc::new(Semaphore::new(plan.workers.max(1)));
-    let mut tasks: JoinSet<Result<BatchOutcome>> = JoinSet::new();
+    let permits = &inflight.permits;
+    let mut tasks = Tasks {
+        set: JoinSet::new(),
+        abandoned: inflight.abandoned.clone(),
+    };
     let mut batch = Batch::default();
     let corrupt = |reason: String| Error::Corrupt {
         id: backup.to_string(),
@@ -165,13 +223,13 @@ pub(crate) async fn load(
         batch.ranges.push((start, batch.body.len()));
         if batch.body.len() >= plan.bulk_bytes || batch.ranges.len() >= plan.bulk_docs {
             let full = std::mem::take(&mut batch);
-            dispatch(client, plan, &permits, &mut tasks, full, &mut report).await?;
+            dispatch(client, plan, permits, &mut tasks, full, &mut report).await?;
         }
     }
     if !batch.ranges.is_empty() {
-        dispatch(client, plan, &permits, &mut tasks, batch, &mut report).await?;
+        dispatch(client, plan, permits, &mut tasks, batch, &mut report).await?;
     }
-    while let Some(done) = tasks.join_next().await {
+    while let Some(done) = tasks.set.join_next().await {
         absorb(client, done, &mut report)?;
     }
     Ok(report)
@@ -182,18 +240,18 @@ async fn dispatch(
     client: &EsClient,
     plan: &LoadPlan,
     permits: &Arc<Semaphore>,
-    tasks: &mut JoinSet<Result<BatchOutcome>>,
+    tasks: &mut Tasks,
     batch: Batch,
     report: &mut LoadReport,
 ) -> Result<()> {
-    while let Some(done) = tasks.try_join_next() {
+    while let Some(done) = tasks.set.try_join_next() {
         absorb(client, done, report)?;
     }
     let permit = loop {
         if let Ok(p) = permits.clone().try_acquire_owned() {
             break p;
         }
-        match tasks.join_next().await {
+        match tasks.set.join_next().await {
             Some(done) => absorb(client, done, report)?,
             None => {
                 break permits
@@ -206,8 +264,9 @@ async fn dispatch(
     };
     let client = client.clone();
     let retries = plan.retries;
-    tasks.spawn(async move {
-        let outcome = send_batch(&client, batch, retries).await;
+    let abandoned = tasks.abandoned.clone();
+    tasks.set.spawn(async move {
+        let outcome = send_batch(&client, batch, retries, &abandoned).await;
         drop(permit);
         outcome
     });
@@ -267,8 +326,14 @@ struct ItemResult {
     error: Option<Value>,
 }
 
-/// Sends one batch; retries the items rejected with 429 alone, with backoff.
-async fn send_batch(client: &EsClient, mut batch: Batch, retries: u32) -> Result<BatchOutcome> {
+/// Sends one batch; retries the items rejected with 429 alone, with
+/// backoff, until the load is `abandoned`.
+async fn send_batch(
+    client: &EsClient,
+    mut batch: Batch,
+    retries: u32,
+    abandoned: &CancellationToken,
+) -> Result<BatchOutcome> {
     let mut outcome = BatchOutcome::default();
     let mut attempt = 0;
     loop {
@@ -326,7 +391,10 @@ async fn send_batch(client: &EsClient, mut batch: Batch, retries: u32) -> Result
             documents = again.ranges.len(),
             "_bulk rejected documents (429): retry {attempt} of {retries} in {wait:?}"
         );
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = abandoned.cancelled() => return Ok(outcome),
+        }
         batch = again;
     }
 }

@@ -16,6 +16,18 @@
 //!   counts and sample compared with the backup, aliases, final settings.
 //!   An existing index of the same name is an error unless
 //!   [`EsOptions::replace`]; a failed restore removes what it created.
+//! - **Replace** ([`EsOptions::replace`]): an existing index is never
+//!   deleted before its replacement is complete. The documents go to a
+//!   staging index (`capsule-restore-<tag>-<index>`, same settings and
+//!   mappings) and are counted and sampled there; then, one index at a
+//!   time, the existing index is deleted and the staging index moved to
+//!   its name with `_clone` (Elasticsearch 7.4+, OpenSearch; probed) or
+//!   `_reindex`, counted and sampled again, and deleted. A failure or
+//!   cancellation before the first delete leaves every existing index
+//!   intact and removes the staging indices (the error says so); a
+//!   failure after it keeps the restored data and names the index that
+//!   was deleted and the staging index holding its documents. Staging
+//!   needs disk for both copies until the swap.
 //! - **Verify**: [`capsule_core::run_verify`] restores into scratch
 //!   indices (`capsule-verify-<tag>-<index>`), compares counts and the
 //!   sample byte for byte, and deletes them.
@@ -39,6 +51,8 @@ mod restore;
 mod sample;
 mod selection;
 mod server;
+mod swap;
+mod undo;
 
 use std::fmt;
 
@@ -144,8 +158,9 @@ impl Engine for EsEngine {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             verify: true,
-            in_place_restore: true,
-            safe_restore: false,
+            // `--replace` loads beside the existing index and swaps.
+            in_place_restore: false,
+            safe_restore: true,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Planning a restore: which indices, under which names, with which
-//! settings; which templates to write; and every conflict with what the
-//! target already has. Nothing is changed here.
+//! settings; which existing indices are replaced (through which staging
+//! index, and how the swap is done); which templates to write; and every
+//! conflict with what the target already has. Nothing is changed here.
 
 use std::collections::BTreeSet;
 
@@ -15,6 +16,7 @@ use super::metadata::{EsMetadata, portable_settings};
 use super::restore::Mode;
 use super::selection::{Candidate, IndexPatterns};
 use super::server::ServerInfo;
+use super::swap::{self, SwapMethod};
 
 /// One index to restore.
 pub(crate) struct IndexPlan {
@@ -30,6 +32,17 @@ pub(crate) struct IndexPlan {
     pub aliases: Vec<(String, Value)>,
     /// The mapping type of actions (Elasticsearch 6 targets).
     pub doc_type: Option<String>,
+    /// With `--replace`, when `target` exists: the staging index the
+    /// documents are loaded into and checked in before they replace it.
+    pub staging: Option<String>,
+}
+
+impl IndexPlan {
+    /// The index the documents are loaded into: the staging index when
+    /// the target is replaced, else the target.
+    pub fn load_name(&self) -> &str {
+        self.staging.as_deref().unwrap_or(&self.target)
+    }
 }
 
 /// One template to write.
@@ -40,8 +53,8 @@ pub(crate) struct TemplatePlan {
     pub name: String,
     /// Its body.
     pub body: Value,
-    /// Whether one of that name exists (and differs).
-    pub existed: bool,
+    /// The body of the one it overwrites (put back if the restore fails).
+    pub previous: Option<Value>,
 }
 
 /// What a restore will do.
@@ -50,11 +63,17 @@ pub(crate) struct Plan {
     pub indices: Vec<IndexPlan>,
     /// The templates to write, in order.
     pub templates: Vec<TemplatePlan>,
-    /// Existing indices deleted first (`--replace`).
-    pub delete_first: Vec<String>,
+    /// How staging indices replace existing ones (when any is replaced).
+    pub swap: Option<SwapMethod>,
 }
 
-/// What this run created, removed again on failure.
+impl Plan {
+    /// The indices that replace existing ones.
+    pub fn replacing(&self) -> impl Iterator<Item = &IndexPlan> {
+        self.indices.iter().filter(|p| p.staging.is_some())
+    }
+}
+
 /// Chooses names and finds conflicts, changing nothing.
 pub(crate) async fn plan(
     engine: &EsEngine,
@@ -126,18 +145,29 @@ pub(crate) async fn plan(
             create,
             aliases,
             doc_type,
+            staging: None,
         });
     }
 
     let mut conflicts = Vec::new();
-    let mut delete_first = Vec::new();
     let targets: Vec<String> = indices.iter().map(|p| p.target.clone()).collect();
-    for (name, what) in apply::existing(client, &targets).await? {
-        match (what, options.replace) {
-            (Existing::Alias, _) => conflicts.push(format!("an alias named {name} exists")),
-            (Existing::Index, false) => conflicts.push(format!("index {name} exists")),
-            (Existing::Index, true) => delete_first.push(name),
+    let existing = apply::existing(client, &targets).await?;
+    let replace = options.replace && mode == Mode::Restore;
+    for (i, p) in indices.iter_mut().enumerate() {
+        match (existing.get(&p.target), replace) {
+            (None, _) => {}
+            (Some(Existing::Alias), _) => {
+                conflicts.push(format!("an alias named {} exists", p.target));
+            }
+            (Some(Existing::Index), false) => conflicts.push(format!("index {} exists", p.target)),
+            (Some(Existing::Index), true) => {
+                p.staging = Some(staging_name(&tag, &p.target, i));
+            }
         }
+    }
+    let staging: Vec<String> = indices.iter().filter_map(|p| p.staging.clone()).collect();
+    for name in apply::existing(client, &staging).await?.into_keys() {
+        conflicts.push(format!("the staging index name {name} is taken"));
     }
     let mut templates = Vec::new();
     if mode == Mode::Restore {
@@ -171,10 +201,14 @@ pub(crate) async fn plan(
             ),
         ));
     }
+    let swap = match staging.is_empty() {
+        true => None,
+        false => Some(swap::method(client, server, &tag).await?),
+    };
     Ok(Plan {
         indices,
         templates,
-        delete_first,
+        swap,
     })
 }
 
@@ -202,10 +236,10 @@ async fn plan_templates(
             )));
         }
         for (name, body) in all {
-            let existed = match inventory::template(client, kind, name).await? {
-                None => false,
+            let previous = match inventory::template(client, kind, name).await? {
+                None => None,
                 Some(current) if &current == body => continue,
-                Some(_) if replace => true,
+                Some(current) if replace => Some(current),
                 Some(_) => {
                     conflicts.push(format!("template {name} ({kind}) differs"));
                     continue;
@@ -215,14 +249,14 @@ async fn plan_templates(
                 kind,
                 name: name.clone(),
                 body: body.clone(),
-                existed,
+                previous,
             });
         }
     }
     Ok(out)
 }
 
-/// A random lowercase tag for scratch index names.
+/// A random lowercase tag for scratch and staging index names.
 pub(crate) fn scratch_tag() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
@@ -240,11 +274,24 @@ pub(crate) fn scratch_tag() -> String {
 
 /// `capsule-verify-<tag>-<name>`, or `…-<i>` when that would be too long.
 pub(crate) fn scratch_name(tag: &str, original: &str, i: usize) -> String {
-    let name = format!("capsule-verify-{tag}-{}", original.trim_start_matches('.'));
-    if name.len() <= 255 {
-        name
+    tagged_name("capsule-verify", tag, original, i)
+}
+
+/// `capsule-restore-<tag>-<name>`, or `…-<i>` when that would be too
+/// long: where the documents replacing index `name` are loaded first. A
+/// prefix rather than a suffix, so that neither the templates nor the
+/// wildcard searches (`logs-*`) meant for `name` reach it.
+pub(crate) fn staging_name(tag: &str, target: &str, i: usize) -> String {
+    tagged_name("capsule-restore", tag, target, i)
+}
+
+fn tagged_name(prefix: &str, tag: &str, name: &str, i: usize) -> String {
+    let full = format!("{prefix}-{tag}-{}", name.trim_start_matches('.'));
+    // Elasticsearch counts bytes.
+    if full.len() <= 255 {
+        full
     } else {
-        format!("capsule-verify-{tag}-{i}")
+        format!("{prefix}-{tag}-{i}")
     }
 }
 
@@ -262,5 +309,14 @@ mod tests {
         );
         assert_eq!(scratch_name("t", ".kibana", 0), "capsule-verify-t-kibana");
         assert_eq!(scratch_name("t", &"x".repeat(250), 3), "capsule-verify-t-3");
+        assert_eq!(
+            staging_name("ab12cd34", "logs-2024", 0),
+            "capsule-restore-ab12cd34-logs-2024"
+        );
+        assert_eq!(staging_name("t", ".kibana", 0), "capsule-restore-t-kibana");
+        assert_eq!(
+            staging_name("t", &"é".repeat(120), 7),
+            "capsule-restore-t-7"
+        );
     }
 }

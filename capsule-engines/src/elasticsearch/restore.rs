@@ -1,7 +1,10 @@
 //! Restoring, and restore drills: check the artifacts, plan (names,
-//! conflicts), then templates → indices → documents → refresh → counts
-//! and sample → aliases → final settings. A failed restore removes what
-//! it created; a drill always removes its scratch indices.
+//! conflicts), then templates → indices (a staging index for each one
+//! replaced) → documents → refresh → counts and sample → the swap of each
+//! replaced index → aliases → final settings. A restore that fails before
+//! an existing index is deleted removes what it created and leaves the
+//! existing indices intact; one that fails later keeps the restored data
+//! and says where it is. A drill always removes its scratch indices.
 
 use std::collections::BTreeMap;
 
@@ -13,10 +16,13 @@ use super::apply;
 use super::backup::{FORMAT_DOCUMENTS, FORMAT_METADATA};
 use super::client::EsClient;
 use super::export::IndexTally;
-use super::import::{self, LoadPlan, LoadReport, Target};
+use super::import::{self, InFlight, LoadPlan, LoadReport, Target};
 use super::metadata::EsMetadata;
-use super::plan::{Plan, plan};
-use super::sample::{self, Sampler};
+use super::plan::{IndexPlan, Plan, plan};
+use super::sample::{self, SampleEntry, Sampler};
+use super::server::ServerInfo;
+use super::swap::{self, SwapError};
+use super::undo::Undo;
 
 /// Refused documents quoted in an error message (all are logged).
 const QUOTED_ERRORS: usize = 5;
@@ -46,14 +52,10 @@ pub struct EsRestoreReport {
     pub documents: u64,
     /// Documents retried after the server rejected them (429).
     pub retried_documents: u64,
+    /// Existing indices replaced (`--replace`), by restored name.
+    pub replaced: Vec<String>,
     /// Counts and sample summaries of the restored indices, by backed-up name.
     pub fingerprint: Fingerprint,
-}
-
-#[derive(Default)]
-struct Created {
-    indices: Vec<String>,
-    templates: Vec<(&'static str, String)>,
 }
 
 pub(super) async fn run(
@@ -73,21 +75,22 @@ pub(super) async fn run(
     let client = engine.client()?;
     let server = client.server_info().await?;
     let plan = plan(engine, &client, &server, &metadata, mode).await?;
-    let mut created = Created::default();
-    let result = execute(
+    let mut undo = Undo::new(client.clone());
+    let job = Job {
         engine,
-        &client,
+        client: &client,
+        server: &server,
         source,
         ctx,
-        &plan,
-        &docs_name,
+        plan: &plan,
+        docs_name: &docs_name,
         mode,
-        &mut created,
-    )
-    .await;
+    };
+    let result = job.execute(&mut undo).await;
     if mode == Mode::Scratch || result.is_err() {
-        clean_up(&client, &created).await;
+        undo.run().await;
     }
+    undo.disarm();
     let mut report = result?;
     report.target = engine.options().connection.endpoint();
     report.mode = match mode {
@@ -134,91 +137,287 @@ async fn read_metadata(
     EsMetadata::from_slice(&bytes, backup)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    engine: &EsEngine,
-    client: &EsClient,
-    source: &dyn ArtifactSource,
-    ctx: &JobContext<'_>,
-    plan: &Plan,
-    docs_name: &str,
+/// One restore (or drill) and everything it needs.
+struct Job<'a> {
+    engine: &'a EsEngine,
+    client: &'a EsClient,
+    server: &'a ServerInfo,
+    source: &'a dyn ArtifactSource,
+    ctx: &'a JobContext<'a>,
+    plan: &'a Plan,
+    docs_name: &'a str,
     mode: Mode,
-    created: &mut Created,
-) -> Result<EsRestoreReport> {
-    let options = engine.options();
-    let sf = source.statefile();
-    let backup = sf.backup_id.to_string();
-    let mut report = EsRestoreReport::default();
-    if !plan.delete_first.is_empty() {
-        tracing::warn!(indices = ?plan.delete_first, "deleting the existing indices (--replace)");
-        apply::delete_indices(client, &plan.delete_first).await?;
-    }
-    for t in &plan.templates {
-        apply::put_template(client, t.kind, &t.name, &t.body).await?;
-        if !t.existed {
-            created.templates.push((t.kind, t.name.clone()));
+}
+
+/// What was loaded and checked, per backed-up index name.
+#[derive(Default)]
+struct Loaded {
+    /// Documents in the loaded index (as the backup recorded).
+    counts: BTreeMap<String, u64>,
+    /// The sample taken from the artifact.
+    samples: BTreeMap<String, Vec<SampleEntry>>,
+}
+
+impl Job<'_> {
+    /// Stages, swaps (`--replace`), then attaches aliases and settles the
+    /// settings. Until an existing index is deleted the job can be undone
+    /// and is cancelled with `ctx.cancel`; from then on it is not
+    /// interrupted (only dropped), and a failure names what is where.
+    async fn execute(&self, undo: &mut Undo) -> Result<EsRestoreReport> {
+        let mut report = EsRestoreReport::default();
+        let what = match self.mode {
+            Mode::Restore => "restore",
+            Mode::Scratch => "restore drill",
+        };
+        let backup = self.source.statefile().backup_id.to_string();
+        let staged = tokio::select! {
+            biased;
+            () = self.ctx.cancel.cancelled() => Err(Error::Cancelled(format!("{what} of backup {backup}"))),
+            r = self.stage(undo, &mut report) => r,
+        };
+        let loaded = staged.map_err(|e| with_note(e, &intact_note(self.plan)))?;
+        if self.mode == Mode::Scratch {
+            return Ok(report);
         }
-        report.templates.push(t.name.clone());
-    }
-    for p in &plan.indices {
-        apply::create_index(client, &p.target, &p.create).await?;
-        created.indices.push(p.target.clone());
-        report.indices.insert(p.original.clone(), p.target.clone());
+        if self.ctx.cancel.is_cancelled() {
+            let e = Error::Cancelled(format!("{what} of backup {backup}"));
+            return Err(with_note(e, &intact_note(self.plan)));
+        }
+        if let Some(method) = self.plan.swap {
+            for p in self.plan.replacing() {
+                let expected = loaded.counts.get(&p.original).copied().unwrap_or(0);
+                let sample = loaded
+                    .samples
+                    .get(&p.original)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let swapped =
+                    swap::replace(self.client, self.server, method, p, expected, sample, undo)
+                        .await;
+                if let Err(e) = swapped {
+                    return Err(self.swap_failure(p, e, &report.replaced, expected, undo));
+                }
+                report.replaced.push(p.target.clone());
+            }
+        }
+        for p in &self.plan.indices {
+            let settled = async {
+                apply::add_aliases(self.client, &p.target, &p.aliases).await?;
+                apply::put_settings(self.client, &p.target, &apply::final_settings(&p.settings))
+                    .await
+            };
+            if let Err(e) = settled.await {
+                return Err(match undo.committed() {
+                    false => e,
+                    true => with_note(
+                        e,
+                        &format!(
+                            "the documents of every index are restored and kept (replaced: {}), \
+                             but aliases and settings are incomplete: run the restore again",
+                            report.replaced.join(", ")
+                        ),
+                    ),
+                });
+            }
+        }
+        Ok(report)
     }
 
-    let load_plan = LoadPlan {
-        targets: plan
+    /// Templates, indices (staging ones for those replaced), documents,
+    /// refresh, counts and samples: everything that can still be undone.
+    async fn stage(&self, undo: &mut Undo, report: &mut EsRestoreReport) -> Result<Loaded> {
+        let (client, plan, ctx) = (self.client, self.plan, self.ctx);
+        let options = self.engine.options();
+        let sf = self.source.statefile();
+        let backup = sf.backup_id.to_string();
+        for t in &plan.templates {
+            apply::put_template(client, t.kind, &t.name, &t.body).await?;
+            undo.wrote_template(t.kind, &t.name, t.previous.as_ref());
+            report.templates.push(t.name.clone());
+        }
+        for p in &plan.indices {
+            apply::create_index(client, p.load_name(), &p.create).await?;
+            undo.created_index(p.load_name(), p.staging.is_some());
+            report.indices.insert(p.original.clone(), p.target.clone());
+        }
+        if let Some(method) = plan.swap {
+            let staging: Vec<&str> = plan.replacing().map(IndexPlan::load_name).collect();
+            tracing::info!(server = %client.label(), staging = ?staging, "loading the indices to replace into staging indices; they replace the existing ones by {method} once checked");
+        }
+
+        let load_plan = LoadPlan {
+            targets: plan
+                .indices
+                .iter()
+                .map(|p| {
+                    let target = Target {
+                        name: p.load_name().to_string(),
+                        doc_type: p.doc_type.clone(),
+                    };
+                    (p.original.clone(), target)
+                })
+                .collect(),
+            bulk_bytes: options.bulk_bytes,
+            bulk_docs: options.bulk_docs,
+            retries: options.retries,
+            sample_size: options.sample_size,
+        };
+        let raw = sf.artifact(self.docs_name).and_then(|a| a.raw_size_bytes);
+        ctx.progress.start(self.docs_name, raw);
+        let stream = self.source.open(self.docs_name).await?;
+        let inflight = InFlight::new(options.bulk_workers);
+        undo.loading(&inflight);
+        let loaded = import::load(
+            client,
+            stream,
+            &load_plan,
+            &backup,
+            self.docs_name,
+            ctx.progress,
+            &inflight,
+        )
+        .await;
+        ctx.progress.finish();
+        let loaded = loaded?;
+        report.retried_documents = loaded.retried_items;
+        report.documents = loaded.read.values().map(|t| t.count).sum();
+        refused(client, &loaded)?;
+
+        let names: Vec<String> = plan
             .indices
             .iter()
-            .map(|p| {
-                let target = Target {
-                    name: p.target.clone(),
-                    doc_type: p.doc_type.clone(),
-                };
-                (p.original.clone(), target)
-            })
-            .collect(),
-        bulk_bytes: options.bulk_bytes,
-        bulk_docs: options.bulk_docs,
-        workers: options.bulk_workers,
-        retries: options.retries,
-        sample_size: options.sample_size,
-    };
-    let raw = sf.artifact(docs_name).and_then(|a| a.raw_size_bytes);
-    ctx.progress.start(docs_name, raw);
-    let stream = source.open(docs_name).await?;
-    let loaded = import::load(client, stream, &load_plan, &backup, docs_name, ctx.progress).await;
-    ctx.progress.finish();
-    let loaded = loaded?;
-    report.retried_documents = loaded.retried_items;
-    report.documents = loaded.read.values().map(|t| t.count).sum();
-    refused(client, &loaded)?;
-
-    apply::refresh(client, &created.indices).await?;
-    let recorded = sf
-        .engine
-        .as_ref()
-        .and_then(|e| e.fingerprint.clone())
-        .unwrap_or_default();
-    let (fingerprint, mismatches) =
-        check(client, plan, loaded, &recorded, options.sample_size).await?;
-    report.fingerprint = fingerprint;
-    if mode == Mode::Restore && !mismatches.is_empty() {
-        return Err(client.error(format!(
-            "the restored indices differ from backup {backup}: {}",
-            mismatches.join("; ")
-        )));
-    }
-    for m in &mismatches {
-        tracing::warn!(backup = %backup, mismatch = %m, "restore drill: difference");
-    }
-    if mode == Mode::Restore {
-        for p in &plan.indices {
-            apply::add_aliases(client, &p.target, &p.aliases).await?;
-            apply::put_settings(client, &p.target, &apply::final_settings(&p.settings)).await?;
+            .map(|p| p.load_name().to_string())
+            .collect();
+        apply::refresh(client, &names).await?;
+        let recorded = sf
+            .engine
+            .as_ref()
+            .and_then(|e| e.fingerprint.clone())
+            .unwrap_or_default();
+        let (fingerprint, checked, mismatches) =
+            check(client, plan, loaded, &recorded, options.sample_size).await?;
+        report.fingerprint = fingerprint;
+        if self.mode == Mode::Restore && !mismatches.is_empty() {
+            return Err(client.error(format!(
+                "the restored indices differ from backup {backup}: {}",
+                mismatches.join("; ")
+            )));
         }
+        for m in &mismatches {
+            tracing::warn!(backup = %backup, mismatch = %m, "restore drill: difference");
+        }
+        Ok(checked)
     }
-    Ok(report)
+
+    /// The error of a failed replacement: the cause, and where every
+    /// index's data is.
+    fn swap_failure(
+        &self,
+        failed: &IndexPlan,
+        e: SwapError,
+        replaced: &[String],
+        expected: u64,
+        undo: &Undo,
+    ) -> Error {
+        if !undo.committed() {
+            // Nothing was deleted yet: undone like a failed load.
+            return with_note(e.error, &intact_note(self.plan));
+        }
+        let target = &failed.target;
+        let staging = failed.load_name();
+        let mut parts = vec![format!(
+            "cannot replace index {target}: {}",
+            message(&e.error)
+        )];
+        if e.deleted {
+            parts.push(format!(
+                "index {target} was deleted and its restored documents ({expected}, checked \
+                 against the backup) are kept in index {staging}{}",
+                if e.partial {
+                    format!(" (an incomplete copy may remain as {target})")
+                } else {
+                    String::new()
+                }
+            ));
+        } else {
+            parts.push(format!("index {target} is intact"));
+        }
+        if !replaced.is_empty() {
+            parts.push(format!("already replaced: {}", replaced.join(", ")));
+        }
+        let intact: Vec<&str> = self
+            .plan
+            .replacing()
+            .skip_while(|p| p.target != *target)
+            .skip(1)
+            .map(|p| p.target.as_str())
+            .collect();
+        if !intact.is_empty() {
+            parts.push(format!("not replaced, intact: {}", intact.join(", ")));
+        }
+        let mut advice =
+            "the restore is incomplete (aliases and settings not applied): run it again"
+                .to_string();
+        if e.deleted {
+            advice.push_str(&format!(", then delete index {staging}"));
+        }
+        parts.push(advice);
+        self.client.error(parts.join("; "))
+    }
+}
+
+/// What a failure before any replacement leaves intact, for its message.
+fn intact_note(plan: &Plan) -> String {
+    let names: Vec<&str> = plan.replacing().map(|p| p.target.as_str()).collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => format!("nothing was replaced: the existing index {one} is intact"),
+        many => format!(
+            "nothing was replaced: the existing indices {} are intact",
+            many.join(", ")
+        ),
+    }
+}
+
+/// `e`'s message without the server label an engine error starts with.
+fn message(e: &Error) -> String {
+    match e {
+        Error::Engine { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `e` with `note` appended to its message, keeping its kind.
+fn with_note(e: Error, note: &str) -> Error {
+    if note.is_empty() {
+        return e;
+    }
+    match e {
+        Error::Engine { context, message } => Error::Engine {
+            context,
+            message: format!("{message}; {note}"),
+        },
+        Error::Corrupt { id, object, reason } => Error::Corrupt {
+            id,
+            object,
+            reason: format!("{reason}; {note}"),
+        },
+        Error::Invalid { what, message } => Error::Invalid {
+            what,
+            message: format!("{message}; {note}"),
+        },
+        Error::Unsupported(m) => Error::Unsupported(format!("{m}; {note}")),
+        Error::Cancelled(what) => Error::Cancelled(format!("{what} ({note})")),
+        Error::Store { context, error } => Error::Store {
+            context: format!("{context} ({note})"),
+            error,
+        },
+        Error::Io { context, error } => Error::Io {
+            context: format!("{context} ({note})"),
+            error,
+        },
+        other => other,
+    }
 }
 
 /// Fails when the server refused documents, quoting the first ones.
@@ -254,12 +453,14 @@ async fn check(
     mut loaded: LoadReport,
     recorded: &Fingerprint,
     sample_size: usize,
-) -> Result<(Fingerprint, Vec<String>)> {
+) -> Result<(Fingerprint, Loaded, Vec<String>)> {
     let mut fp = Fingerprint::default();
+    let mut checked = Loaded::default();
     let mut mismatches = Vec::new();
     for p in &plan.indices {
-        let count = apply::count(client, &p.target).await?;
+        let count = apply::count(client, p.load_name()).await?;
         fp.counts.insert(p.original.clone(), count);
+        checked.counts.insert(p.original.clone(), count);
         // An index without documents has no tally from the load.
         let tally = loaded
             .read
@@ -283,21 +484,12 @@ async fn check(
             continue;
         }
         let from_artifact = tally.sampler.into_entries();
-        let (restored, diffs) = apply::compare_sample(client, &p.target, &from_artifact).await?;
+        let (restored, diffs) =
+            apply::compare_sample(client, p.load_name(), &p.target, &from_artifact).await?;
         mismatches.extend(diffs);
         fp.values
             .insert(sample::value_name(&p.original), sample::summary(&restored));
+        checked.samples.insert(p.original.clone(), from_artifact);
     }
-    Ok((fp, mismatches))
-}
-
-async fn clean_up(client: &EsClient, created: &Created) {
-    if !created.indices.is_empty()
-        && let Err(e) = apply::delete_indices(client, &created.indices).await
-    {
-        tracing::warn!(indices = ?created.indices, error = %e, "could not remove the indices this run created");
-    }
-    for (kind, name) in &created.templates {
-        apply::delete_template(client, kind, name).await;
-    }
+    Ok((fp, checked, mismatches))
 }

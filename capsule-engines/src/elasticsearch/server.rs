@@ -134,6 +134,23 @@ impl ServerInfo {
         }
     }
 
+    /// Has the clone index API, `_clone` (ES 7.4+, OpenSearch 1+). Whether
+    /// a server claiming it really answers is probed before it is used.
+    pub fn clone_api(&self) -> bool {
+        match self.distribution {
+            Distribution::Elasticsearch => self.at_least(7, 4),
+            Distribution::Opensearch => true,
+        }
+    }
+
+    /// Accepts `slices=auto` on `_reindex` (ES 6.1+, OpenSearch).
+    pub fn auto_slices(&self) -> bool {
+        match self.distribution {
+            Distribution::Elasticsearch => self.at_least(6, 1),
+            Distribution::Opensearch => true,
+        }
+    }
+
     /// Knows `expand_wildcards=hidden` (ES 7.7+, OpenSearch).
     pub fn hidden_indices(&self) -> bool {
         match self.distribution {
@@ -162,6 +179,12 @@ mod tests {
         let es6 = info(r#"{"version":{"number":"6.8.23"}}"#).unwrap();
         assert_eq!(es6.to_string(), "Elasticsearch 6.8.23");
         assert!(es6.typed() && !es6.composable_templates() && !es6.track_total_hits());
+        assert!(!es6.clone_api() && es6.auto_slices());
+        let es60 = info(r#"{"version":{"number":"6.0.1"}}"#).unwrap();
+        assert!(!es60.auto_slices());
+        let es73 = info(r#"{"version":{"number":"7.3.2"}}"#).unwrap();
+        let es74 = info(r#"{"version":{"number":"7.4.0"}}"#).unwrap();
+        assert!(!es73.clone_api() && es74.clone_api() && os.clone_api());
         let es77 = info(r#"{"version":{"number":"7.7.1","build_flavor":"default"}}"#).unwrap();
         assert!(es77.hidden_indices() && !es77.composable_templates());
         let es8 = info(r#"{"version":{"number":"8.13.0-SNAPSHOT"}}"#).unwrap();

@@ -1,5 +1,6 @@
 //! Connection settings: a `postgres://` URL or the libpq `PG*` variables,
-//! with the password from the URL, `PGPASSWORD` or a passfile.
+//! with the password from the URL, `PGPASSWORD` or a passfile, and TLS as
+//! libpq's `sslmode` and `sslrootcert` say.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,95 @@ pub struct PgConnection {
     /// How long to wait for a connection (default 10 s).
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
+    /// TLS, as libpq's `sslmode` (default `prefer`).
+    pub ssl_mode: PgSslMode,
+    /// PEM file of the CA certificates that may sign the server's
+    /// certificate (libpq's `sslrootcert`); `None` means
+    /// `~/.postgresql/root.crt` when it exists, as for libpq.
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+/// libpq's `sslmode`: whether TLS is used and what is checked.
+///
+/// | mode | TLS | certificate checked |
+/// |---|---|---|
+/// | `disable` | never | – |
+/// | `allow`, `prefer` | when the server offers it | only with a CA file (chain, like `verify-ca`) |
+/// | `require` | always | only with a CA file (chain, like `verify-ca`) |
+/// | `verify-ca` | always | chain up to the CA file |
+/// | `verify-full` | always | chain, and the host name or address in the certificate |
+///
+/// The CA file is `sslrootcert`, else `~/.postgresql/root.crt` when it
+/// exists; `verify-ca` and `verify-full` fail without one. capsule's own
+/// SQL sessions treat `allow` as `prefer`; `pg_dump` and `pg_restore` get
+/// the mode as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PgSslMode {
+    /// No TLS.
+    Disable,
+    /// Plain first, TLS if the server insists (capsule's sessions: as `prefer`).
+    Allow,
+    /// TLS when the server offers it, else plain (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS or fail; the certificate is not checked unless a CA file is there.
+    Require,
+    /// TLS, the certificate signed by a trusted CA.
+    VerifyCa,
+    /// TLS, the certificate signed by a trusted CA and naming the host.
+    VerifyFull,
+}
+
+impl PgSslMode {
+    /// Every mode, weakest first.
+    pub const ALL: [PgSslMode; 6] = [
+        PgSslMode::Disable,
+        PgSslMode::Allow,
+        PgSslMode::Prefer,
+        PgSslMode::Require,
+        PgSslMode::VerifyCa,
+        PgSslMode::VerifyFull,
+    ];
+
+    /// The libpq name (`verify-full`…).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Parses a libpq name.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the value and the choices.
+    pub fn parse(value: &str) -> Result<Self> {
+        PgSslMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == value.trim())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "invalid sslmode {value:?}: expected disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+            })
+    }
+
+    /// Whether the server's certificate must be signed by a trusted CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, PgSslMode::VerifyCa | PgSslMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for PgSslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 mod secs {
@@ -61,6 +151,8 @@ impl Default for PgConnection {
             database: "postgres".into(),
             passfile: None,
             connect_timeout: Duration::from_secs(10),
+            ssl_mode: PgSslMode::default(),
+            ssl_root_cert: None,
         }
     }
 }
@@ -80,8 +172,9 @@ impl PgConnection {
     /// Parses `postgres://[user[:password]@][host][:port][/database][?param=value…]`
     /// (also `postgresql://`). Percent-escapes are decoded; the parameters
     /// `host` (e.g. a socket directory), `port`, `user`, `password`,
-    /// `dbname`, `passfile` and `connect_timeout` (seconds) are honoured,
-    /// others (`sslmode`, `application_name`…) are ignored. Missing parts
+    /// `dbname`, `passfile`, `connect_timeout` (seconds), `sslmode` (see
+    /// [`PgSslMode`]) and `sslrootcert` are honoured, others
+    /// (`application_name`…) are ignored. Missing parts
     /// take the defaults: `localhost`, 5432, user `postgres`, and a
     /// database named like the user.
     ///
@@ -148,6 +241,8 @@ impl PgConnection {
                     })?;
                     c.connect_timeout = Duration::from_secs(secs.max(1));
                 }
+                "sslmode" => c.ssl_mode = PgSslMode::parse(&v)?,
+                "sslrootcert" => c.ssl_root_cert = Some(PathBuf::from(v.as_ref())),
                 _ => {}
             }
         }
@@ -158,12 +253,14 @@ impl PgConnection {
     }
 
     /// Reads the standard libpq variables: `PGHOST`, `PGPORT`, `PGUSER`,
-    /// `PGPASSWORD`, `PGDATABASE`, `PGPASSFILE`, `PGCONNECT_TIMEOUT`.
+    /// `PGPASSWORD`, `PGDATABASE`, `PGPASSFILE`, `PGCONNECT_TIMEOUT`,
+    /// `PGSSLMODE`, `PGSSLROOTCERT`.
     /// Unset ones take the defaults (`localhost`, 5432, `$USER` or
-    /// `postgres`, a database named like the user).
+    /// `postgres`, a database named like the user, `prefer`).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for an unparsable `PGPORT` or `PGCONNECT_TIMEOUT`.
+    /// [`Error::Invalid`] for an unparsable `PGPORT`, `PGCONNECT_TIMEOUT`
+    /// or `PGSSLMODE`.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -196,6 +293,11 @@ impl PgConnection {
                 .map_err(|_| invalid(format!("invalid PGCONNECT_TIMEOUT {t:?}")))?;
             c.connect_timeout = Duration::from_secs(secs.max(1));
         }
+        if let Some(mode) = get("PGSSLMODE") {
+            c.ssl_mode = PgSslMode::parse(&mode)
+                .map_err(|_| invalid(format!("invalid PGSSLMODE {mode:?}: expected disable, allow, prefer, require, verify-ca or verify-full")))?;
+        }
+        c.ssl_root_cert = get("PGSSLROOTCERT").map(PathBuf::from);
         Ok(c)
     }
 
@@ -233,6 +335,26 @@ impl PgConnection {
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+    /// Sets the TLS mode.
+    pub fn with_ssl_mode(mut self, mode: PgSslMode) -> Self {
+        self.ssl_mode = mode;
+        self
+    }
+    /// Sets the CA file the server's certificate is checked against.
+    pub fn with_ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ssl_root_cert = Some(path.into());
+        self
+    }
+
+    /// The CA file in effect: `sslrootcert`, else `~/.postgresql/root.crt`
+    /// when it exists (as libpq).
+    pub fn root_cert_file(&self) -> Option<PathBuf> {
+        self.ssl_root_cert.clone().or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            let path = Path::new(&home).join(".postgresql/root.crt");
+            path.is_file().then_some(path)
+        })
     }
 
     /// `host:port`, for identities and messages.
@@ -400,6 +522,37 @@ mod tests {
             assert_eq!(c.password.as_ref().map(|p| p.expose()), *pw, "{url}");
             assert_eq!(&c.database, db, "{url}");
         }
+    }
+
+    #[test]
+    fn parses_tls_settings_like_libpq() {
+        let c = PgConnection::from_url("postgres://h/d").unwrap();
+        assert_eq!((c.ssl_mode, c.ssl_root_cert), (PgSslMode::Prefer, None));
+        for mode in PgSslMode::ALL {
+            let url = format!("postgres://h/d?sslmode={mode}&sslrootcert=/etc/ca%20x.pem");
+            let c = PgConnection::from_url(&url).unwrap();
+            assert_eq!(c.ssl_mode, mode, "{url}");
+            assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/etc/ca x.pem")));
+        }
+        let e = PgConnection::from_url("postgres://u:hunter2@h/d?sslmode=verify")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"verify\"") && e.contains("verify-full"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let env = |k: &str| {
+            match k {
+                "PGSSLMODE" => Some("verify-ca"),
+                "PGSSLROOTCERT" => Some("/ca.pem"),
+                _ => None,
+            }
+            .map(String::from)
+        };
+        let c = PgConnection::from_lookup(env).unwrap();
+        assert_eq!(c.ssl_mode, PgSslMode::VerifyCa);
+        assert_eq!(c.root_cert_file(), Some(PathBuf::from("/ca.pem")));
+        let bad = PgConnection::from_lookup(|k| (k == "PGSSLMODE").then(|| "on".to_string()));
+        assert!(bad.unwrap_err().to_string().contains("PGSSLMODE"));
+        assert!(PgSslMode::VerifyFull.verifies() && !PgSslMode::Require.verifies());
     }
 
     #[test]

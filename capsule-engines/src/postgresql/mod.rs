@@ -26,6 +26,7 @@ mod options;
 mod restore;
 mod roles;
 mod sql;
+mod tls;
 mod toc;
 mod tools;
 
@@ -39,7 +40,7 @@ use capsule_core::{
 };
 
 pub use backup::{DUMP_ARTIFACT, FORMAT_CUSTOM, FORMAT_ROLES, FORMAT_TAR, ROLES_ARTIFACT};
-pub use connection::{DEFAULT_PORT, PgConnection};
+pub use connection::{DEFAULT_PORT, PgConnection, PgSslMode};
 pub use options::{PgOptions, PgRestoreMode};
 pub use restore::PgRestoreReport;
 

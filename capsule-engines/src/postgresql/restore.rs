@@ -491,26 +491,15 @@ async fn swap(
         prev = fit_name(live, &format!("__capsule_prev_{stamp}_{n}"));
         n += 1;
     }
-    allow_connections(admin, conn, live, false).await?;
-    if let Err(e) = rename(admin, conn, live, &prev).await {
-        let _ = allow_connections(admin, conn, live, true).await;
-        let _ = drop_database(admin, conn, new).await;
-        return Err(annotate(
-            e,
-            &format!("the live database {live} was left in place and the restored copy dropped"),
-        ));
-    }
-    if let Err(e) = rename(admin, conn, new, live).await {
-        let back = rename(admin, conn, &prev, live).await;
-        let _ = allow_connections(admin, conn, live, true).await;
-        let _ = drop_database(admin, conn, new).await;
-        let note = match back {
+    if let Err(e) = swap_names(admin, conn, live, &prev, new).await {
+        let dropped = drop_database(admin, conn, new).await;
+        let note = match dropped {
             Ok(()) => {
-                format!("the live database {live} was put back and the restored copy dropped")
+                format!("the live database {live} was left in place and the restored copy dropped")
             }
-            Err(b) => {
-                format!("the live database is now named {prev} and could not be renamed back ({b})")
-            }
+            Err(d) => format!(
+                "the live database {live} was left in place; the restored copy {new} could not be dropped ({d})"
+            ),
         };
         return Err(annotate(e, &note));
     }
@@ -520,9 +509,54 @@ async fn swap(
         tracing::info!(database = %prev, "dropped the previous database");
         Ok(None)
     } else {
-        allow_connections(admin, conn, &prev, true).await?;
         Ok(Some(prev))
     }
+}
+
+/// Renames `live` to `prev` and `new` to `live` in one transaction, so
+/// that whatever stops the restore before the commit (an error, a lost
+/// connection, the process killed) leaves both names as they were: the
+/// live database is never missing, nor closed to connections. Retried
+/// while sessions (e.g. autovacuum, clients reconnecting) hold either
+/// database; the renames take an exclusive lock on each database, so no
+/// session can connect in between.
+async fn swap_names(
+    admin: &Client,
+    conn: &PgConnection,
+    live: &str,
+    prev: &str,
+    new: &str,
+) -> Result<()> {
+    let steps = [
+        format!("ALTER DATABASE {} RENAME TO {}", ident(live), ident(prev)),
+        format!("ALTER DATABASE {} RENAME TO {}", ident(new), ident(live)),
+    ];
+    let context = format!("postgresql {conn}: swapping {new} in as {live}");
+    let mut last = None;
+    for _ in 0..20 {
+        terminate_sessions(admin, conn, live).await?;
+        terminate_sessions(admin, conn, new).await?;
+        let attempt = async {
+            admin.batch_execute("BEGIN").await?;
+            for step in &steps {
+                admin.batch_execute(step).await?;
+            }
+            admin.batch_execute("COMMIT").await
+        }
+        .await;
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let _ = admin.batch_execute("ROLLBACK").await;
+                if sqlstate(&e) != Some("55006") {
+                    return Err(sql_error(&context, &e, conn));
+                }
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    Err(sql_error(&context, &last.expect("retried"), conn))
 }
 
 /// Restore into a new database `name`, leaving the live one alone.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capsule_core::{Error, Fingerprint, Result};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::connection::PgConnection;
 use super::tools::scrub;
@@ -65,11 +65,15 @@ pub(crate) fn sql_error(context: &str, e: &tokio_postgres::Error, conn: &PgConne
     }
 }
 
-/// Connects to `conn`.
+/// Connects to `conn`, with TLS as its `sslmode` says.
 ///
 /// # Errors
-/// [`Error::Engine`] naming the server (never the password) and the reason.
+/// [`Error::Invalid`] for TLS settings that cannot work (a verifying mode
+/// without a CA file, an unreadable CA file); [`Error::Engine`] naming the
+/// server (never the password) and the reason, in plain words for a
+/// refused certificate or a server without TLS.
 pub(crate) async fn connect(conn: &PgConnection) -> Result<Session> {
+    let (ssl_mode, tls) = super::tls::connector(conn)?;
     let mut config = tokio_postgres::Config::new();
     config
         .host(&conn.host)
@@ -77,14 +81,22 @@ pub(crate) async fn connect(conn: &PgConnection) -> Result<Session> {
         .user(&conn.user)
         .dbname(&conn.database)
         .application_name("capsule")
-        .connect_timeout(conn.connect_timeout);
+        .connect_timeout(conn.connect_timeout)
+        .ssl_mode(ssl_mode);
     if let Some(pw) = conn.resolve_password() {
         config.password(pw.expose());
     }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| sql_error(&format!("connecting to postgresql {conn}"), &e, conn))?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        let context = format!("connecting to postgresql {conn}");
+        let message = pg_message(&e, conn);
+        match super::tls::explain(&message, conn) {
+            Some(plain) => Error::Engine {
+                context,
+                message: format!("{plain}: {message}"),
+            },
+            None => sql_error(&context, &e, conn),
+        }
+    })?;
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgresql connection ended");

@@ -34,6 +34,8 @@ const CONNECTION_VARS: &[&str] = &[
     "PGSERVICEFILE",
     "PGCONNECT_TIMEOUT",
     "PGOPTIONS",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
 ];
 
 /// A client tool's version, from `--version`
@@ -184,8 +186,9 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A command for `tool` connecting with `conn`: connection settings and
-/// the password go into the child's environment only.
+/// A command for `tool` connecting with `conn`: connection settings (TLS
+/// too, so the tool checks the server as the SQL sessions do) and the
+/// password go into the child's environment only.
 pub(crate) fn command(tool: &Tool, conn: &PgConnection) -> Command {
     let mut cmd = Command::new(&tool.path);
     for var in CONNECTION_VARS {
@@ -199,12 +202,16 @@ pub(crate) fn command(tool: &Tool, conn: &PgConnection) -> Command {
             "PGCONNECT_TIMEOUT",
             conn.connect_timeout.as_secs().max(1).to_string(),
         )
+        .env("PGSSLMODE", conn.ssl_mode.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(pw) = conn.resolve_password() {
         cmd.env("PGPASSWORD", pw.expose());
+    }
+    if let Some(root) = &conn.ssl_root_cert {
+        cmd.env("PGSSLROOTCERT", root);
     }
     cmd
 }

@@ -55,7 +55,7 @@ impl FileCatalog {
 }
 
 /// Backs `engine` up into `catalog` with description `test`.
-pub async fn backup(catalog: &Catalog, engine: &(impl Engine + Sync)) -> Result<BackupReport> {
+pub async fn backup(catalog: &Catalog, engine: &impl Engine) -> Result<BackupReport> {
     let ctx = JobContext::new(&NoProgress);
     run_backup(
         catalog,

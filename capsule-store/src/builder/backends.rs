@@ -4,12 +4,12 @@ use std::path::Path as FsPath;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::{Certificate, ClientConfigKey, ClientOptions, ObjectStore};
 
 use super::StoreBuilder;
 use crate::error::{BackendKind, Error, Redactor, Result, is_secret_name};
@@ -104,7 +104,14 @@ impl StoreBuilder {
             }
             parsed.push((key, value.clone()));
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut b = AmazonS3Builder::from_env();
+        if !retry.roots.is_empty() {
+            b = b.with_client_options(client_options("AWS_", &retry.roots, |k| match k {
+                AmazonS3ConfigKey::Client(k) => Some(k),
+                _ => None,
+            }));
+        }
+        b = b.with_bucket_name(bucket);
         // The endpoint decides the defaults: custom endpoints (MinIO,
         // SeaweedFS) are path-style and may be plain http.
         let endpoint = parsed
@@ -216,7 +223,14 @@ impl StoreBuilder {
             }
             parsed.push((key, value.clone()));
         }
-        let mut b = MicrosoftAzureBuilder::from_env()
+        let mut b = MicrosoftAzureBuilder::from_env();
+        if !retry.roots.is_empty() {
+            b = b.with_client_options(client_options("AZURE_", &retry.roots, |k| match k {
+                AzureConfigKey::Client(k) => Some(k),
+                _ => None,
+            }));
+        }
+        b = b
             .with_container_name(container)
             // Emulator mode is done here (object_store's takes the endpoint
             // from AZURITE_BLOB_STORAGE_URL only).
@@ -348,8 +362,15 @@ impl StoreBuilder {
             GoogleCloudStorageBuilder::new()
         } else {
             GoogleCloudStorageBuilder::from_env()
+        };
+        if !retry.roots.is_empty() {
+            let prefix = if explicit_key { "" } else { "GOOGLE_" };
+            b = b.with_client_options(client_options(prefix, &retry.roots, |k| match k {
+                GoogleConfigKey::Client(k) => Some(k),
+                _ => None,
+            }));
         }
-        .with_bucket_name(bucket);
+        b = b.with_bucket_name(bucket);
         for (key, value) in parsed {
             b = b.with_config(key, value);
         }
@@ -467,6 +488,38 @@ fn local_root(root: &FsPath, origin: &str) -> Result<String> {
     object_store::path::Path::parse(&path)
         .map_err(|e| Error::invalid(format!("{origin}: the directory path is not usable: {e}")))?;
     Ok(path)
+}
+
+/// object_store's HTTP client options as `from_env` reads them (the
+/// client keys of the variables starting with `env_prefix`; none for an
+/// empty prefix) plus `roots` trusted besides the system's. Set on a
+/// builder before any other option, since it replaces the client options.
+fn client_options<K: FromStr>(
+    env_prefix: &str,
+    roots: &[Certificate],
+    client_key: impl Fn(K) -> Option<ClientConfigKey>,
+) -> ClientOptions {
+    let mut options = ClientOptions::new();
+    if !env_prefix.is_empty() {
+        for (name, value) in std::env::vars_os() {
+            let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+                continue;
+            };
+            if !name.starts_with(env_prefix) {
+                continue;
+            }
+            if let Some(key) = K::from_str(&name.to_ascii_lowercase())
+                .ok()
+                .and_then(&client_key)
+            {
+                options = options.with_config(key, value);
+            }
+        }
+    }
+    for root in roots {
+        options = options.with_root_certificate(root.clone());
+    }
+    options
 }
 
 fn add_userinfo_secrets(redactor: &mut Redactor, endpoint: &str) {

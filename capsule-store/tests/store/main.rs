@@ -9,4 +9,5 @@ mod errors;
 mod gcs;
 mod legacy;
 mod support;
+mod tls;
 mod urls;

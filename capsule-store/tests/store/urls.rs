@@ -4,6 +4,7 @@
 
 use capsule_store::{Store, StoreBuilder};
 use proptest::prelude::*;
+use test_support::mutation::mutate;
 
 fn build(url: &str) -> Result<Store, capsule_store::Error> {
     StoreBuilder::from_url(url).and_then(StoreBuilder::build)
@@ -93,3 +94,37 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    // 1,000 cases (building a store takes a few milliseconds); PROPTEST_CASES=N
+    // for a longer hunt.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    ))]
+
+    #[test]
+    fn mutated_urls_never_panic(
+        seed in any::<prop::sample::Index>(),
+        edits in prop::collection::vec(any::<(u8, usize, u8)>(), 1..5),
+    ) {
+        let input = String::from_utf8_lossy(&mutate(seed.get(&VALID).as_bytes(), &edits)).into_owned();
+        match build(&input) {
+            Ok(store) => { let _ = (store.url(), format!("{store:?}")); }
+            Err(e) => { let _ = (e.to_string(), format!("{e:?}")); }
+        }
+    }
+}
+
+/// Valid store URLs of every form, to damage.
+const VALID: [&str; 10] = [
+    "s3://cnvrg-storage/team/a?endpoint=http://127.0.0.1:8333&Region=us-east-1&allow-http=true",
+    "s3://AKIA:se%2Fcret@bucket/p?secret_access_key=abc&session-token=t",
+    "s3a://b.with.dots/x%20y/z",
+    "gs://bkt/prefix?service_account_key=%7B%22k%22%3A1%7D",
+    "gcs://bkt",
+    "az://ctr/p/q/?account=devstoreaccount1&access_key=a2V5&endpoint=http://127.0.0.1:10000/devstoreaccount1",
+    "azure://user:pass@ctr",
+    "file:///tmp/some%20dir",
+    "/srv/backups",
+    "memory://a/b",
+];

@@ -1,14 +1,17 @@
 //! [`FaultProxy`]: an HTTP/1.1 proxy to a local server that rejects some
-//! `_bulk` requests (or half their documents) with 429 and can demand
-//! basic authentication. One thread per client connection, keep-alive
-//! towards the client, one upstream connection per request.
+//! `_bulk` requests (or half their documents) with 429, fails them (500,
+//! or a connection closed without an answer) from some request on, fails
+//! requests to chosen endpoints, and can demand basic authentication. One
+//! thread per client connection, keep-alive towards the client, one
+//! upstream connection per request.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use crate::tcp_proxy::Acceptor;
 
 /// What the proxy does wrong on purpose.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +24,26 @@ pub struct Faults {
     pub reject_bulk_items: usize,
     /// Demand this user and password (HTTP basic); others get 401.
     pub basic_auth: Option<(String, String)>,
+    /// From this `_bulk` request on (0-based, counting every `_bulk`
+    /// request received), each one fails as [`Faults::bulk_failure`] says,
+    /// without reaching the server.
+    pub fail_bulk_from: Option<usize>,
+    /// How the requests of [`Faults::fail_bulk_from`] fail.
+    pub bulk_failure: BulkFailure,
+    /// Requests whose path (without the query) ends with one of these are
+    /// answered 500 without reaching the server (e.g. `/_reindex`).
+    pub fail_paths: Vec<String>,
+}
+
+/// How a failed `_bulk` request fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BulkFailure {
+    /// `500 Internal Server Error` with an Elasticsearch error body.
+    #[default]
+    ServerError,
+    /// The connection is closed once the request is read, without an
+    /// answer (a network cut, a crashed node).
+    CutConnection,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +52,7 @@ struct Counters {
     rejected_requests: AtomicUsize,
     rejected_items: AtomicUsize,
     unauthorized: AtomicUsize,
+    failed: AtomicUsize,
 }
 
 /// A running proxy on 127.0.0.1; stopped on drop.
@@ -39,8 +63,8 @@ pub struct FaultProxy {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    // Stops accepting when dropped.
+    _acceptor: Acceptor,
 }
 
 struct Shared {
@@ -55,34 +79,20 @@ impl FaultProxy {
     /// # Panics
     /// If no port can be bound.
     pub fn start(upstream: u16, faults: Faults) -> FaultProxy {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy port");
-        let port = listener.local_addr().expect("bound").port();
         let counters = Arc::new(Counters::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             upstream,
             faults,
             counters: counters.clone(),
         });
-        let stop_flag = stop.clone();
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop_flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let shared = shared.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &shared);
-                });
-            }
+        let acceptor = Acceptor::spawn(move |conn| {
+            let _ = serve(conn, &shared);
         });
         FaultProxy {
-            port,
-            url: format!("http://127.0.0.1:{port}"),
+            port: acceptor.port,
+            url: format!("http://127.0.0.1:{}", acceptor.port),
             counters,
-            stop,
-            accept: Some(accept),
+            _acceptor: acceptor,
         }
     }
 
@@ -105,15 +115,11 @@ impl FaultProxy {
     pub fn unauthorized(&self) -> usize {
         self.counters.unauthorized.load(Ordering::SeqCst)
     }
-}
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+    /// Requests failed on purpose ([`Faults::fail_bulk_from`],
+    /// [`Faults::fail_paths`]).
+    pub fn failed(&self) -> usize {
+        self.counters.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -140,6 +146,8 @@ struct Response {
     body: Vec<u8>,
     /// For HEAD: the length the server announced.
     head_length: Option<usize>,
+    /// Close the connection instead of answering.
+    cut: bool,
 }
 
 fn serve(conn: TcpStream, shared: &Shared) -> io::Result<()> {
@@ -151,6 +159,9 @@ fn serve(conn: TcpStream, shared: &Shared) -> io::Result<()> {
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let resp = respond(&req, shared)?;
+        if resp.cut {
+            break;
+        }
         write_response(&mut writer, &req, &resp, close)?;
         if close {
             break;
@@ -175,9 +186,23 @@ fn respond(req: &Request, shared: &Shared) -> io::Result<Response> {
         }
     }
     let path = req.target.split('?').next().unwrap_or("");
+    let faults = &shared.faults;
+    if faults.fail_paths.iter().any(|p| path.ends_with(p.as_str())) {
+        shared.counters.failed.fetch_add(1, Ordering::SeqCst);
+        return Ok(injected_error());
+    }
     if req.method == "POST" && path.ends_with("/_bulk") {
         let n = shared.counters.bulk.fetch_add(1, Ordering::SeqCst);
-        let faults = &shared.faults;
+        if faults.fail_bulk_from.is_some_and(|from| n >= from) {
+            shared.counters.failed.fetch_add(1, Ordering::SeqCst);
+            return Ok(match faults.bulk_failure {
+                BulkFailure::ServerError => injected_error(),
+                BulkFailure::CutConnection => Response {
+                    cut: true,
+                    ..json(502, "")
+                },
+            });
+        }
         if n < faults.reject_bulk_requests {
             shared
                 .counters
@@ -193,6 +218,14 @@ fn respond(req: &Request, shared: &Shared) -> io::Result<Response> {
         }
     }
     forward(req, shared.upstream, None)
+}
+
+/// `500` with an Elasticsearch error body.
+fn injected_error() -> Response {
+    json(
+        500,
+        r#"{"error":{"type":"injected_failure_exception","reason":"failed on purpose by the test proxy"},"status":500}"#,
+    )
 }
 
 /// Forwards every second document and answers 429 for the others.
@@ -239,6 +272,7 @@ fn half_rejected(req: &Request, shared: &Shared) -> io::Result<Response> {
         extra: Vec::new(),
         body,
         head_length: None,
+        cut: false,
     })
 }
 
@@ -288,6 +322,7 @@ fn json(status: u16, body: &str) -> Response {
         extra: Vec::new(),
         body: body.as_bytes().to_vec(),
         head_length: None,
+        cut: false,
     }
 }
 
@@ -356,6 +391,7 @@ fn parse_upstream(raw: &[u8], head: bool) -> io::Result<Response> {
         extra: Vec::new(),
         body: if head { Vec::new() } else { body },
         head_length: if head { length } else { None },
+        cut: false,
     })
 }
 
@@ -472,6 +508,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
+        500 => "Internal Server Error",
         401 => "Unauthorized",
         404 => "Not Found",
         429 => "Too Many Requests",

@@ -136,4 +136,6 @@ pub fn rdb_version_for_server(redis_version: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
+mod mutation_tests;
+#[cfg(test)]
 mod tests;

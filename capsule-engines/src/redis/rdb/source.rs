@@ -25,6 +25,9 @@ pub(crate) struct Source<R> {
     eof: bool,
     record: Option<Vec<u8>>,
     record_limit: usize,
+    /// The capacity the recording may grow to in one step: the size a
+    /// large string announced (see [`Source::reserve_recording`]).
+    record_hint: usize,
 }
 
 impl<R: Read> Source<R> {
@@ -40,6 +43,7 @@ impl<R: Read> Source<R> {
             eof: false,
             record: None,
             record_limit: 0,
+            record_hint: 0,
         }
     }
 
@@ -59,10 +63,12 @@ impl<R: Read> Source<R> {
     pub(crate) fn start_recording(&mut self, limit: usize, capacity: usize) {
         self.record = Some(Vec::with_capacity(capacity.min(limit)));
         self.record_limit = limit;
+        self.record_hint = 0;
     }
 
     /// Stops recording and returns what was recorded.
     pub(crate) fn take_recording(&mut self) -> Option<Vec<u8>> {
+        self.record_hint = 0;
         self.record.take()
     }
 
@@ -73,15 +79,17 @@ impl<R: Read> Source<R> {
         }
     }
 
-    /// Reserves room for `n` more recorded bytes (a large string about to
-    /// be read), so a big value is not copied by repeated doubling.
+    /// Announces `n` more recorded bytes (a large string about to be
+    /// read): the recording then grows towards exactly that size (and room
+    /// for a DUMP footer, so framing the payload does not copy it), but
+    /// only as the bytes arrive, at most doubling at each step. A length in
+    /// a header alone never allocates: a corrupt input claiming 512 MiB
+    /// and ending after a few bytes costs a few bytes.
     pub(crate) fn reserve_recording(&mut self, n: u64) {
         if let Some(r) = self.record.as_mut() {
             let room = self.record_limit.saturating_sub(r.len()) as u64;
             if n >= 1 << 20 && n <= room {
-                // And room for a DUMP footer, so framing the payload
-                // does not copy it.
-                r.reserve_exact(n as usize + 16);
+                self.record_hint = r.len() + n as usize + 16;
             }
         }
     }
@@ -129,6 +137,14 @@ impl<R: Read> Source<R> {
                     len: (r.len() + n) as u64,
                     limit: self.record_limit as u64,
                 });
+            }
+            if r.capacity() - r.len() < n {
+                // Double (the bytes are here), capped at the announced
+                // size so the last step lands on it exactly.
+                let target = r.capacity().saturating_mul(2).min(self.record_hint);
+                if target >= r.len() + n {
+                    r.reserve_exact(target - r.len());
+                }
             }
             r.extend_from_slice(&self.buf[from..to]);
         }
@@ -334,5 +350,44 @@ impl<R: Read> Source<R> {
                 format!("unknown string encoding {e}"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string_header(n: u32) -> Vec<u8> {
+        let mut h = vec![0x80];
+        h.extend_from_slice(&n.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn a_claimed_length_alone_allocates_nothing() {
+        // Regression: a string claiming 512 MiB followed by 10 bytes made
+        // the recording reserve the 512 MiB up front.
+        let mut input = string_header(512 << 20);
+        input.extend_from_slice(&[7; 10]);
+        let mut src = Source::new(&input[..]);
+        src.start_recording(600 << 20, 256);
+        assert!(matches!(src.skip_string(), Err(RdbError::Truncated { .. })));
+        let r = src.record.as_ref().unwrap();
+        assert!(r.capacity() < 1 << 20, "capacity {}", r.capacity());
+    }
+
+    #[test]
+    fn a_large_string_is_recorded_with_room_for_the_footer() {
+        let n = (3 << 20) + 5;
+        let mut input = string_header(n);
+        input.extend((0..n).map(|i| i as u8));
+        let mut src = Source::new(&input[..]);
+        src.start_recording(8 << 20, 256);
+        src.push_recorded(0);
+        src.skip_string().unwrap();
+        let r = src.take_recording().unwrap();
+        assert_eq!(r.len(), 1 + 5 + n as usize);
+        assert_eq!(r.capacity(), r.len() + 16);
+        assert_eq!(&r[6..10], &[0, 1, 2, 3]);
     }
 }

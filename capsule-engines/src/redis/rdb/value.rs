@@ -6,6 +6,7 @@
 //! are.
 
 use super::error::RdbError;
+use super::parser::ParseOptions;
 use super::source::Source;
 use super::vtype;
 use super::writer::{put_len, put_string};
@@ -75,7 +76,10 @@ impl Value {
     /// [`RdbError::Corrupt`]/[`RdbError::Truncated`] for malformed input
     /// or trailing bytes.
     pub fn decode(value: &[u8]) -> Result<Value, RdbError> {
-        let limit = value.len() as u64;
+        // An LZF string decodes to more bytes than it takes (up to ~90
+        // times), so the encoding's size is no limit; the output grows
+        // only with what the input really produces.
+        let limit = ParseOptions::default().max_value_bytes;
         let mut src = Source::new(value);
         let t = src.byte()?;
         let v = match t {

@@ -370,3 +370,96 @@ async fn a_client_older_than_the_server_is_refused_naming_both_versions() {
     assert!(err.contains(&server), "{err}");
     assert_failed_without_dump(&fc, &["is older than the server"]).await;
 }
+
+/// A safe restore that dies during the swap (its future dropped, its
+/// connections closed, while its statement on the live database waits for
+/// a lock the test holds) leaves the live database as it was: there, open
+/// to connections, unchanged. Found by the fault-injection suite
+/// (capsule-cli/tests/faults): the swap's steps used to commit one by one,
+/// so a `kill -9` after `ALLOW_CONNECTIONS false` left the live database
+/// closed to every client, and one after the first rename left no database
+/// under the live name at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_killed_during_the_swap_leaves_the_live_database_in_place() {
+    let db = small_database("swapkill", 2000);
+    let fc = FileCatalog::new();
+    let report = backup(&fc.catalog, &engine(&db)).await.unwrap();
+    let id = report.statefile.backup_id.to_string();
+    pg().psql(&db, "INSERT INTO public.notes VALUES (1000, 'live change')");
+    let live = content_checksums(&db);
+
+    // Hold the live database's catalog row: the swap's first change to it
+    // waits until the restore is gone.
+    let (blocker, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            pg().port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{db}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let (catalog, restoring) = (fc.catalog.clone(), engine(&db));
+    let restore = tokio::spawn(async move {
+        let ctx = JobContext::new(&NoProgress);
+        run_restore(&catalog, &restoring, &id, RestoreOptions::default(), &ctx).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg().psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query ILIKE 'ALTER DATABASE%'",
+    ) != "1"
+    {
+        assert!(
+            !restore.is_finished(),
+            "the restore ended before its swap: {:?}",
+            restore.await
+        );
+        assert!(Instant::now() < deadline, "the swap never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The crash: the restore's future and connections go away mid-swap.
+    restore.abort();
+    let _ = restore.await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg().psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'ALTER DATABASE%' \
+         AND pid <> pg_backend_pid()",
+    ) != "0"
+    {
+        assert!(Instant::now() < deadline, "the swap's session never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(
+        pg().psql(
+            "postgres",
+            &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
+        ),
+        "t",
+        "the live database exists and takes connections; beside it: {:?}",
+        pg().databases_like(&format!("{db}__capsule"))
+    );
+    assert_eq!(
+        content_checksums(&db),
+        live,
+        "the live database is untouched"
+    );
+    for leftover in pg().databases_like(&format!("{db}__capsule")) {
+        assert!(leftover.contains("__capsule_restore_"), "{leftover}");
+        pg().psql(
+            "postgres",
+            &format!("DROP DATABASE \"{leftover}\" WITH (FORCE)"),
+        );
+    }
+}

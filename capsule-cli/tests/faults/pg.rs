@@ -1,0 +1,301 @@
+//! PostgreSQL under fault: a source database backed up through a proxy,
+//! and a live database restored over in the default (safe) mode, which
+//! restores beside it and swaps names only when the restore succeeded.
+//! The live database must stay reachable and hold either its own data or
+//! the backup's, never a mix.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::postgres::Postgres;
+use test_support::tcp_proxy::TcpProxy;
+
+use crate::process::{Running, signal};
+use crate::subject::{CommitHold, Live, Phase, Subject};
+
+/// Rows of the main table (about 300 bytes each).
+const ROWS: u32 = 60_000;
+
+pub struct Pg {
+    src: String,
+    live: String,
+    proxy: TcpProxy,
+    /// The checksum of the source: what a restored live database holds.
+    backup: String,
+}
+
+fn pg() -> &'static Postgres {
+    Postgres::shared()
+}
+
+impl Pg {
+    pub fn new() -> Pg {
+        let src = Postgres::unique_name("faults_src");
+        pg().create_database(&src, None);
+        pg().psql(
+            &src,
+            &format!(
+                "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, payload text NOT NULL);
+                 INSERT INTO items SELECT i, 'item ' || i, repeat(md5(i::text), 8)
+                   FROM generate_series(1, {ROWS}) i;
+                 CREATE TABLE notes (id serial PRIMARY KEY, item int REFERENCES items, body text);
+                 INSERT INTO notes (item, body) SELECT 1 + i % {ROWS}, md5(i::text)
+                   FROM generate_series(1, {}) i;
+                 CREATE INDEX ON notes (item);",
+                ROWS / 4
+            ),
+        );
+        let backup = checksum(&src).expect("checksum of the source");
+        let live = Postgres::unique_name("faults_live");
+        Pg {
+            src,
+            live,
+            proxy: TcpProxy::start(pg().port),
+            backup,
+        }
+    }
+
+    fn url(&self, port: u16, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{db}")
+    }
+
+    /// Databases a restore of the live one made: `<live>__capsule_…`.
+    fn siblings(&self) -> Vec<String> {
+        pg().databases_like(&format!("{}__capsule_", self.live))
+    }
+}
+
+/// The tables' contents, hashed; an error when the database cannot be read.
+fn checksum(db: &str) -> Result<String, String> {
+    let out = pg().try_psql(
+        db,
+        "SELECT (SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM items t) || '/' || \
+                (SELECT md5(string_agg(n::text, '|' ORDER BY id)) FROM notes n)",
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// A `psql` session holding the live database's `pg_database` row
+/// (`SELECT … FOR UPDATE`): the swap's first change to it waits.
+struct SwapHold {
+    psql: Child,
+}
+
+/// Sessions other than the caller's running `ALTER DATABASE`, waiting for
+/// a lock when `waiting`.
+fn swap_sessions(waiting: bool) -> u32 {
+    let wait = if waiting {
+        "AND wait_event_type = 'Lock'"
+    } else {
+        ""
+    };
+    pg().psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'ALTER DATABASE%' \
+             AND pid <> pg_backend_pid() {wait}"
+        ),
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+impl SwapHold {
+    fn start(live: &str) -> SwapHold {
+        let mut psql = Command::new(pg().bin_dir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &pg().port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let stdin = psql.stdin.as_mut().expect("piped");
+        writeln!(
+            stdin,
+            "BEGIN;\nSELECT 'held' FROM pg_catalog.pg_database WHERE datname = '{live}' FOR UPDATE;"
+        )
+        .expect("write to psql");
+        let mut line = String::new();
+        BufReader::new(psql.stdout.as_mut().expect("piped"))
+            .read_line(&mut line)
+            .expect("read from psql");
+        assert_eq!(line.trim(), "held", "cannot hold the row of {live}");
+        SwapHold { psql }
+    }
+}
+
+impl CommitHold for SwapHold {
+    fn reached(&self) -> bool {
+        swap_sessions(true) > 0
+    }
+}
+
+impl Drop for SwapHold {
+    fn drop(&mut self) {
+        // psql ends, its transaction rolls back; the swap's session (its
+        // client killed) then runs the statement it was waiting with.
+        drop(self.psql.stdin.take());
+        let _ = self.psql.wait();
+        let started = Instant::now();
+        while swap_sessions(false) > 0 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn drop_database(db: &str) {
+    pg().psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+    );
+}
+
+impl Subject for Pg {
+    fn name(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn backup_args(&self) -> Vec<String> {
+        let url = self.url(self.proxy.port, &self.src);
+        ["pg", "--create", "--pg-url", &url]
+            .into_iter()
+            .chain(["--cluster", "faults", "--service", "faults/pg"])
+            .map(String::from)
+            .collect()
+    }
+
+    fn restore_args(&self, id: &str) -> Vec<String> {
+        let url = self.url(self.proxy.port, &self.live);
+        ["pg", "--restore", "--yes", "--id", id, "--pg-url", &url]
+            .into_iter()
+            .chain(["--cluster", "faults"])
+            .map(String::from)
+            .collect()
+    }
+
+    fn verify_args(&self, id: &str) -> Vec<String> {
+        let url = self.url(pg().port, &self.src);
+        ["pg", "--verify", "--id", id, "--pg-url", &url]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    fn db_proxy(&self, _phase: Phase) -> &TcpProxy {
+        &self.proxy
+    }
+
+    fn tool(&self, phase: Phase) -> &'static str {
+        match phase {
+            Phase::Backup => "pg_dump",
+            Phase::Restore => "pg_restore",
+        }
+    }
+
+    fn tool_is_server(&self) -> bool {
+        false
+    }
+
+    fn kill_tool(&mut self, run: &Running, phase: Phase) -> bool {
+        let children = run.children_named(self.tool(phase));
+        for pid in &children {
+            signal(*pid, "KILL");
+        }
+        !children.is_empty()
+    }
+
+    fn recover(&mut self, _phase: Phase) {}
+
+    fn hold_commit(&mut self) -> Option<Box<dyn CommitHold>> {
+        Some(Box::new(SwapHold::start(&self.live)))
+    }
+
+    fn live_before(&mut self) -> (Live, Vec<String>) {
+        let mut notes = Vec::new();
+        for db in self.siblings() {
+            if db.contains("__capsule_restore_") {
+                notes.push(
+                    "a partly restored database (<live>__capsule_restore_…) was left behind; \
+                     the live one was not touched (dropped by the suite)"
+                        .into(),
+                );
+            }
+            drop_database(&db);
+        }
+        if !pg().database_exists(&self.live) {
+            pg().psql(
+                "postgres",
+                &format!(
+                    "CREATE DATABASE \"{}\" TEMPLATE \"{}\"",
+                    self.live, self.src
+                ),
+            );
+        }
+        pg().psql(
+            "postgres",
+            &format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.live),
+        );
+        let mut sum = checksum(&self.live).expect("checksum of the live database");
+        if sum == self.backup {
+            // The live database must differ from the backup, or a restore
+            // could not be told from no restore.
+            pg().psql(
+                &self.live,
+                "INSERT INTO items VALUES (-1, 'live only', 'not in the backup')",
+            );
+            sum = checksum(&self.live).expect("checksum of the live database");
+        }
+        (Live { checksum: sum }, notes)
+    }
+
+    fn live_after(&mut self, before: &Live, restored: bool) -> (Vec<String>, Vec<String>) {
+        let now = match checksum(&self.live) {
+            Ok(sum) => sum,
+            Err(e) => {
+                let exists = pg().database_exists(&self.live);
+                let others = self.siblings();
+                return (
+                    vec![format!(
+                        "the live database is unusable after the run (exists: {exists}; \
+                         databases beside it: {others:?}): {e}"
+                    )],
+                    Vec::new(),
+                );
+            }
+        };
+        match (restored, now == before.checksum, now == self.backup) {
+            (true, _, true) | (false, true, _) => (Vec::new(), Vec::new()),
+            (true, _, false) => (
+                vec![
+                    "the restore says finished but the live database does not hold the backup"
+                        .into(),
+                ],
+                Vec::new(),
+            ),
+            (false, false, true) => (
+                Vec::new(),
+                vec![
+                    "killed after the swap: the live database holds the whole backup, \
+                     the run is not recorded as finished"
+                        .into(),
+                ],
+            ),
+            (false, false, false) => (
+                vec!["a restore that did not finish changed the live database".into()],
+                Vec::new(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What the scenarios need of each engine: its `capsule` arguments, the
+//! network to its server, its tool or server to kill, and the live
+//! target a restore must leave untouched when it fails.
+
+use std::fmt;
+
+use test_support::tcp_proxy::TcpProxy;
+
+use crate::process::Running;
+
+/// Backup or restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Backup,
+    Restore,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Backup => "backup",
+            Phase::Restore => "restore",
+        })
+    }
+}
+
+/// The live target's state before a restore run, as the engine measures
+/// it (table checksums, a digest, document hashes).
+pub struct Live {
+    pub checksum: String,
+}
+
+/// Holds an engine's restore at its commit point (the moment it puts the
+/// restored data in place of the live data) until dropped.
+pub trait CommitHold {
+    /// Whether a restore is now waiting at the commit point.
+    fn reached(&self) -> bool;
+}
+
+/// An engine under fault.
+pub trait Subject {
+    /// `postgresql`, `redis`, `elasticsearch`.
+    fn name(&self) -> &'static str;
+
+    /// The engine's arguments of a backup (subcommand, `--create`, the
+    /// connection through [`Subject::db_proxy`]).
+    fn backup_args(&self) -> Vec<String>;
+
+    /// The engine's arguments of a restore of backup `id` into the live
+    /// target, through [`Subject::db_proxy`], in the engine's default
+    /// (non-destructive) mode.
+    fn restore_args(&self, id: &str) -> Vec<String>;
+
+    /// The engine's arguments of a restore drill of backup `id`
+    /// (`--verify`), straight to the server.
+    fn verify_args(&self, id: &str) -> Vec<String>;
+
+    /// The network between capsule and the server of `phase`.
+    fn db_proxy(&self, phase: Phase) -> &TcpProxy;
+
+    /// What [`Subject::kill_tool`] kills in `phase` (`pg_dump`,
+    /// `redis-server`…).
+    fn tool(&self, phase: Phase) -> &'static str;
+
+    /// Whether the tool is a server holding the data (then killing it
+    /// loses the live target: invariant 3 does not apply).
+    fn tool_is_server(&self) -> bool;
+
+    /// Kills the tool or server of `phase` if it runs now; true when
+    /// something was killed.
+    fn kill_tool(&mut self, run: &Running, phase: Phase) -> bool;
+
+    /// Starts again what [`Subject::kill_tool`] killed (fresh server,
+    /// same data, new proxy).
+    fn recover(&mut self, phase: Phase);
+
+    /// Makes the next restore wait at its commit point (PostgreSQL: the
+    /// swap of the restored database for the live one), so a run can be
+    /// killed exactly there; `None` for engines without one.
+    fn hold_commit(&mut self) -> Option<Box<dyn CommitHold>> {
+        None
+    }
+
+    /// Puts the live target in its known state before a restore run
+    /// (removing what earlier runs left) and measures it. Returns the
+    /// state and notes (leftovers found).
+    fn live_before(&mut self) -> (Live, Vec<String>);
+
+    /// Invariant 3: checks the live target after a restore run. With
+    /// `restored` (the run said the restore finished) it must hold the
+    /// backup; without, it must be as `before` — or, for a run killed
+    /// at the very end, wholly restored (returned as a note). Returns
+    /// (violations, notes).
+    fn live_after(&mut self, before: &Live, restored: bool) -> (Vec<String>, Vec<String>);
+}
