@@ -2590,7 +2590,6 @@ mod tls {
             )) && line.contains("--ca-file"),
             "{run:#?}"
         );
-        eprintln!("{line}");
 
         // With --ca-file: back up over TLS both ways (SCRAM over TLS too).
         let run = t
@@ -2633,7 +2632,6 @@ mod tls {
                 && run.stderr.contains("sslrootcert=FILE"),
             "{run:#?}"
         );
-        eprintln!("{}", run.stderr);
         assert_no_secrets(&run, &secrets);
     }
 }
