@@ -2,7 +2,7 @@
 //! same bytes, to SeaweedFS on loopback.
 //!
 //! Cases, all with the same part size and parts in flight (capsule's
-//! defaults, 8 MiB x 4), interleaved run by run so drift hits them alike:
+//! defaults, 5 MiB x 4), interleaved run by run so drift hits them alike:
 //! - `object_store` `WriteMultipart` (the reference),
 //! - capsule-store's `Upload` alone (no pipeline),
 //! - `capsule_core::pipeline::upload` with its default zstd settings,

@@ -17,26 +17,47 @@ const MIB: usize = 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UploadOptions {
-    /// Size of each part but the last, in bytes: default 8 MiB, at least
-    /// [`UploadOptions::MIN_PART_SIZE`] (S3's minimum).
+    /// Size of the first parts, in bytes: default 5 MiB, at least
+    /// [`UploadOptions::MIN_PART_SIZE`] (S3's minimum). It doubles every
+    /// [`parts_per_size`](UploadOptions::parts_per_size) parts, so the
+    /// 10,000 parts S3 and GCS allow hold any dump (see [`Upload`]).
     pub part_size: usize,
     /// Parts uploading at once: default 4, at least 1.
     pub max_concurrency: usize,
+    /// How many parts of one size before the size doubles: default 1,000.
+    pub parts_per_size: usize,
 }
 
 impl UploadOptions {
     /// The smallest part size accepted: 5 MiB.
     pub const MIN_PART_SIZE: usize = 5 * MIB;
+    /// The largest part size used: 5 GiB (S3's maximum).
+    pub const MAX_PART_SIZE: usize = 5 * 1024 * MIB;
 
-    /// The defaults: 8 MiB parts, 4 in flight.
+    /// The defaults: 5 MiB parts (doubling every 1,000 parts), 4 in flight.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sets the part size in bytes.
+    /// Sets the size of the first parts, in bytes.
     pub fn with_part_size(mut self, part_size: usize) -> Self {
         self.part_size = part_size;
         self
+    }
+
+    /// Sets how many parts of one size are sent before the size doubles.
+    pub fn with_parts_per_size(mut self, parts: usize) -> Self {
+        self.parts_per_size = parts;
+        self
+    }
+
+    /// The size of part `index` (0-based): `part_size` doubled once per
+    /// `parts_per_size` parts before it, at most [`Self::MAX_PART_SIZE`].
+    pub fn part_size_of(&self, index: usize) -> usize {
+        let doublings = (index / self.parts_per_size.max(1)).min(20) as u32;
+        self.part_size
+            .saturating_mul(1 << doublings)
+            .min(Self::MAX_PART_SIZE.max(self.part_size))
     }
 
     /// Sets how many parts upload at once.
@@ -56,6 +77,9 @@ impl UploadOptions {
         if self.max_concurrency == 0 {
             return Err(Error::invalid("upload max_concurrency must be at least 1"));
         }
+        if self.parts_per_size == 0 {
+            return Err(Error::invalid("upload parts_per_size must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -63,18 +87,23 @@ impl UploadOptions {
 impl Default for UploadOptions {
     fn default() -> Self {
         UploadOptions {
-            part_size: 8 * MIB,
+            part_size: 5 * MIB,
             max_concurrency: 4,
+            parts_per_size: 1000,
         }
     }
 }
 
 /// A streaming multipart upload, from [`Store::upload`](crate::Store::upload).
 ///
-/// Memory is bounded by `part_size * (max_concurrency + 1)` whatever the
-/// total size: data is cut into parts of exactly `part_size` bytes (the last
-/// may be shorter) that upload in parallel, and [`Upload::write`] waits while
-/// `max_concurrency` parts are in flight (back-pressure). Nothing is visible
+/// Data is cut into parts that upload in parallel, and [`Upload::write`]
+/// waits while `max_concurrency` parts are in flight (back-pressure), so
+/// memory is bounded by the current part size times `max_concurrency + 1`.
+/// Parts start at `part_size` (5 MiB: 25 MiB buffered with 4 in flight)
+/// and double every `parts_per_size` (1,000) parts: with the defaults the
+/// first 4.9 GiB go in 5 MiB parts, the next 9.8 GiB in 10 MiB parts, and
+/// so on, so an object of 4.8 TiB (S3's limit is 5 TiB) still fits in 10,000 parts, while
+/// memory only grows for objects that large (40 MiB parts past 34 GiB). Nothing is visible
 /// at the key until [`Upload::finish`] succeeds. Dropping an unfinished
 /// upload aborts it (best effort, in the background); call
 /// [`Upload::abort`] to wait for the clean-up.
@@ -84,6 +113,8 @@ pub struct Upload {
     buffered: usize,
     tasks: JoinSet<object_store::Result<()>>,
     options: UploadOptions,
+    /// Parts submitted so far.
+    parts: usize,
     bytes_written: u64,
     key: String,
     path: Path,
@@ -117,6 +148,7 @@ impl Upload {
             buffered: 0,
             tasks: JoinSet::new(),
             options,
+            parts: 0,
             bytes_written: 0,
             key,
             path,
@@ -133,10 +165,11 @@ impl Upload {
     pub async fn write(&mut self, mut data: Bytes) -> Result<()> {
         self.bytes_written += data.len() as u64;
         while !data.is_empty() {
-            let take = (self.options.part_size - self.buffered).min(data.len());
+            let part_size = self.options.part_size_of(self.parts);
+            let take = (part_size - self.buffered).min(data.len());
             self.buffer.push(data.split_to(take));
             self.buffered += take;
-            if self.buffered == self.options.part_size {
+            if self.buffered == part_size {
                 self.submit_part().await?;
             }
         }
@@ -208,6 +241,7 @@ impl Upload {
         }
         let payload: PutPayload = std::mem::take(&mut self.buffer).into_iter().collect();
         self.buffered = 0;
+        self.parts += 1;
         let inner = self
             .inner
             .as_mut()
@@ -282,7 +316,7 @@ mod tests {
     #[test]
     fn options_validate() {
         assert!(UploadOptions::new().validate().is_ok());
-        assert_eq!(UploadOptions::default().part_size, 8 * MIB);
+        assert_eq!(UploadOptions::default().part_size, 5 * MIB);
         assert_eq!(UploadOptions::default().max_concurrency, 4);
         assert!(UploadOptions::new().with_part_size(MIB).validate().is_err());
         assert!(
@@ -291,5 +325,43 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn parts_double_every_parts_per_size_so_10000_parts_hold_terabytes() {
+        let o = UploadOptions::default();
+        assert_eq!(o.part_size_of(0), 5 * MIB);
+        assert_eq!(o.part_size_of(999), 5 * MIB);
+        assert_eq!(o.part_size_of(1000), 10 * MIB);
+        assert_eq!(o.part_size_of(2500), 20 * MIB);
+        assert_eq!(o.part_size_of(usize::MAX), UploadOptions::MAX_PART_SIZE);
+        let capacity: u128 = (0..10_000).map(|i| o.part_size_of(i) as u128).sum();
+        assert!(capacity > 4 * (1u128 << 40), "{capacity} bytes");
+        // The memory bound of the defaults for objects up to 4.9 GiB.
+        assert_eq!(o.part_size_of(0) * (o.max_concurrency + 1), 25 * MIB);
+        assert!(
+            UploadOptions::new()
+                .with_parts_per_size(0)
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn growing_parts_keep_every_byte_in_order() {
+        let store = Store::from_url("memory://").unwrap();
+        let options = UploadOptions::default().with_parts_per_size(2);
+        // Parts of 5, 5, 10, 10, 20 MiB, then the rest: written in odd
+        // pieces that straddle every boundary.
+        let data: Vec<u8> = (0..(53 * MIB + 12_345))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut upload = store.upload("grow", options).await.unwrap();
+        for piece in data.chunks(777_777) {
+            upload.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        assert_eq!(upload.parts, 5);
+        upload.finish().await.unwrap();
+        assert!(store.get("grow").await.unwrap().bytes == data);
     }
 }
