@@ -1,12 +1,13 @@
 //! Listing the backups of a store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
-use super::{BackupFolder, Catalog};
+use super::{BackupFolder, Catalog, StatefileHandle};
 use crate::error::{Error, Result};
 use crate::id::ServiceType;
 use crate::statefile::{STATEFILE_NAME, Statefile};
@@ -145,49 +146,72 @@ impl Catalog {
     /// # Errors
     /// Storage errors of the listing itself.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<CatalogEntry>> {
-        let objects = self
-            .store
-            .list("")
-            .await
-            .map_err(|e| Error::store("listing backups", e))?;
+        // Each statefile is fetched as soon as the listing shows it, while
+        // the listing goes on (up to `concurrency` at once): on S3 the
+        // listing alone is a quarter of the time of 10,000 GETs.
+        let mut listing = self.store.list_stream("");
+        let mut listing_done = false;
+        let mut loads = FuturesUnordered::new();
+        let mut loaded: HashMap<String, Result<StatefileHandle>> = HashMap::new();
         let mut folders: BTreeMap<String, Folder> = BTreeMap::new();
-        for o in objects {
-            let Some((folder, name)) = o.key.split_once('/') else {
-                continue; // top-level objects such as `ping`
-            };
-            if name.contains('/') {
-                continue;
-            }
-            let f = folders.entry(folder.to_string()).or_default();
-            match name {
-                STATEFILE_NAME => f.statefile = Some(DateTime::<Utc>::from(o.last_modified)),
-                DELETING_MARKER => f.deleting = true,
-                _ => {
-                    f.stored_bytes += o.size;
-                    f.sizes.insert(name.to_string(), o.size);
+        loop {
+            tokio::select! {
+                biased;
+                Some((id, handle)) = loads.next(), if !loads.is_empty() => {
+                    loaded.insert(id, handle);
                 }
+                item = listing.next(), if !listing_done && loads.len() < self.concurrency => {
+                    let Some(item) = item else {
+                        listing_done = true;
+                        continue;
+                    };
+                    let o = item.map_err(|e| Error::store("listing backups", e))?;
+                    let Some((folder, name)) = o.key.split_once('/') else {
+                        continue; // top-level objects such as `ping`
+                    };
+                    if name.contains('/') {
+                        continue;
+                    }
+                    let f = folders.entry(folder.to_string()).or_default();
+                    match name {
+                        STATEFILE_NAME => {
+                            f.statefile = Some(DateTime::<Utc>::from(o.last_modified));
+                            let id = folder.to_string();
+                            loads.push(async move {
+                                let handle = self.load(&id).await;
+                                (id, handle)
+                            });
+                        }
+                        DELETING_MARKER => f.deleting = true,
+                        _ => {
+                            f.stored_bytes += o.size;
+                            f.sizes.insert(name.to_string(), o.size);
+                        }
+                    }
+                }
+                else => break,
             }
         }
         // A folder is a backup when it has a statefile, a delete marker or a
         // backup-shaped name; anything else in the prefix is not ours.
-        let candidates: Vec<(String, Folder)> = folders
+        let mut entries: Vec<CatalogEntry> = folders
             .into_iter()
             .filter(|(name, f)| {
                 f.statefile.is_some() || f.deleting || name.parse::<crate::BackupId>().is_ok()
             })
+            .map(|(id, folder)| {
+                let handle = loaded.remove(&id);
+                Self::entry(id, folder, handle)
+            })
             .collect();
-
-        let mut entries: Vec<CatalogEntry> = futures::stream::iter(candidates)
-            .map(|(id, folder)| async move { Ok::<_, Error>(self.entry(id, folder).await) })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
         entries.retain(|e| filter.matches(e));
         entries.sort_by(|a, b| b.date().cmp(&a.date()).then_with(|| a.id.cmp(&b.id)));
         Ok(entries)
     }
 
-    async fn entry(&self, id: String, folder: Folder) -> CatalogEntry {
+    /// The entry of folder `id`, from what the listing saw and its loaded
+    /// statefile (`None`: it has none).
+    fn entry(id: String, folder: Folder, handle: Option<Result<StatefileHandle>>) -> CatalogEntry {
         let mut entry = CatalogEntry {
             id: id.clone(),
             statefile: None,
@@ -196,11 +220,11 @@ impl Catalog {
             stored_bytes: folder.stored_bytes,
             modified_at: folder.statefile,
         };
-        if folder.statefile.is_none() {
+        let Some(handle) = handle else {
             entry.unreadable = Some("statefile missing".into());
             return entry;
-        }
-        match self.load(&id).await {
+        };
+        match handle {
             Ok(handle) => {
                 let mut sf = handle.statefile;
                 for a in sf.artifacts.iter_mut().filter(|a| a.size_bytes.is_none()) {
