@@ -194,7 +194,8 @@ impl RssBench {
                 zstd(DataKind::Dump, Some(0), None),
             ),
             (
-                "pipeline → SeaweedFS, none, parts 8 MiB x 4 (the default before 5 MiB parts)".into(),
+                "pipeline → SeaweedFS, none, parts 8 MiB x 4 (the default before 5 MiB parts)"
+                    .into(),
                 pipe(CompressionArg::None, None, None, None),
             ),
             (
@@ -206,7 +207,8 @@ impl RssBench {
                 pipe(CompressionArg::None, None, Some(5), None),
             ),
             (
-                "pipeline → SeaweedFS, zstd, parts 8 MiB x 4 (the default before 5 MiB parts)".into(),
+                "pipeline → SeaweedFS, zstd, parts 8 MiB x 4 (the default before 5 MiB parts)"
+                    .into(),
                 pipe(CompressionArg::Zstd, None, None, None),
             ),
             (

@@ -214,7 +214,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4000))]
+        // PROPTEST_CASES=N for a longer hunt.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000)
+        ))]
 
         #[test]
         fn never_panics(s in ".{0,40}") {

@@ -152,8 +152,11 @@ async fn mark_restore_lost(shared: &Shared, view: &StoreView, sf: &Statefile) {
             }) {
                 r.status = RestoreStatus::Failed;
                 r.finished_at = Some(now);
+                // The runner died mid-restore: whether it touched the
+                // target (or even finished) is unknown, and the entry says so.
                 r.error = Some(format!(
-                    "owner lost: {} stopped heartbeating; marked failed by {seen_by}",
+                    "owner lost: {} stopped heartbeating; marked failed by {seen_by}; \
+                     the target may have been changed (the restore may even have completed)",
                     r.owner.as_deref().unwrap_or("unknown")
                 ));
                 any = true;

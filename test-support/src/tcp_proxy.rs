@@ -2,8 +2,8 @@
 //! network slow, cuts it after some bytes, or refuses connections, switched
 //! at any time with [`TcpProxy::set`]. It knows nothing of the protocol, so
 //! it sits in front of any server (S3, PostgreSQL, Redis, Elasticsearch);
-//! the HTTP-aware [`crate::opensearch::FaultProxy`] shares its accept loop
-//! ([`Acceptor`]).
+//! the HTTP-aware [`crate::opensearch::FaultProxy`] shares its accept
+//! loop.
 //!
 //! One thread per direction of each connection, one upstream connection per
 //! client connection.

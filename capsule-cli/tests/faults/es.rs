@@ -236,21 +236,23 @@ impl Subject for Es {
         self.proxy = TcpProxy::start(self.server.port);
     }
 
-    fn live_before(&mut self) -> (Live, Vec<String>) {
+    fn live_before(&mut self) -> Live {
         for index in RESTORED {
             if exists(&self.server, index) {
                 self.server.ok("DELETE", &format!("/{index}"), "");
             }
         }
-        (
-            Live {
-                checksum: self.live_hash(),
-            },
-            Vec::new(),
-        )
+        Live {
+            checksum: self.live_hash(),
+        }
     }
 
-    fn live_after(&mut self, before: &Live, restored: bool) -> (Vec<String>, Vec<String>) {
+    fn live_after(
+        &mut self,
+        before: &Live,
+        restored: bool,
+        _error: Option<&str>,
+    ) -> (Vec<String>, Vec<String>) {
         let mut wrong = Vec::new();
         let mut notes = Vec::new();
         if self.live_hash() != before.checksum {
@@ -267,8 +269,8 @@ impl Subject for Es {
                 "the restore says finished but the restored indices ({made:?}) do not hold the backup"
             )),
             (false, true) => notes.push(
-                "killed at the end: the restored indices hold the whole backup, \
-                 the run is not recorded as finished"
+                "the restored indices hold the whole backup, but the run is not recorded as \
+                 finished (killed at the end, or the store was down when it was to be recorded)"
                     .into(),
             ),
             (false, false) if !made.is_empty() => notes.push(

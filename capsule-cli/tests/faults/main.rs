@@ -124,6 +124,7 @@ fn run_engine(name: &str, runs: Option<usize>, mut rng: Rng, seed: u64, table: &
         }
     }
     engine.daemon_check();
+    engine.sweep();
     eprintln!("{name}: done in {:.1?}", started.elapsed());
 }
 
@@ -142,6 +143,10 @@ fn main() -> ExitCode {
         .into_iter()
         .filter(|e| filters.is_empty() || filters.iter().any(|f| e.contains(f)))
         .collect();
+    if engines.is_empty() {
+        println!("faults: no engine matches {filters:?}");
+        return ExitCode::SUCCESS;
+    }
     let seed = std::env::var("CAPSULE_FAULT_SEED")
         .ok()
         .and_then(|s| s.trim().parse().ok())

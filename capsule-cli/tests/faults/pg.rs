@@ -209,7 +209,17 @@ impl Subject for Pg {
     }
 
     fn kill_tool(&mut self, run: &Running, phase: Phase) -> bool {
-        let children = run.children_named(self.tool(phase));
+        // Not the `--version` probes of the tool lookup: a tool at work.
+        let children: Vec<u32> = run
+            .children_named(self.tool(phase))
+            .into_iter()
+            .filter(|pid| {
+                !std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == b"--version")
+            })
+            .collect();
         for pid in &children {
             signal(*pid, "KILL");
         }
@@ -222,16 +232,8 @@ impl Subject for Pg {
         Some(Box::new(SwapHold::start(&self.live)))
     }
 
-    fn live_before(&mut self) -> (Live, Vec<String>) {
-        let mut notes = Vec::new();
+    fn live_before(&mut self) -> Live {
         for db in self.siblings() {
-            if db.contains("__capsule_restore_") {
-                notes.push(
-                    "a partly restored database (<live>__capsule_restore_…) was left behind; \
-                     the live one was not touched (dropped by the suite)"
-                        .into(),
-                );
-            }
             drop_database(&db);
         }
         if !pg().database_exists(&self.live) {
@@ -257,10 +259,15 @@ impl Subject for Pg {
             );
             sum = checksum(&self.live).expect("checksum of the live database");
         }
-        (Live { checksum: sum }, notes)
+        Live { checksum: sum }
     }
 
-    fn live_after(&mut self, before: &Live, restored: bool) -> (Vec<String>, Vec<String>) {
+    fn live_after(
+        &mut self,
+        before: &Live,
+        restored: bool,
+        error: Option<&str>,
+    ) -> (Vec<String>, Vec<String>) {
         let now = match checksum(&self.live) {
             Ok(sum) => sum,
             Err(e) => {
@@ -275,8 +282,35 @@ impl Subject for Pg {
                 );
             }
         };
+        let mut notes = Vec::new();
+        let left: Vec<String> = self
+            .siblings()
+            .into_iter()
+            .filter(|d| d.contains("__capsule_restore_"))
+            .collect();
+        match (left.first(), error) {
+            (None, _) => {}
+            (Some(copy), Some(e)) if !e.contains(copy.as_str()) => {
+                return (
+                    vec![format!(
+                        "a failed restore left {copy} behind and its error does not say so: {e}"
+                    )],
+                    notes,
+                );
+            }
+            (Some(_), Some(_)) => notes.push(
+                "the partly restored copy could not be dropped (the link was cut) and the \
+                 error names it; the live database was not touched"
+                    .to_string(),
+            ),
+            (Some(_), None) => notes.push(
+                "killed: the restored copy (<live>__capsule_restore_…) was left behind; \
+                 the live database was not touched (the suite drops the copy)"
+                    .to_string(),
+            ),
+        }
         match (restored, now == before.checksum, now == self.backup) {
-            (true, _, true) | (false, true, _) => (Vec::new(), Vec::new()),
+            (true, _, true) | (false, true, _) => (Vec::new(), notes),
             (true, _, false) => (
                 vec![
                     "the restore says finished but the live database does not hold the backup"
@@ -284,14 +318,15 @@ impl Subject for Pg {
                 ],
                 Vec::new(),
             ),
-            (false, false, true) => (
-                Vec::new(),
-                vec![
-                    "killed after the swap: the live database holds the whole backup, \
-                     the run is not recorded as finished"
+            (false, false, true) => {
+                notes.push(
+                    "the live database holds the whole backup (swapped in), but the run is not \
+                     recorded as finished (killed after the commit, or the store was down when \
+                     it was to be recorded)"
                         .into(),
-                ],
-            ),
+                );
+                (Vec::new(), notes)
+            }
             (false, false, false) => (
                 vec!["a restore that did not finish changed the live database".into()],
                 Vec::new(),

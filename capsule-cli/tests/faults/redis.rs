@@ -204,7 +204,7 @@ impl Subject for RedisSubject {
         }
     }
 
-    fn live_before(&mut self) -> (Live, Vec<String>) {
+    fn live_before(&mut self) -> Live {
         let t = &self.target;
         t.cmd(&[b"FLUSHALL"]);
         let mut c = t.client();
@@ -225,15 +225,17 @@ impl Subject for RedisSubject {
         if self.live_only.is_empty() {
             self.live_only = digest_values(t);
         }
-        (
-            Live {
-                checksum: t.digest(),
-            },
-            Vec::new(),
-        )
+        Live {
+            checksum: t.digest(),
+        }
     }
 
-    fn live_after(&mut self, before: &Live, restored: bool) -> (Vec<String>, Vec<String>) {
+    fn live_after(
+        &mut self,
+        before: &Live,
+        restored: bool,
+        error: Option<&str>,
+    ) -> (Vec<String>, Vec<String>) {
         let t = &self.target;
         let mut wrong = Vec::new();
         let mut notes = Vec::new();
@@ -262,15 +264,25 @@ impl Subject for RedisSubject {
                 "the restore says finished but the live server does not hold the backup".into(),
             ),
             (false, true, false) => notes.push(
-                "killed at the end: the live server holds the whole backup, \
-                 the run is not recorded as finished"
+                "the live server holds the whole backup, but the run is not recorded as \
+                 finished (killed at the end, or the store was down when it was to be recorded)"
                     .into(),
             ),
-            (false, false, false) => notes.push(
-                "a failed restore left some of the backup's keys in place \
-                 (the default mode replaces keys the backup holds, and says so)"
-                    .into(),
-            ),
+            (false, false, false) => match error {
+                Some(e) if !e.contains("may hold part of the backup") => wrong.push(format!(
+                    "a failed restore changed the live server without saying so: {e}"
+                )),
+                Some(_) => notes.push(
+                    "a failed restore left part of the backup in place, and its error said so \
+                     (the default mode replaces the keys the backup holds)"
+                        .into(),
+                ),
+                None => notes.push(
+                    "killed mid-restore: part of the backup is in place (the default mode \
+                     replaces the keys the backup holds)"
+                        .into(),
+                ),
+            },
         }
         (wrong, notes)
     }

@@ -13,10 +13,12 @@
 //! 4. a run that fails by itself ends within a bound, with exit code 1 and
 //!    one `error: …` line (no panic, no hang, no secret).
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+mod checks;
 
-use capsule_core::{RestoreStatus, Statefile, Status};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use capsule_core::{Statefile, Status};
 use chrono::{DateTime, Utc};
 use test_support::tcp_proxy::NetFault;
 
@@ -91,6 +93,24 @@ enum Pending {
     Restore(DateTime<Utc>),
 }
 
+/// What the checks of one run found.
+struct Verdict {
+    violations: Vec<String>,
+    notes: Vec<String>,
+    /// Left `running` for the daemon to mark failed.
+    abandoned: Vec<Pending>,
+}
+
+/// One fault run, as it went.
+struct Run {
+    case: Case,
+    n: usize,
+    /// How the fault was injected (when, how many bytes…).
+    what: String,
+    exit: Exit,
+    started: Instant,
+}
+
 /// An engine, its bucket and its results.
 pub struct Engine<'a> {
     subject: Box<dyn Subject + Send>,
@@ -100,6 +120,8 @@ pub struct Engine<'a> {
     seed: u64,
     base: Option<Baseline>,
     pending: Vec<(Pending, String, usize, Outcome)>,
+    /// Finished backups whose artifacts were checked.
+    verified: BTreeSet<String>,
 }
 
 impl<'a> Engine<'a> {
@@ -113,6 +135,7 @@ impl<'a> Engine<'a> {
             seed,
             base: None,
             pending: Vec::new(),
+            verified: BTreeSet::new(),
         }
     }
 
@@ -166,7 +189,7 @@ impl<'a> Engine<'a> {
             counts,
         });
 
-        let (live, _) = self.subject.live_before();
+        let live = self.subject.live_before();
         let (store0, db0) = (
             self.bucket.proxy.forwarded(),
             self.subject.db_proxy(Phase::Restore).forwarded(),
@@ -175,7 +198,7 @@ impl<'a> Engine<'a> {
             .spawn(Phase::Restore, None)
             .wait(Duration::from_secs(300), false);
         assert_eq!(exit.code, Some(0), "clean restore failed:\n{exit:#?}");
-        let (wrong, _) = self.subject.live_after(&live, true);
+        let (wrong, _) = self.subject.live_after(&live, true, None);
         assert!(wrong.is_empty(), "clean restore: {wrong:?}");
         let b = self.base.as_mut().expect("set above");
         b.duration[1] = exit.elapsed;
@@ -204,9 +227,7 @@ impl<'a> Engine<'a> {
 
     fn statefile(&self, id: &str) -> Statefile {
         self.bucket
-            .statefiles()
-            .into_iter()
-            .find(|s| s.backup_id.as_str() == id)
+            .load(id)
             .unwrap_or_else(|| panic!("no statefile {id}"))
     }
 
@@ -222,8 +243,7 @@ impl<'a> Engine<'a> {
             }
             _ => Some(s3.shared()),
         };
-        let run_started = std::time::Instant::now();
-        let label = case.label(&*self.subject);
+        let run_started = Instant::now();
         let phase = case.phase;
         let i = phase as usize;
         let (clean, store_bytes, db_bytes) = {
@@ -231,17 +251,14 @@ impl<'a> Engine<'a> {
             (b.duration[i], b.store_bytes[i], b.db_bytes[i])
         };
         let bound = clean * 3 + Duration::from_secs(60);
-        let before: BTreeSet<String> = ids(&self.bucket.statefiles());
+        let before = self.bucket.ids();
         let restores_before = match phase {
             Phase::Restore => self.statefile(&self.base().id).restores.len(),
             Phase::Backup => 0,
         };
-        let (live, mut notes) = match phase {
-            Phase::Restore => {
-                let (l, n) = self.subject.live_before();
-                (Some(l), n)
-            }
-            Phase::Backup => (None, Vec::new()),
+        let live = match phase {
+            Phase::Restore => Some(self.subject.live_before()),
+            Phase::Backup => None,
         };
         let mut hold = None;
         if case.fault == Fault::KillAtCommit {
@@ -336,313 +353,31 @@ impl<'a> Engine<'a> {
             self.subject.recover(phase);
         }
 
-        let mut violations = Vec::new();
-        let mut abandoned = Vec::new();
         let store_was_down = matches!(case.fault, Fault::StoreCrash | Fault::StorePartition);
-        self.check_exit(&exit, bound, &mut violations, &mut notes);
-        let after = self.bucket.statefiles();
+        let mut verdict = Verdict {
+            violations: Vec::new(),
+            notes: Vec::new(),
+            abandoned: Vec::new(),
+        };
+        self.check_exit(&exit, bound, case.fault, &mut verdict);
         let finished = match phase {
-            Phase::Backup => {
-                self.judge_backup(&exit, &before, &after, store_was_down, &mut violations)
-            }
-            Phase::Restore => {
-                let sf = after
-                    .iter()
-                    .find(|s| s.backup_id.as_str() == self.base().id)
-                    .expect("the baseline backup");
-                let entries = &sf.restores[restores_before.min(sf.restores.len())..];
-                let entry_finished = entries.iter().any(|r| r.status == RestoreStatus::Finished);
-                let entry_running = entries.iter().any(|r| r.status == RestoreStatus::Running);
-                match (exit.code, entry_finished, entry_running) {
-                    (Some(0), false, true) if store_was_down => notes.push(
-                        "restored, but the store was down when the outcome was to be recorded: \
-                         the CLI said so (exit 0 with a warning) and the entry stays running \
-                         until a daemon marks it failed (owner lost)"
-                            .into(),
-                    ),
-                    (Some(0), false, _) => {
-                        violations.push("exit 0 but the restore entry is not finished".into())
-                    }
-                    _ => {}
-                }
-                if exit.code == Some(1) && entry_finished {
-                    notes.push("exit 1 although the restore entry says finished".into());
-                }
-                for r in entries
-                    .iter()
-                    .filter(|r| r.status == RestoreStatus::Running)
-                {
-                    if !killed && !store_was_down && !exit.hung {
-                        violations.push(format!(
-                            "the run ended (exit {:?}) but left its restore entry running",
-                            exit.code
-                        ));
-                    }
-                    abandoned.push(Pending::Restore(r.requested_at));
-                }
-                if server_killed {
-                    notes.push(format!(
-                        "{}: the live target was the server killed: invariant 3 not applicable",
-                        self.name()
-                    ));
-                } else {
-                    let live = live.as_ref().expect("measured before");
-                    let (v, n) = self.subject.live_after(live, entry_finished);
-                    violations.extend(v);
-                    notes.extend(n);
-                }
-                entry_finished
-            }
+            Phase::Backup => self.judge_backup(&exit, &before, store_was_down, &mut verdict),
+            Phase::Restore => self.judge_restore(
+                &exit,
+                restores_before,
+                live.as_ref().filter(|_| !server_killed),
+                store_was_down,
+                &mut verdict,
+            ),
         };
-        let outcome = if !violations.is_empty() {
-            Outcome::Violation
-        } else if finished {
-            Outcome::Finished
-        } else {
-            Outcome::FailedCleanly
+        let run = Run {
+            case,
+            n,
+            what,
+            exit,
+            started: run_started,
         };
-        // What a crash left for the daemon: counted now, demoted if the
-        // daemon does not mark it failed.
-        if let Phase::Backup = phase {
-            for sf in after
-                .iter()
-                .filter(|s| !before.contains(s.backup_id.as_str()))
-            {
-                if sf.status == Status::Running {
-                    abandoned.push(Pending::Backup(sf.backup_id.to_string()));
-                }
-            }
-        }
-        for p in abandoned {
-            self.pending.push((p, label.clone(), case.order(), outcome));
-        }
-        let engine = self.name();
-        if std::env::var_os("CAPSULE_FAULT_VERBOSE").is_some() {
-            eprintln!(
-                "{engine} / {label} / run {n} ({what}): {outcome:?}, capsule exit {:?} after {:.2?}, run checked in {:.2?}{}",
-                exit.code,
-                exit.elapsed,
-                run_started.elapsed(),
-                exit.error_line()
-                    .map(|e| format!("\n    {e}"))
-                    .unwrap_or_default()
-            );
-        }
-        self.table.record(engine, case.order(), &label, outcome);
-        for v in &violations {
-            self.table.violation(format!(
-                "{engine} / {label} / run {n} ({what}; CAPSULE_FAULT_SEED={}): {v}\n  capsule exit {:?} after {:.2?}; stderr tail:\n{}",
-                self.seed,
-                exit.code,
-                exit.elapsed,
-                indent(&exit.stderr_tail(8))
-            ));
-        }
-        for note in notes {
-            self.table.note(format!("{engine} / {label}: {note}"));
-        }
+        self.record(&run, finished, verdict);
         drop(exclusive);
     }
-
-    /// Invariant 4 for a run that ended by itself.
-    fn check_exit(
-        &self,
-        exit: &Exit,
-        bound: Duration,
-        v: &mut Vec<String>,
-        notes: &mut Vec<String>,
-    ) {
-        let s3 = store::s3();
-        for secret in [&s3.secret_key, &s3.access_key] {
-            if exit.stderr.contains(secret.as_str()) || exit.stdout.contains(secret.as_str()) {
-                v.push("a store key appears in the output".into());
-            }
-        }
-        if exit.hung {
-            v.push(format!("still running after {bound:.0?}: killed"));
-            return;
-        }
-        if exit.killed || exit.code == Some(0) {
-            return;
-        }
-        match exit.code {
-            Some(1) => {}
-            other => v.push(format!("exit {other:?}, not 1")),
-        }
-        if exit.stderr.contains("panicked") {
-            v.push("capsule panicked".into());
-        }
-        match exit.error_line() {
-            None => v.push("no `error: …` line on stderr".into()),
-            Some(line) if line.trim() == "error:" => v.push("an empty error line".into()),
-            Some(_) => {}
-        }
-        if exit.retry_lines() > 0 {
-            notes.push(format!(
-                "failed after logged retries (\"retry N of M\"), within {:.0?}",
-                bound
-            ));
-        }
-    }
-
-    /// Invariant 1 and the outcome of a backup run; true when it finished.
-    fn judge_backup(
-        &self,
-        exit: &Exit,
-        before: &BTreeSet<String>,
-        after: &[Statefile],
-        store_was_down: bool,
-        v: &mut Vec<String>,
-    ) -> bool {
-        let new: Vec<&Statefile> = after
-            .iter()
-            .filter(|s| !before.contains(s.backup_id.as_str()))
-            .collect();
-        let mut finished = false;
-        for sf in &new {
-            match sf.status {
-                Status::Finished => {
-                    finished = true;
-                    v.extend(self.bucket.check_artifacts(sf));
-                    let counts = sf
-                        .engine
-                        .as_ref()
-                        .and_then(|e| e.fingerprint.as_ref())
-                        .map(|f| f.counts.clone())
-                        .unwrap_or_default();
-                    if counts != self.base().counts {
-                        v.push(format!(
-                            "backup {} recorded counts {counts:?}, the source has {:?}",
-                            sf.backup_id,
-                            self.base().counts
-                        ));
-                    }
-                    v.extend(self.verify(sf.backup_id.as_str()));
-                }
-                Status::Running if !exit.killed && !store_was_down && !exit.hung => {
-                    v.push(format!(
-                        "the run ended (exit {:?}) but left backup {} running",
-                        exit.code, sf.backup_id
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if exit.code == Some(0) {
-            let printed = exit.stdout.trim();
-            if !new
-                .iter()
-                .any(|s| s.status == Status::Finished && s.backup_id.as_str() == printed)
-            {
-                v.push(format!("exit 0 but backup {printed:?} is not finished"));
-            }
-        }
-        if new.len() > 1 {
-            v.push(format!("one run made {} backups", new.len()));
-        }
-        finished
-    }
-
-    /// A restore drill of backup `id`: the proof a finished backup holds
-    /// the data, not only bytes matching their checksum.
-    fn verify(&self, id: &str) -> Vec<String> {
-        let mut args = self.bucket.flags();
-        args.extend(self.subject.verify_args(id));
-        let exit = Running::spawn(&args).wait(Duration::from_secs(300), false);
-        if std::env::var_os("CAPSULE_FAULT_VERBOSE").is_some() {
-            eprintln!(
-                "{}: restore drill of {id}: exit {:?} in {:.2?}",
-                self.name(),
-                exit.code,
-                exit.elapsed
-            );
-        }
-        if exit.code == Some(0) {
-            return Vec::new();
-        }
-        vec![format!(
-            "backup {id} is finished but its restore drill failed (exit {:?}): {}",
-            exit.code,
-            exit.error_line().unwrap_or("")
-        )]
-    }
-
-    /// Invariant 2: a daemon started on the bucket marks every backup and
-    /// restore a crashed run left `running` as failed.
-    pub fn daemon_check(&mut self) {
-        let _store = store::s3().shared();
-        let (b, r) = store::unfinished(&self.bucket.statefiles());
-        if b.is_empty() && r.is_empty() {
-            return;
-        }
-        let mut daemon = crate::support::Spec::new(
-            &format!("faults-{}", self.name()),
-            &self.bucket.direct_url_with_keys(),
-            "faults",
-        )
-        .dst_dir(store::DST_DIR)
-        .start();
-        let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            let (b, r) = store::unfinished(&self.bucket.statefiles());
-            if b.is_empty() && r.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        eprintln!(
-            "{}: the daemon marked {} abandoned backups and the restores of {} backups failed in {:.1?}",
-            self.name(),
-            b.len(),
-            r.len(),
-            started.elapsed()
-        );
-        let all = self.bucket.statefiles();
-        let engine = self.name();
-        for (pending, label, order, outcome) in std::mem::take(&mut self.pending) {
-            let problem = match &pending {
-                Pending::Backup(id) => {
-                    let sf = all.iter().find(|s| s.backup_id.as_str() == id);
-                    match sf.map(|s| (s.status, s.error.clone().unwrap_or_default())) {
-                        Some((Status::Failed, e)) if e.starts_with("owner lost") => None,
-                        Some((Status::Failed, _)) => None,
-                        other => Some(format!(
-                            "backup {id} left running by a crashed run is {other:?} after the daemon's scans"
-                        )),
-                    }
-                }
-                Pending::Restore(at) => {
-                    let entry = all
-                        .iter()
-                        .flat_map(|s| s.restores.iter())
-                        .find(|e| &e.requested_at == at);
-                    match entry.map(|e| e.status) {
-                        Some(RestoreStatus::Failed) | Some(RestoreStatus::Finished) => None,
-                        other => Some(format!(
-                            "the restore requested at {at} left running by a crashed run is {other:?} after the daemon's scans"
-                        )),
-                    }
-                }
-            };
-            if let Some(p) = problem {
-                self.table.demote(engine, order, &label, outcome);
-                self.table.violation(format!(
-                    "{engine} / {label} (CAPSULE_FAULT_SEED={}): {p}",
-                    self.seed
-                ));
-            }
-        }
-        let _ = daemon.terminate(Duration::from_secs(30));
-    }
-}
-
-fn ids(list: &[Statefile]) -> BTreeSet<String> {
-    list.iter().map(|s| s.backup_id.to_string()).collect()
-}
-
-fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -3,6 +3,7 @@
 //! what is in it (every `finished` backup's artifacts downloaded and
 //! hashed).
 
+use std::collections::BTreeSet;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -107,6 +108,37 @@ impl Bucket {
             direct_url(&self.name),
             s3.access_key,
             s3.secret_key
+        )
+    }
+
+    /// The backup folders (and `.leases`), retried while the store settles
+    /// after a restart.
+    pub fn ids(&self) -> BTreeSet<String> {
+        let mut last = None;
+        for _ in 0..50 {
+            match block_on(self.catalog.store().list_dirs("")) {
+                Ok(dirs) => return dirs.into_iter().collect(),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("cannot list {}: {:?}", self.name, last)
+    }
+
+    /// The statefile of backup `id`; `None` when there is none.
+    pub fn load(&self, id: &str) -> Option<Statefile> {
+        let mut last = None;
+        for _ in 0..50 {
+            match block_on(self.catalog.describe(id)) {
+                Ok(sf) => return Some(sf),
+                Err(capsule_core::Error::BackupNotFound { .. }) => return None,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "cannot read the statefile of {id} in {}: {:?}",
+            self.name, last
         )
     }
 

@@ -82,14 +82,19 @@ pub trait Subject {
     }
 
     /// Puts the live target in its known state before a restore run
-    /// (removing what earlier runs left) and measures it. Returns the
-    /// state and notes (leftovers found).
-    fn live_before(&mut self) -> (Live, Vec<String>);
+    /// (removing what earlier runs left) and measures it.
+    fn live_before(&mut self) -> Live;
 
     /// Invariant 3: checks the live target after a restore run. With
     /// `restored` (the run said the restore finished) it must hold the
     /// backup; without, it must be as `before` — or, for a run killed
-    /// at the very end, wholly restored (returned as a note). Returns
-    /// (violations, notes).
-    fn live_after(&mut self, before: &Live, restored: bool) -> (Vec<String>, Vec<String>);
+    /// at the very end, wholly restored (returned as a note); a mode that
+    /// replaces in place may leave part of the backup if `error` (the
+    /// run's `error: …` line) says so. Returns (violations, notes).
+    fn live_after(
+        &mut self,
+        before: &Live,
+        restored: bool,
+        error: Option<&str>,
+    ) -> (Vec<String>, Vec<String>);
 }

@@ -14,11 +14,14 @@ pub use list::{CatalogEntry, ListFilter};
 use bytes::Bytes;
 use capsule_store::{Store, Version};
 use chrono::Utc;
+use futures::StreamExt;
 
 use crate::encryption::Identities;
 use crate::error::{Error, Result};
 use crate::id::{BackupId, ServiceType};
-use crate::statefile::{RequestType, Restore, STATEFILE_NAME, ServiceIdentity, Statefile, legacy};
+use crate::statefile::{
+    MAX_STATEFILE_BYTES, RequestType, Restore, STATEFILE_NAME, ServiceIdentity, Statefile, legacy,
+};
 use crate::status::Status;
 
 /// How many times a conditional update is retried after a conflict.
@@ -92,7 +95,10 @@ impl Catalog {
     pub async fn load(&self, id: &str) -> Result<StatefileHandle> {
         check_id(id)?;
         let key = Self::key(id, STATEFILE_NAME);
-        let obj = match self.store.get(&key).await {
+        let reading = |e| Error::store(format!("backup {id}: reading the statefile"), e);
+        // Streamed, so an oversized object (anyone with write access to the
+        // bucket can put one) is refused by its size, not loaded whole.
+        let obj = match self.store.get_stream(&key).await {
             Ok(obj) => obj,
             Err(capsule_store::Error::NotFound { .. }) => {
                 return Err(Error::BackupNotFound {
@@ -100,18 +106,29 @@ impl Catalog {
                     store: self.store.url().to_string(),
                 });
             }
-            Err(e) => {
-                return Err(Error::store(
-                    format!("backup {id}: reading the statefile"),
-                    e,
-                ));
-            }
+            Err(e) => return Err(reading(e)),
         };
-        let statefile =
-            Statefile::from_slice(&obj.bytes).map_err(|e| Error::UnreadableStatefile {
-                id: id.to_string(),
-                reason: e.to_string(),
-            })?;
+        let too_large = |size: u64| Error::UnreadableStatefile {
+            id: id.to_string(),
+            reason: format!("statefile too large ({size} bytes, at most {MAX_STATEFILE_BYTES})"),
+        };
+        if obj.size > MAX_STATEFILE_BYTES as u64 {
+            return Err(too_large(obj.size));
+        }
+        let mut raw = Vec::with_capacity(obj.size as usize);
+        let mut chunks = obj.stream;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(reading)?;
+            if raw.len() + chunk.len() > MAX_STATEFILE_BYTES {
+                return Err(too_large((raw.len() + chunk.len()) as u64));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let raw = Bytes::from(raw);
+        let statefile = Statefile::from_slice(&raw).map_err(|e| Error::UnreadableStatefile {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
         if statefile.backup_id.as_str() != id {
             return Err(Error::UnreadableStatefile {
                 id: id.to_string(),
@@ -124,7 +141,7 @@ impl Catalog {
         Ok(StatefileHandle {
             statefile,
             version: obj.version,
-            raw: obj.bytes,
+            raw,
         })
     }
 

@@ -292,6 +292,24 @@ proptest! {
 }
 
 #[test]
+fn sizes_past_u64_are_unknown_not_a_panic() {
+    // Regression (found by `mutated_generated_files_never_panic`): two
+    // artifacts whose sizes add up past u64::MAX made `size_bytes` panic
+    // with an overflow (what `capsule list` shows for every backup).
+    let doc = serde_json::json!({
+        "statefileVersion": "v1", "backupId": "postgresql-9nVJ8sGmQbXc3RkHzW2tLp",
+        "serviceType": "postgresql", "requestType": "manual", "status": "finished",
+        "requestedAt": "2021-06-10T09:15:42Z",
+        "artifacts": [
+            {"name": "a", "format": "x", "sizeBytes": u64::MAX},
+            {"name": "b", "format": "x", "sizeBytes": 1},
+        ],
+    });
+    let sf = Statefile::from_slice(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert_eq!(sf.size_bytes(), None);
+}
+
+#[test]
 fn the_json_mutator_reaches_every_value() {
     let doc = br#"{"a":{"b/c":[1,2]},"d":"x"}"#;
     let mut all = Vec::new();

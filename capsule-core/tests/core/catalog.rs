@@ -123,6 +123,32 @@ async fn corrupt_statefile_is_listed_as_unreadable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_statefile_is_refused_by_its_size() {
+    // Once loaded whole before its size was checked: now refused from the
+    // object's size, before any of it is read.
+    use capsule_core::statefile::MAX_STATEFILE_BYTES;
+    let ts = stores::file();
+    let store = stores::with_legacy_fixture(&ts.store).await;
+    let mut big = vec![b' '; MAX_STATEFILE_BYTES + 1];
+    big[0] = b'{';
+    store
+        .put(&format!("{FAILED}/{STATEFILE_NAME}"), big.into())
+        .await
+        .unwrap();
+    let catalog = Catalog::new(store.clone());
+    let list = catalog.list(&ListFilter::default()).await.unwrap();
+    let bad = list.iter().find(|e| e.id == FAILED).unwrap();
+    let reason = bad.unreadable.as_deref().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "statefile too large ({} bytes",
+            MAX_STATEFILE_BYTES + 1
+        )),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_request_on_legacy_keeps_v1alpha1() {
     let ts = stores::memory();
     let store = stores::with_legacy_fixture(&ts.store).await;

@@ -240,7 +240,12 @@ mod tests {
 
     /// Reads every pair of `data` (limits 256 and 1024 bytes), checking
     /// the limits hold; the pairs, or the first error.
-    fn read_all(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    /// (action, source) lines.
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+    /// Index, id, routing and source of a document.
+    type Doc = (String, String, Option<String>, Vec<u8>);
+
+    fn read_all(data: &[u8]) -> Result<Pairs, String> {
         futures::executor::block_on(async {
             let mut r = PairReader::new(data).with_limits(256, 1024);
             let (mut a, mut s) = (Vec::new(), Vec::new());
@@ -261,7 +266,7 @@ mod tests {
         })
     }
 
-    fn artifact(docs: &[(String, String, Option<String>, Vec<u8>)]) -> Vec<u8> {
+    fn artifact(docs: &[Doc]) -> Vec<u8> {
         let mut out = Vec::new();
         for (index, id, routing, source) in docs {
             let meta = DocMeta {
@@ -276,7 +281,7 @@ mod tests {
         out
     }
 
-    fn docs() -> impl Strategy<Value = Vec<(String, String, Option<String>, Vec<u8>)>> {
+    fn docs() -> impl Strategy<Value = Vec<Doc>> {
         let source = prop_oneof![
             Just(br#"{"a":1,"b":[true,null,"x\ny"],"c":{"d":1.5e3}}"#.to_vec()),
             "\\{\"[a-z]{1,8}\":\"[ -~\n]{0,40}\"\\}".prop_map(String::into_bytes),

@@ -148,11 +148,14 @@ pub(crate) async fn restore(
         reason,
     };
 
+    // Set once the target may change: every error after says so.
+    let mut touched = false;
     let sent = async {
         match ops.recv().await.as_deref() {
             Some([Op::Header(v)]) => check_version(*v)?,
             _ => return Ok(None), // the producer failed; its error follows
         }
+        touched = true;
         if target != Target::Replace {
             client.call(&[b"FLUSHALL"]).await?;
             tracing::info!(target = %endpoint, "target flushed");
@@ -160,41 +163,48 @@ pub(crate) async fn restore(
         sender::send(client, ops).await.map(Some)
     }
     .await;
-    let produced = producer.await.map_err(|e| Error::Engine {
-        context: format!("{engine}: restore"),
-        message: format!("the RDB parser failed: {e}"),
-    })?;
-    let pumped = pump.await;
-    // A broken download names the object (checksum/length); prefer it.
-    if let Ok(Err(e)) = &pumped {
-        return Err(corrupt(e.to_string()));
-    }
-    let produced = produced.map_err(|e| {
-        if e.is_corrupt() {
-            corrupt(e.to_string())
-        } else {
-            Error::Unsupported(format!("backup {id}: {name}: {e}"))
+    let finished = async {
+        let produced = producer.await.map_err(|e| Error::Engine {
+            context: format!("{engine}: restore"),
+            message: format!("the RDB parser failed: {e}"),
+        })?;
+        let pumped = pump.await;
+        // A broken download names the object (checksum/length); prefer it.
+        if let Ok(Err(e)) = &pumped {
+            return Err(corrupt(e.to_string()));
         }
-    })?;
-    let stats = sent?.ok_or_else(|| corrupt("the RDB ended before its header".into()))?;
-    if !produced.complete {
-        return Err(engine_error(
-            &endpoint,
-            "restore",
-            "stopped before the end of the RDB",
-        ));
-    }
+        let produced = produced.map_err(|e| {
+            if e.is_corrupt() {
+                corrupt(e.to_string())
+            } else {
+                Error::Unsupported(format!("backup {id}: {name}: {e}"))
+            }
+        })?;
+        let stats = sent?.ok_or_else(|| corrupt("the RDB ended before its header".into()))?;
+        if !produced.complete {
+            return Err(engine_error(
+                &endpoint,
+                "restore",
+                "stopped before the end of the RDB",
+            ));
+        }
 
-    let report = finish(
-        conn,
-        target,
-        &produced,
-        &stats,
-        recorded.as_ref(),
-        &id,
-        started,
-    )
-    .await?;
+        finish(
+            conn,
+            target,
+            &produced,
+            &stats,
+            recorded.as_ref(),
+            &id,
+            started,
+        )
+        .await
+    }
+    .await;
+    let report = finished.map_err(|e| match touched {
+        true => touched_error(e, &endpoint, target),
+        false => e,
+    })?;
     tracing::info!(
         backup = %id, target = %report.target,
         restored = report.restored.values().sum::<u64>(),
@@ -202,6 +212,37 @@ pub(crate) async fn restore(
         functions = report.functions, "restore complete"
     );
     Ok(report)
+}
+
+/// `e`, saying what a restore that failed after it began to write left on
+/// the target: keys of the backup may have replaced theirs (other keys
+/// untouched), or the target was emptied first.
+fn touched_error(e: Error, endpoint: &str, target: Target) -> Error {
+    let note = match target {
+        Target::Replace => format!(
+            "the target {endpoint} may hold part of the backup: keys it holds may have been \
+             replaced, no other key was touched"
+        ),
+        Target::Flush | Target::Scratch => {
+            format!("the target {endpoint} was emptied (FLUSHALL) and may hold part of the backup")
+        }
+    };
+    match e {
+        Error::Engine { context, message } => Error::Engine {
+            context,
+            message: format!("{message}; {note}"),
+        },
+        Error::Corrupt { id, object, reason } => Error::Corrupt {
+            id,
+            object,
+            reason: format!("{reason}; {note}"),
+        },
+        e @ Error::VerificationFailed { .. } => e,
+        e => Error::Engine {
+            context: e.to_string(),
+            message: note,
+        },
+    }
 }
 
 /// Checks the counts and builds the report.

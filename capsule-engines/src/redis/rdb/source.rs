@@ -356,6 +356,7 @@ impl<R: Read> Source<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::rdb::{ParseOptions, RdbParser};
 
     fn string_header(n: u32) -> Vec<u8> {
         let mut h = vec![0x80];
@@ -366,14 +367,24 @@ mod tests {
     #[test]
     fn a_claimed_length_alone_allocates_nothing() {
         // Regression: a string claiming 512 MiB followed by 10 bytes made
-        // the recording reserve the 512 MiB up front.
-        let mut input = string_header(512 << 20);
-        input.extend_from_slice(&[7; 10]);
-        let mut src = Source::new(&input[..]);
-        src.start_recording(600 << 20, 256);
-        assert!(matches!(src.skip_string(), Err(RdbError::Truncated { .. })));
-        let r = src.record.as_ref().unwrap();
-        assert!(r.capacity() < 1 << 20, "capacity {}", r.capacity());
+        // the recording reserve the 512 MiB up front. So did an LZF string
+        // claiming 136 MiB of compressed bytes (found by cargo fuzz with
+        // -malloc_limit_mb: `REDIS0012` then 04 04 0a 00 88 80 0a c3 80 08
+        // 80 80 01 00, a hash whose first field is that string).
+        let lzf = [0xc3, 0x80, 0x08, 0x80, 0x80, 0x01, 0x00];
+        for header in [string_header(512 << 20), lzf.to_vec()] {
+            let mut input = header;
+            input.extend_from_slice(&[7; 10]);
+            let mut src = Source::new(&input[..]);
+            src.start_recording(600 << 20, 256);
+            assert!(matches!(src.skip_string(), Err(RdbError::Truncated { .. })));
+            let r = src.record.as_ref().unwrap();
+            assert!(r.capacity() < 1 << 20, "capacity {}", r.capacity());
+        }
+        let fuzzed = b"REDIS0012\x04\x04\x0a\x00\x88\x80\x0a\xc3\x80\x08\x80\x80\x01\x00";
+        let options = ParseOptions::default().with_capture_values(true);
+        let mut p = RdbParser::new(&fuzzed[..], options).unwrap();
+        assert!(matches!(p.next_item(), Err(RdbError::Truncated { .. })));
     }
 
     #[test]

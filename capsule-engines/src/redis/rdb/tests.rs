@@ -191,6 +191,17 @@ fn special_string_encodings_decode() {
 }
 
 #[test]
+fn lzf_strings_decode_beyond_their_encoded_size() {
+    // Regression: `Value::decode` limited strings to the size of the
+    // encoding, so an LZF string (10 bytes from 5) was refused as too large.
+    let value = [0, 0xc3, 0x05, 0x0a, 0x00, 0x61, 0xe0, 0x00, 0x00];
+    assert_eq!(
+        Value::decode(&value).unwrap(),
+        Value::String(b"aaaaaaaaaa".to_vec())
+    );
+}
+
+#[test]
 fn versions_and_checksums() {
     let e = parse_all(b"REDIS0013\xff", ParseOptions::default()).unwrap_err();
     assert!(matches!(e, RdbError::Unsupported { .. }), "{e}");

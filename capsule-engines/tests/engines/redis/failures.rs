@@ -208,3 +208,76 @@ async fn an_rdb_newer_than_the_target_is_refused_before_any_write() {
     assert_eq!(target.cmd(&[b"GET", b"k"]).text(), "v");
     assert_eq!(target.keyspace(), vec![(0, 1)]);
 }
+
+/// A restore that fails after it began to write says what it left on the
+/// target: in the default mode, keys of the backup may have replaced
+/// theirs, and no other key was touched. Found by the fault-injection
+/// suite (capsule-cli/tests/faults): a network cut mid-restore failed with
+/// only "reading RESTORE replies: the server closed the connection",
+/// which did not tell the user their server had changed.
+#[tokio::test]
+async fn a_restore_failing_after_it_began_to_write_says_the_target_was_touched() {
+    let redis = Redis::start();
+    let mut c = redis.client();
+    for i in 0..2000 {
+        c.send(&[b"SET", format!("k{i}").as_bytes(), b"v"]);
+    }
+    // Not compressible: the RDB keeps it at its size.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    c.send(&[b"SET", b"big", &big]);
+    c.flush();
+    for _ in 0..2001 {
+        c.read();
+    }
+    let fc = FileCatalog::new();
+    let report = backup(&fc.catalog, &engine(&redis.url())).await.unwrap();
+    let id = report.statefile.backup_id.to_string();
+
+    // A value larger than the restore accepts stops it part-way.
+    let target = Redis::start();
+    target.cmd(&[b"SET", b"sentinel", b"untouched"]);
+    let engine = RedisEngine::new(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_max_value_bytes(1024),
+    );
+    let ctx = JobContext::new(&NoProgress);
+    let msg = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("may hold part of the backup") && msg.contains("no other key was touched"),
+        "{msg}"
+    );
+    assert_eq!(target.cmd(&[b"GET", b"sentinel"]).text(), "untouched");
+    let recorded = fc.statefile_json(&id)["restores"][0]["error"].clone();
+    assert!(
+        recorded
+            .as_str()
+            .unwrap()
+            .contains("may hold part of the backup"),
+        "{recorded}"
+    );
+
+    // Refused before the first write (a corrupt artifact, a newer RDB):
+    // nothing to say about the target.
+    let path = fc.object_path(&id, "dump.rdb.zst");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let msg = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!msg.contains("may hold part"), "{msg}");
+}
