@@ -14,9 +14,9 @@ use capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL;
 use capsule_engines::{EsEngine, EsOptions};
 
 use super::backups::{self, cancellable};
+use super::drill;
 use crate::args::{Action, EsArgs, GlobalArgs, ServiceArgs};
 use crate::exit::UsageError;
-use crate::table::{Cell, Table};
 use crate::{output, progress};
 
 /// Runs `capsule es`.
@@ -190,7 +190,7 @@ impl Now<'_> {
             return Ok(());
         }
         if let Some(want) = &recorded {
-            print_comparison(want, &got)?;
+            drill::print_comparison("INDEX", want, &got)?;
         }
         output::out(&format!(
             "backup {id}: verification passed in {}: {}{}",
@@ -258,43 +258,4 @@ fn contents(fp: &Fingerprint) -> String {
         if n == 1 { "index" } else { "indices" },
         if docs == 1 { "" } else { "s" }
     )
-}
-
-/// Each index's count and sample, at backup and restored.
-fn print_comparison(want: &Fingerprint, got: &Fingerprint) -> Result<()> {
-    let mut names: Vec<&String> = want
-        .counts
-        .keys()
-        .chain(got.counts.keys())
-        .chain(want.values.keys())
-        .chain(got.values.keys())
-        .collect();
-    names.sort();
-    names.dedup();
-    let show = |fp: &Fingerprint, name: &str| {
-        fp.counts
-            .get(name)
-            .map(u64::to_string)
-            .or_else(|| fp.values.get(name).cloned())
-            .unwrap_or_else(|| "-".into())
-    };
-    let mut table = Table::new(&["INDEX", "AT BACKUP", "RESTORED", "CHECK"]);
-    for name in names {
-        let (a, b) = (show(want, name), show(got, name));
-        let check = if a == b {
-            Cell::styled("ok", console::Style::new().for_stdout().green())
-        } else {
-            Cell::styled("MISMATCH", console::Style::new().for_stdout().red())
-        };
-        table.row(vec![
-            Cell::plain(name),
-            Cell::plain(a),
-            Cell::plain(b),
-            check,
-        ]);
-    }
-    for line in table.render() {
-        output::out(&line)?;
-    }
-    Ok(())
 }

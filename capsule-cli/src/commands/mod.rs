@@ -1,6 +1,7 @@
 //! The subcommands: argument handling, one core call each, rendering.
 
 mod backups;
+mod drill;
 mod es;
 mod pg;
 pub mod plan;

@@ -18,9 +18,9 @@ use capsule_core::{
 use capsule_engines::{PgEngine, PgOptions, PgRestoreMode, PgRestoreReport};
 
 use super::backups::{self, cancellable};
+use super::drill;
 use crate::args::{Action, GlobalArgs, PgArgs, ServiceArgs};
 use crate::exit::UsageError;
-use crate::table::{Cell, Table};
 use crate::{output, progress};
 
 /// Runs `capsule pg`.
@@ -194,7 +194,7 @@ impl Now<'_> {
                     if self.g.json {
                         output::json(&comparison_json(&id, "failed", want, got))?;
                     } else {
-                        print_comparison(want, got)?;
+                        drill::print_comparison("OBJECT", want, got)?;
                     }
                 }
                 return Err(e);
@@ -215,7 +215,7 @@ impl Now<'_> {
                     output::json(&j)?;
                     return Ok(());
                 }
-                print_comparison(want, &got)?;
+                drill::print_comparison("OBJECT", want, &got)?;
                 output::out(&format!(
                     "backup {id}: verification passed in {took}: {} match, restored into {target} (dropped)",
                     contents(want)
@@ -321,59 +321,13 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-/// Every object of both fingerprints: (name, at backup, restored).
-fn compared_rows(want: &Fingerprint, got: &Fingerprint) -> Vec<(String, String, String)> {
-    let mut names: Vec<&String> = want
-        .counts
-        .keys()
-        .chain(got.counts.keys())
-        .chain(want.values.keys())
-        .chain(got.values.keys())
-        .collect();
-    names.sort();
-    names.dedup();
-    let show = |fp: &Fingerprint, name: &str| {
-        fp.counts
-            .get(name)
-            .map(u64::to_string)
-            .or_else(|| fp.values.get(name).cloned())
-            .unwrap_or_else(|| "-".into())
-    };
-    names
-        .into_iter()
-        .map(|n| (n.clone(), show(want, n), show(got, n)))
-        .collect()
-}
-
-/// The drill's comparison, one object a line.
-fn print_comparison(want: &Fingerprint, got: &Fingerprint) -> Result<()> {
-    let mut table = Table::new(&["OBJECT", "AT BACKUP", "RESTORED", "CHECK"]);
-    for (name, a, b) in compared_rows(want, got) {
-        let check = if a == b {
-            Cell::styled("ok", console::Style::new().for_stdout().green())
-        } else {
-            Cell::styled("MISMATCH", console::Style::new().for_stdout().red())
-        };
-        table.row(vec![
-            Cell::plain(name),
-            Cell::plain(a),
-            Cell::plain(b),
-            check,
-        ]);
-    }
-    for line in table.render() {
-        output::out(&line)?;
-    }
-    Ok(())
-}
-
 fn comparison_json(
     id: &str,
     status: &str,
     want: &Fingerprint,
     got: &Fingerprint,
 ) -> serde_json::Value {
-    let objects: Vec<_> = compared_rows(want, got)
+    let objects: Vec<_> = drill::compared_rows(want, got)
         .into_iter()
         .map(|(name, a, b)| {
             serde_json::json!({ "name": name, "atBackup": a, "restored": b, "match": a == b })
@@ -533,7 +487,7 @@ mod tests {
             &[("public.a", 499), ("public.new", 2)],
             &[("public.s", "9")],
         );
-        let rows = compared_rows(&want, &got);
+        let rows = drill::compared_rows(&want, &got);
         let row = |n: &str| rows.iter().find(|r| r.0 == n).cloned().unwrap();
         assert_eq!(
             row("public.a"),
