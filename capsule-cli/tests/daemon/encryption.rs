@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use age::secrecy::ExposeSecret;
-use capsule_core::{RequestType, RestoreStatus, Status};
+use capsule_core::RestoreStatus;
 use serde_json::json;
 
 use crate::support::*;
@@ -44,16 +44,7 @@ fn configured_recipients_encrypt_and_the_identity_file_restores() {
         .config(config.clone())
         .env("PG_URL", &pg().url(&db))
         .start();
-    wait_until(
-        Duration::from_secs(30),
-        "the first periodic backup",
-        || {
-            statefiles(&catalog)
-                .iter()
-                .any(|s| s.request_type == RequestType::Periodic && s.status == Status::Finished)
-        },
-        || a.log_tail(40),
-    );
+    wait_for_periodic_backup(&catalog, &a);
     let sf = statefiles(&catalog).remove(0);
     let id = sf.backup_id.to_string();
     for art in &sf.artifacts {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use capsule_core::{RequestType, RestoreStatus, Status};
+use capsule_core::{RestoreStatus, Status};
 use serde_json::json;
 
 use crate::support::*;
@@ -20,16 +20,7 @@ fn restores_requested_through_the_api_and_the_cli_are_executed_and_recorded() {
         .config(service_toml("cnvrg/pg-storage", "PG_URL", "1h", 5, ""))
         .env("PG_URL", &pg().url(&db))
         .start();
-    wait_until(
-        Duration::from_secs(30),
-        "the first periodic backup",
-        || {
-            statefiles(&catalog)
-                .iter()
-                .any(|s| s.request_type == RequestType::Periodic && s.status == Status::Finished)
-        },
-        || a.log_tail(40),
-    );
+    wait_for_periodic_backup(&catalog, &a);
     let id = statefiles(&catalog)[0].backup_id.to_string();
     let restores_done = |n: usize| {
         let sf = by_id(&statefiles(&catalog)).remove(&id).unwrap();

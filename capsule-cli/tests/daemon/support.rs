@@ -102,6 +102,22 @@ pub fn statefiles(catalog: &Catalog) -> Vec<Statefile> {
         .collect()
 }
 
+/// Waits (30 s at most) until `daemon` has finished a periodic backup in
+/// `catalog`.
+pub fn wait_for_periodic_backup(catalog: &Catalog, daemon: &Daemon) {
+    wait_until(
+        Duration::from_secs(30),
+        "the first periodic backup",
+        || {
+            statefiles(catalog).iter().any(|s| {
+                s.request_type == capsule_core::RequestType::Periodic
+                    && s.status == capsule_core::Status::Finished
+            })
+        },
+        || daemon.log_tail(40),
+    );
+}
+
 pub fn pg() -> &'static Postgres {
     Postgres::shared()
 }
