@@ -291,6 +291,29 @@ fn capsule(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
     }
 }
 
+/// The `error: ...` line, the only line on stderr apart from the core's
+/// own warning about the failed job (logs are at `warn`).
+fn error(run: &Run) -> &str {
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{run:#?}");
+    let others = run
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("error: ") && !l.contains(" WARN "))
+        .count();
+    assert_eq!(others, 0, "unexpected stderr lines:\n{run:#?}");
+    errors[0]
+}
+
+/// Backup `id`'s statefile in `t`, as raw JSON.
+fn statefile(t: &Target, id: &str) -> Value {
+    serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
+}
+
 fn assert_no_secrets(run: &Run, extra: &[String]) {
     for secret in FIXTURE_SECRETS
         .iter()
@@ -1153,10 +1176,6 @@ mod redis {
         errors[0]
     }
 
-    fn statefile(t: &Target, id: &str) -> Value {
-        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
-    }
-
     #[test]
     fn create_restore_verify_and_download_run_now_with_a_url() {
         let t = Target::file();
@@ -1419,28 +1438,6 @@ mod pg {
             "SELECT (SELECT count(*) FROM t) || '/' || (SELECT count(*) FROM u) || '/' || \
              (SELECT count(*) FROM v) || '/' || (SELECT last_value FROM s)",
         )
-    }
-
-    /// The `error: ...` line, the only line on stderr apart from the
-    /// core's own warning about the failed job (logs are at `warn`).
-    fn error(run: &Run) -> &str {
-        let errors: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error: "))
-            .collect();
-        assert_eq!(errors.len(), 1, "expected one error line:\n{run:#?}");
-        let others = run
-            .stderr
-            .lines()
-            .filter(|l| !l.starts_with("error: ") && !l.contains(" WARN "))
-            .count();
-        assert_eq!(others, 0, "unexpected stderr lines:\n{run:#?}");
-        errors[0]
-    }
-
-    fn statefile(t: &Target, id: &str) -> Value {
-        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
     }
 
     #[test]
@@ -1917,28 +1914,6 @@ mod es {
         body["count"].as_u64().unwrap()
     }
 
-    /// The `error: ...` line, the only line on stderr apart from the
-    /// core's own warning about the failed job (logs are at `warn`).
-    fn error(run: &Run) -> &str {
-        let errors: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error: "))
-            .collect();
-        assert_eq!(errors.len(), 1, "expected one error line:\n{run:#?}");
-        let others = run
-            .stderr
-            .lines()
-            .filter(|l| !l.starts_with("error: ") && !l.contains(" WARN "))
-            .count();
-        assert_eq!(others, 0, "unexpected stderr lines:\n{run:#?}");
-        errors[0]
-    }
-
-    fn statefile(t: &Target, id: &str) -> Value {
-        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
-    }
-
     #[test]
     fn create_restore_verify_and_download_run_now_with_a_url() {
         let t = Target::file();
@@ -2245,10 +2220,6 @@ mod encryption {
         )
         .unwrap();
         (path, public, secret)
-    }
-
-    fn statefile(t: &Target, id: &str) -> Value {
-        serde_json::from_slice(&t.get(&format!("{id}/statefile.json"))).unwrap()
     }
 
     /// Whether any object of the store holds `marker`.
