@@ -1,6 +1,7 @@
 //! Streaming pipelines between engines and the store.
 //!
-//! Upload: an `AsyncRead` source → zstd (multi-threaded) → age encryption
+//! Upload: an `AsyncRead` source → zstd (multi-threaded; incompressible
+//! stretches stored as raw zstd frames, see `compress`) → age encryption
 //! (when [`PipelineOptions::encryption`] names recipients) → SHA-256 and
 //! byte count → multipart upload. Download: object stream → SHA-256 and
 //! byte count → age decryption (with the [`crate::Identities`] given) →
@@ -12,6 +13,7 @@
 //! lifting), so the async runtime keeps serving the network.
 
 mod channel;
+mod compress;
 mod download;
 mod upload;
 

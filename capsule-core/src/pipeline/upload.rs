@@ -1,6 +1,6 @@
 //! Source → compress → encrypt → checksum → multipart upload.
 
-use std::io;
+use std::io::{self, Write};
 
 use bytes::{Bytes, BytesMut};
 use capsule_store::{Store, UploadOptions};
@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use super::channel::{ChannelReader, ChannelWriter};
+use super::channel::ChannelWriter;
+use super::compress::AdaptiveZstd;
 use crate::encryption::{Recipients, SealedWriter};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -125,35 +126,40 @@ where
 
     // Stage 1 (this task): read the source. Stage 2 (blocking thread):
     // compress, encrypt and hash. Stage 3 (this task, interleaved): upload.
-    let (raw_tx, raw_rx) = mpsc::channel(DEPTH);
+    let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel(DEPTH);
     let compression = options.compression;
     let (level, workers) = (options.zstd_level, options.zstd_workers);
     let recipients = options.encryption.clone().filter(|r| !r.is_empty());
     let encryption = recipients.as_ref().map(Recipients::record);
     let stage = tokio::task::spawn_blocking(move || -> io::Result<(u64, Option<String>)> {
-        let mut input = ChannelReader::new(raw_rx);
+        let mut raw_rx = raw_rx;
         let mut hashed = ChannelWriter::new(out_tx, CHUNK, true);
         // age buffers one 64 KiB chunk: memory stays bounded.
         let mut output = SealedWriter::new(&mut hashed, recipients.as_ref())?;
         match compression {
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(&mut output, level)?;
-                enc.include_checksum(true)?;
-                if workers > 0 {
-                    enc.multithread(workers)?;
-                    // zstd's default job at level 3 is 8 MiB, and it keeps
-                    // several jobs' input and output buffers per worker:
-                    // ~95 MiB RSS with 2 workers on incompressible data.
-                    // 1 MiB jobs cost no measurable speed or ratio
-                    // (capsule-bench rss, docs/benchmarks.md).
-                    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(CHUNK as u32))?;
+                // zstd's default job at level 3 is 8 MiB, and it keeps
+                // several jobs' input and output buffers per worker: ~95 MiB
+                // RSS with 2 workers on incompressible data. 1 MiB jobs cost
+                // no measurable speed or ratio (capsule-bench rss,
+                // docs/benchmarks.md).
+                let mut zstd = AdaptiveZstd::new(&mut output, level, workers, CHUNK as u32)?;
+                while let Some(chunk) = raw_rx.blocking_recv() {
+                    zstd.write_chunk(&chunk)?;
                 }
-                io::copy(&mut input, &mut enc)?;
-                enc.finish()?;
+                let (_, stats) = zstd.finish()?;
+                tracing::debug!(
+                    compressed = stats.compressed_bytes,
+                    stored_raw = stats.raw_bytes,
+                    frames = stats.frames,
+                    "zstd stage done"
+                );
             }
             _ => {
-                io::copy(&mut input, &mut output)?;
+                while let Some(chunk) = raw_rx.blocking_recv() {
+                    output.write_all(&chunk)?;
+                }
             }
         }
         output.finish()?;
