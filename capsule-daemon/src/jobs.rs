@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capsule_core::{
-    Acquisition, BackupOptions, Catalog, Error as CoreError, JobContext, NoProgress, Renewal,
-    RequestType, RestoreOptions, RestoreStatus, Statefile, Status, periodic_due, plan_rotation,
-    run_backup, run_restore,
+    Acquisition, BackupOptions, Catalog, Error as CoreError, JobContext, NoProgress, Recipients,
+    Renewal, RequestType, RestoreOptions, RestoreStatus, Statefile, Status, periodic_due,
+    plan_rotation, run_backup, run_restore,
 };
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -171,15 +171,35 @@ pub(crate) async fn periodic(shared: Arc<Shared>, t: Arc<TargetRt>) {
     .await;
 }
 
-/// The engine and catalog one job runs with. A target with
-/// [`crate::JobCredentials`] reads them now (so a rotated password or key
-/// is used at once, and nothing outlives the job); when they cannot be
-/// read, the job runs with an engine that fails with why, over the scan's
-/// catalog, so the failure is recorded in the statefile and the metrics
-/// like any other.
-async fn job_target(t: &TargetRt) -> (Arc<dyn capsule_core::Engine>, Catalog) {
+/// What one job runs with: its engine, its catalog (the store, and the
+/// identities its restores decrypt with) and the recipients its backup is
+/// encrypted to.
+struct JobParts {
+    engine: Arc<dyn capsule_core::Engine>,
+    catalog: Catalog,
+    encryption: Option<Recipients>,
+}
+
+/// The parts one job runs with. A target with [`crate::JobCredentials`]
+/// reads them now (so a rotated password, key or recipient is used at
+/// once, and nothing outlives the job); when they cannot be read, the job
+/// runs with an engine that fails with why, over the scan's catalog, so the
+/// failure is recorded in the statefile and the metrics like any other.
+/// Recipients: the job's own (read now), else the target's, else the
+/// daemon's; identities: the job's own and the daemon's.
+async fn job_parts(shared: &Shared, t: &TargetRt) -> JobParts {
+    let planned = || {
+        t.target
+            .encryption
+            .clone()
+            .or_else(|| shared.options.encryption.clone())
+    };
     let Some(credentials) = &t.target.credentials else {
-        return (t.target.engine.clone(), t.view.catalog().clone());
+        return JobParts {
+            engine: t.target.engine.clone(),
+            catalog: t.view.catalog().clone(),
+            encryption: planned(),
+        };
     };
     let resolved = match credentials.resolve().await {
         Ok(job) if job.store.url() != t.view.url() => Err(credentials_error(
@@ -195,14 +215,25 @@ async fn job_target(t: &TargetRt) -> (Arc<dyn capsule_core::Engine>, Catalog) {
     match resolved {
         Ok(job) => {
             tracing::debug!(service = %t.target.name, engine = %job.engine, "credentials read for this job");
-            let catalog =
-                Catalog::new(job.store).with_identities(t.view.catalog().identities().clone());
-            (job.engine, catalog)
+            let daemon = t.view.catalog().identities().clone();
+            let identities = match job.identities {
+                Some(own) => own.merge(daemon),
+                None => daemon,
+            };
+            JobParts {
+                engine: job.engine,
+                catalog: Catalog::new(job.store).with_identities(identities),
+                encryption: job.encryption.or_else(planned),
+            }
         }
         Err(e) => {
             tracing::warn!(service = %t.target.name, error = %e, "cannot read the credentials: the job fails");
             let engine = StandInEngine::of(t.target.engine.as_ref(), e.to_string());
-            (Arc::new(engine), t.view.catalog().clone())
+            JobParts {
+                engine: Arc::new(engine),
+                catalog: t.view.catalog().clone(),
+                encryption: planned(),
+            }
         }
     }
 }
@@ -213,20 +244,14 @@ async fn backup(
     mut options: BackupOptions,
     cancel: CancellationToken,
 ) {
-    // The target's own recipients, else the daemon's.
-    if let Some(to) = t
-        .target
-        .encryption
-        .as_ref()
-        .or(shared.options.encryption.as_ref())
-    {
-        options.pipeline = options.pipeline.with_encryption(to.clone());
-    }
     let ctx = context(cancel);
     let started = Instant::now();
-    let (engine, catalog) = job_target(t).await;
-    let result = run_backup(&catalog, engine.as_ref(), options, &ctx).await;
-    drop(engine);
+    let job = job_parts(shared, t).await;
+    if let Some(to) = job.encryption {
+        options.pipeline = options.pipeline.with_encryption(to);
+    }
+    let result = run_backup(&job.catalog, job.engine.as_ref(), options, &ctx).await;
+    drop(job.engine);
     let took = started.elapsed();
     let labels = labels(shared, t);
     match result {
@@ -410,9 +435,9 @@ pub(crate) async fn restore_request(shared: Arc<Shared>, t: Arc<TargetRt>, id: S
         let options = RestoreOptions::default()
             .with_request(requested_at)
             .with_cluster(shared.options.cluster.clone());
-        let (engine, job_catalog) = job_target(&t).await;
-        let result = run_restore(&job_catalog, engine.as_ref(), &id, options, &ctx).await;
-        drop(engine);
+        let job = job_parts(&shared, &t).await;
+        let result = run_restore(&job.catalog, job.engine.as_ref(), &id, options, &ctx).await;
+        drop(job);
         let labels = labels(&shared, &t);
         let took = started.elapsed();
         match result {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use capsule_core::{
-    DuePolicy, Engine, Period, Recipients, RotationPolicy, Schedule, ServiceIdentity, ServiceType,
-    Statefile,
+    DuePolicy, Engine, Identities, Period, Recipients, RotationPolicy, Schedule, ServiceIdentity,
+    ServiceType, Statefile,
 };
 use capsule_engines::{EsEngine, EsOptions, PgEngine, PgOptions, RedisEngine, RedisOptions};
 use capsule_store::Store;
@@ -170,7 +170,8 @@ impl fmt::Debug for Target {
 }
 
 /// What one job runs with: the engine and the store, built from
-/// credentials read for this job and dropped when it ends.
+/// credentials read for this job and dropped when it ends, and the
+/// encryption keys read with them, if any.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct JobTarget {
@@ -178,12 +179,37 @@ pub struct JobTarget {
     pub engine: Arc<dyn Engine>,
     /// The store, with the bucket's credentials.
     pub store: Store,
+    /// A backup is encrypted to these age recipients, read for this job
+    /// (over [`Target::encryption`] and the daemon's); `None`: those apply.
+    pub encryption: Option<Recipients>,
+    /// A restore decrypts with these age identities, read for this job,
+    /// besides the daemon's own.
+    pub identities: Option<Identities>,
 }
 
 impl JobTarget {
-    /// A job's engine and store.
+    /// A job's engine and store, no encryption keys of its own.
     pub fn new(engine: Arc<dyn Engine>, store: Store) -> Self {
-        JobTarget { engine, store }
+        JobTarget {
+            engine,
+            store,
+            encryption: None,
+            identities: None,
+        }
+    }
+
+    /// Encrypts this job's backup to `recipients` (none: the target's or
+    /// the daemon's recipients apply).
+    pub fn with_encryption(mut self, recipients: Recipients) -> Self {
+        self.encryption = (!recipients.is_empty()).then_some(recipients);
+        self
+    }
+
+    /// Decrypts this job's restore with `identities` too (besides the
+    /// daemon's).
+    pub fn with_identities(mut self, identities: Identities) -> Self {
+        self.identities = (!identities.is_empty()).then_some(identities);
+        self
     }
 }
 
@@ -192,6 +218,8 @@ impl fmt::Debug for JobTarget {
         f.debug_struct("JobTarget")
             .field("engine", &self.engine.to_string())
             .field("store", &self.store.url())
+            .field("encryption", &self.encryption.as_ref().map(Recipients::len))
+            .field("identities", &self.identities.as_ref().map(Identities::len))
             .finish()
     }
 }
@@ -205,9 +233,11 @@ impl fmt::Debug for JobTarget {
 /// name the source and field at fault in their errors, never a value.
 #[async_trait]
 pub trait JobCredentials: Send + Sync {
-    /// The engine and store for one job, built from credentials read now.
-    /// The job's store must be the target's store (same
-    /// [`Store::url`]): only the credentials may differ.
+    /// The engine and store for one job, built from credentials read now,
+    /// with the encryption keys read now when the target has its own
+    /// ([`JobTarget::encryption`], [`JobTarget::identities`]). The job's
+    /// store must be the target's store (same [`Store::url`]): only the
+    /// credentials may differ.
     ///
     /// # Errors
     /// [`Error::Credentials`] when they cannot be read or are incomplete;

@@ -1,10 +1,11 @@
-//! A candidate's Secrets turned into its engine (credentials Secret) and
-//! store (bucket Secret). Values stay in memory; messages name keys only.
+//! A candidate's Secrets turned into its engine (credentials Secret), store
+//! (bucket Secret) and encryption keys (encryption Secret). Values stay in
+//! memory; messages name keys only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use capsule_core::{Engine, ServiceIdentity, ServiceType};
+use capsule_core::{Engine, Identities, Recipients, ServiceIdentity, ServiceType};
 use capsule_engines::{
     EsConnection, EsEngine, EsOptions, PgConnection, PgEngine, PgOptions, RedisConnection,
     RedisEngine, RedisOptions,
@@ -163,6 +164,79 @@ pub(crate) fn store(
         .map_err(|e| e.to_string())
 }
 
+/// The encryption Secret's key holding the age recipients (`age1…`), one a
+/// line, `#` comments allowed: a recipients file.
+pub(crate) const RECIPIENTS_KEY: &str = "recipients";
+/// The encryption Secret's optional key holding the age identities
+/// (`AGE-SECRET-KEY-1…`) that decrypt the target's backups for restores.
+pub(crate) const IDENTITY_KEY: &str = "identity";
+
+/// A target's encryption keys, from its encryption Secret (`encryptionRef`).
+/// `Debug` shows public keys only (as [`Identities`] does).
+#[derive(Clone, Debug)]
+pub(crate) struct SecretEncryption {
+    /// Its backups are encrypted to these.
+    pub(crate) recipients: Recipients,
+    /// Its restores decrypt with these (besides the daemon's own).
+    pub(crate) identities: Option<Identities>,
+}
+
+impl SecretEncryption {
+    /// What `capsule plan` shows: the Secret, how many recipients, whether
+    /// it holds an identity (never a key).
+    pub(crate) fn describe(&self, secret: &str) -> String {
+        let n = self.recipients.len();
+        format!(
+            "{secret}: {n} recipient{}{}",
+            if n == 1 { "" } else { "s" },
+            if self.identities.is_some() {
+                ", and an identity"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// The encryption keys in `data`, the encryption Secret `name` of `c`'s
+/// namespace: [`RECIPIENTS_KEY`] (required, parsed as a recipients file)
+/// and [`IDENTITY_KEY`] (optional, parsed as an identity file).
+///
+/// # Errors
+/// A problem naming the Secret, the key and the line at fault; never a
+/// secret key.
+pub(crate) fn encryption(
+    c: &Candidate,
+    name: &str,
+    data: &SecretData,
+) -> Result<SecretEncryption, DiscoveryProblem> {
+    let resource = format!("Secret {}/{name}", c.namespace);
+    let problem =
+        |k: &str, m: String| DiscoveryProblem::new(&c.namespace, &resource, format!("data.{k}"), m);
+    let text = |k: &str| data.get(k).filter(|v| !v.trim().is_empty());
+    let recipients = text(RECIPIENTS_KEY)
+        .ok_or_else(|| {
+            problem(
+                RECIPIENTS_KEY,
+                "missing or empty: the age recipients (age1…), one a line".into(),
+            )
+        })
+        .and_then(|t| {
+            let origin = format!("data.{RECIPIENTS_KEY}");
+            Recipients::parse_file(t, &origin).map_err(|e| problem(RECIPIENTS_KEY, e.to_string()))
+        })?;
+    let identities = text(IDENTITY_KEY)
+        .map(|t| {
+            let origin = format!("data.{IDENTITY_KEY}");
+            Identities::parse_file(t, &origin).map_err(|e| problem(IDENTITY_KEY, e.to_string()))
+        })
+        .transpose()?;
+    Ok(SecretEncryption {
+        recipients,
+        identities,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +247,112 @@ mod tests {
         assert_eq!(qualify("postgres.other", "cnvrg"), "postgres.other");
         assert_eq!(qualify("127.0.0.1", "cnvrg"), "127.0.0.1");
         assert_eq!(qualify("localhost", "cnvrg"), "localhost");
+    }
+
+    fn candidate() -> Candidate {
+        let a = |k: &str, v: &str| (format!("{}{k}", super::super::ANNOTATION_PREFIX), v.into());
+        let annotations = [
+            a("backup", "true"),
+            a("serviceType", "redis"),
+            a("credsRef", "c"),
+            a("encryptionRef", "keys"),
+        ];
+        super::super::sources::from_pvc("ns", "p", &annotations.into_iter().collect())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn encryption_secret_keys() {
+        use age::secrecy::ExposeSecret;
+        let key = age::x25519::Identity::generate();
+        let secret = key.to_string().expose_secret().to_string();
+        let public = key.to_public().to_string();
+        let other = age::x25519::Identity::generate().to_public().to_string();
+        let data = |pairs: &[(&str, &str)]| -> SecretData {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = candidate();
+
+        let ok = encryption(
+            &c,
+            "keys",
+            &data(&[
+                (
+                    "recipients",
+                    &format!("# ops team\n{public}\n\n  {other}  \n"),
+                ),
+                ("identity", &format!("# created: today\n{secret}\n")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ok.recipients.to_strings(), [public.clone(), other.clone()]);
+        let ids = ok.identities.as_ref().unwrap();
+        assert_eq!(ids.public_keys(), [public.as_str()]);
+        assert_eq!(
+            ok.describe("Secret ns/keys"),
+            "Secret ns/keys: 2 recipients, and an identity"
+        );
+        assert!(!format!("{ok:?}").contains(&secret));
+        let no_identity = encryption(&c, "keys", &data(&[("recipients", &public)])).unwrap();
+        assert!(no_identity.identities.is_none());
+        assert_eq!(
+            no_identity.describe("Secret ns/keys"),
+            "Secret ns/keys: 1 recipient"
+        );
+
+        for (pairs, field, says) in [
+            (vec![], "data.recipients", "missing or empty"),
+            (
+                vec![("recipients", " \n")],
+                "data.recipients",
+                "missing or empty",
+            ),
+            (
+                vec![("recipients", "# only a comment\n")],
+                "data.recipients",
+                "holds no recipient",
+            ),
+            (
+                vec![("recipients", &format!("{public}\nage1nope\n") as &str)],
+                "data.recipients",
+                "line 2: \"age1nope\" is not an age X25519 public key",
+            ),
+            (
+                vec![("recipients", &secret as &str)],
+                "data.recipients",
+                "this is a secret key",
+            ),
+            (
+                vec![("recipients", &public as &str), ("identity", &public)],
+                "data.identity",
+                "line 1: this is a public key",
+            ),
+            (
+                vec![
+                    ("recipients", &public as &str),
+                    ("identity", "AGE-SECRET-KEY-1NOPE"),
+                ],
+                "data.identity",
+                "line 1: not an age X25519 identity",
+            ),
+        ] {
+            let e = encryption(&c, "keys", &data(&pairs)).unwrap_err();
+            assert_eq!(
+                (e.resource.as_str(), e.field.as_str()),
+                ("Secret ns/keys", field),
+                "{e}"
+            );
+            assert!(e.message.contains(says), "{e}");
+            assert!(!e.to_string().contains(&secret), "a secret key leaked: {e}");
+            assert!(
+                !e.to_string().contains("NOPE"),
+                "an identity line leaked: {e}"
+            );
+        }
     }
 
     #[test]

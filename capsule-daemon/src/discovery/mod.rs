@@ -4,7 +4,8 @@
 //! - `CnvrgApp` resources (`mlops.cnvrg.io/v1`): each enabled
 //!   `spec.dbs.pg|redis|es`, with the operator's defaults;
 //! - PersistentVolumeClaims annotated `capsule.mlops.cnvrg.io/backup: "true"`
-//!   (`serviceType`, `bucketRef`, `credsRef`, `rotation`, `period`).
+//!   (`serviceType`, `bucketRef`, `credsRef`, `rotation`, `period`,
+//!   `encryptionRef`).
 //!
 //! A service named by both is one target, and **the `CnvrgApp` wins**: the
 //! annotations are the operator's mirror of its `backup` block and may lag
@@ -32,11 +33,26 @@
 //! so that listing does not follow a rotated key until a restart). No value
 //! is logged or written.
 //!
-//! A target whose Secret, key, period or service type is wrong is reported
-//! ([`DiscoveryProblem`]: logs, `capsule_discovery_problems` in `/metrics`,
-//! `capsule plan`) and the others are still planned. A job whose Secret
-//! is gone (or a key missing, or the read forbidden) when it starts fails
-//! with that problem in its statefile, and the plan is made again at once.
+//! **Encryption.** A target may name a Secret of its namespace holding the
+//! age keys of its backups (`encryptionRef`: the `backup` block's field, or
+//! the annotation): `recipients`, the public keys (`age1…`) one a line with
+//! `#` comments (parsed as a recipients file,
+//! [`capsule_core::Recipients::parse_file`]), and optionally `identity`, the
+//! secret keys (`AGE-SECRET-KEY-1…`) its restores decrypt with besides the
+//! daemon's own. Its recipients replace the daemon-wide ones for that
+//! target. Planning checks that the Secret exists and parses (the planned
+//! [`Target::encryption`] holds the recipients; the identity is dropped);
+//! each job reads it again ([`crate::JobTarget::encryption`],
+//! [`crate::JobTarget::identities`]), so rotated recipients apply to the
+//! next backup, and a Secret gone or broken fails the job rather than
+//! letting it write plaintext.
+//!
+//! A target whose Secret, key, encryption key, period or service type is
+//! wrong is reported ([`DiscoveryProblem`]: logs,
+//! `capsule_discovery_problems` in `/metrics`, `capsule plan`) and the
+//! others are still planned. A job whose Secret is gone (or a key missing,
+//! or the read forbidden) when it starts fails with that problem in its
+//! statefile, and the plan is made again at once.
 
 mod credentials;
 mod plan;
@@ -386,6 +402,7 @@ impl KubeDiscovery {
             period: c.period.to_string(),
             rotation: c.rotation,
             next_due: None,
+            encryption: None,
             problem: None,
             target: None,
         };
@@ -418,6 +435,24 @@ impl KubeDiscovery {
         };
         planned.store = Some(store.url().to_string());
         planned.dst_dir = Some(store.prefix().to_string());
+        // The recipients are public; the identity is dropped at once (each
+        // restore reads it again).
+        let recipients = match secrets::open_encryption(c, reader).await {
+            Ok(None) => None,
+            Ok(Some(keys)) => {
+                let secret = format!(
+                    "Secret {}/{}",
+                    c.namespace,
+                    c.encryption_ref.as_deref().unwrap_or_default()
+                );
+                planned.encryption = Some(keys.describe(&secret));
+                Some(keys.recipients)
+            }
+            Err(p) => {
+                planned.problem = Some(p);
+                return planned;
+            }
+        };
         let credentials = SecretCredentials {
             client: self.client.clone(),
             candidate: c.clone(),
@@ -427,16 +462,18 @@ impl KubeDiscovery {
             watched: self.watched.clone(),
         };
         let schedule = TargetSchedule::new(c.period, c.rotation);
-        planned.target = Some(
-            Target::new(
-                name,
-                c.service_type,
-                Some(schedule),
-                store,
-                Arc::new(described),
-            )
-            .with_credentials(Arc::new(credentials)),
-        );
+        let mut target = Target::new(
+            name,
+            c.service_type,
+            Some(schedule),
+            store,
+            Arc::new(described),
+        )
+        .with_credentials(Arc::new(credentials));
+        if let Some(recipients) = recipients {
+            target = target.with_encryption(recipients);
+        }
+        planned.target = Some(target);
         planned
     }
 
@@ -470,14 +507,26 @@ fn merge(candidates: &mut Vec<(Candidate, Option<TargetOrigin>)>, c: Candidate) 
                 && winner.creds_ref == c.creds_ref
                 && winner.bucket_ref == c.bucket_ref
                 && winner.rotation == c.rotation
-                && winner.period == c.period;
+                && winner.period == c.period
+                && winner.encryption_ref == c.encryption_ref;
             if !same {
+                let settings = |c: &Candidate| {
+                    format!(
+                        "{} creds={} bucket={} rotation={} period={} encryption={}",
+                        c.service_type,
+                        c.creds_ref,
+                        c.bucket_ref,
+                        c.rotation,
+                        c.period,
+                        c.encryption_ref.as_deref().unwrap_or("-")
+                    )
+                };
                 tracing::warn!(
                     service = %format!("{}/{}", c.namespace, c.name),
                     cnvrgapp = %winner.resource,
                     pvc = %c.resource,
-                    cnvrgapp_settings = %format!("{} creds={} bucket={} rotation={} period={}", winner.service_type, winner.creds_ref, winner.bucket_ref, winner.rotation, winner.period),
-                    pvc_settings = %format!("{} creds={} bucket={} rotation={} period={}", c.service_type, c.creds_ref, c.bucket_ref, c.rotation, c.period),
+                    cnvrgapp_settings = %settings(winner),
+                    pvc_settings = %settings(&c),
                     "the CnvrgApp and the PVC annotations disagree: the CnvrgApp wins"
                 );
             }

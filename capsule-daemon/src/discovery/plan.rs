@@ -107,6 +107,11 @@ pub struct PlannedTarget {
     /// When the next periodic backup is due (`now`, a time, or `running`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_due: Option<String>,
+    /// Where the target's own age recipients come from, and how many
+    /// (`Secret cnvrg/backup-keys: 1 recipient, and an identity`); `None`:
+    /// the daemon's setting applies. Never a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
     /// What keeps it out of the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<DiscoveryProblem>,
@@ -133,6 +138,10 @@ impl PlannedTarget {
                 .unwrap_or_else(|| "-".into()),
             rotation: schedule.map(|s| s.rotation).unwrap_or(0),
             next_due: None,
+            encryption: target.encryption.as_ref().map(|r| {
+                let n = r.len();
+                format!("{n} recipient{}", if n == 1 { "" } else { "s" })
+            }),
             problem: None,
             target: Some(target),
         }

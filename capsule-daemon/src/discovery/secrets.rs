@@ -1,7 +1,8 @@
-//! A candidate's Secrets read through the API and turned into its engine
-//! and store: at planning, to check that they exist and hold every key (the
-//! values are dropped at once), and when a job starts, for that job only
-//! ([`SecretCredentials`]). No value is logged or written anywhere.
+//! A candidate's Secrets read through the API and turned into its engine,
+//! store and encryption keys: at planning, to check that they exist and
+//! hold every key (the values are dropped at once), and when a job starts,
+//! for that job only ([`SecretCredentials`]). No value is logged or written
+//! anywhere.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 
-use super::credentials::{self, SecretData};
+use super::credentials::{self, SecretData, SecretEncryption};
 use super::plan::DiscoveryProblem;
 use super::sources::Candidate;
 use super::watch::Watched;
@@ -135,6 +136,24 @@ pub(crate) async fn open_store(
         .map_err(|m| DiscoveryProblem::new(&c.namespace, &bucket_resource, "data", m))
 }
 
+/// `c`'s encryption keys, from the Secret its `encryptionRef` names;
+/// `None` when it names none (the daemon's own setting applies).
+///
+/// # Errors
+/// A problem naming the Secret (or the field referring to it) and the key.
+pub(crate) async fn open_encryption(
+    c: &Candidate,
+    reader: &mut SecretReader,
+) -> std::result::Result<Option<SecretEncryption>, DiscoveryProblem> {
+    let Some(name) = &c.encryption_ref else {
+        return Ok(None);
+    };
+    let data = reader.get(&c.namespace, name).await.map_err(|m| {
+        DiscoveryProblem::new(&c.namespace, &c.resource, c.field("encryptionRef"), m)
+    })?;
+    credentials::encryption(c, name, &data).map(Some)
+}
+
 /// A discovered target's credentials, read from its Secrets when a job
 /// starts. A failure also marks the plan stale, so the next scan plans
 /// again and reports the problem (logs, `/metrics`).
@@ -178,6 +197,19 @@ impl JobCredentials for SecretCredentials {
                 self.store_url
             )));
         }
-        Ok(JobTarget::new(engine, store))
+        let mut job = JobTarget::new(engine, store);
+        // Read now too: rotated recipients apply to the next job, and a
+        // broken encryption Secret fails the job rather than letting it
+        // write plaintext.
+        if let Some(keys) = open_encryption(c, &mut reader)
+            .await
+            .map_err(|p| fail(p.to_string()))?
+        {
+            job = job.with_encryption(keys.recipients);
+            if let Some(identities) = keys.identities {
+                job = job.with_identities(identities);
+            }
+        }
+        Ok(job)
     }
 }

@@ -35,10 +35,15 @@ pub(crate) struct Candidate {
     pub(crate) period: Period,
     /// The CnvrgApp's service name and port.
     pub(crate) service: Option<(String, u16)>,
+    /// The Secret holding the age recipients (and optionally the identity)
+    /// this service's backups are encrypted to (`encryptionRef`); `None`:
+    /// the daemon's own setting applies.
+    pub(crate) encryption_ref: Option<String>,
 }
 
 impl Candidate {
-    /// The field holding `what` (`credsRef`, `bucketRef`) in the source.
+    /// The field holding `what` (`credsRef`, `bucketRef`, `encryptionRef`)
+    /// in the source.
     pub(crate) fn field(&self, what: &str) -> String {
         match self.origin {
             TargetOrigin::CnvrgApp => {
@@ -100,6 +105,7 @@ pub(crate) struct BackupSpec {
     pub(crate) creds_ref: Option<String>,
     pub(crate) rotation: Option<u32>,
     pub(crate) period: Option<String>,
+    pub(crate) encryption_ref: Option<String>,
 }
 
 fn non_empty(s: &Option<String>) -> Option<String> {
@@ -187,6 +193,7 @@ pub(crate) fn from_cnvrgapp(
                 non_empty(&db.svc_name).unwrap_or_else(|| svc.into()),
                 db.port.unwrap_or(port),
             )),
+            encryption_ref: non_empty(&backup.encryption_ref),
         });
     }
     (out, problems)
@@ -271,6 +278,7 @@ pub(crate) fn from_pvc(
         rotation,
         period,
         service: None,
+        encryption_ref: get("encryptionRef"),
     }))
 }
 
@@ -319,7 +327,7 @@ mod tests {
     fn cnvrgapp_overrides_disabled_and_bad_period() {
         let spec = serde_json::json!({"dbs": {
             "pg": {"enabled": true, "svcName": "db", "port": 6432, "credsRef": "c", "pvcName": "p",
-                   "backup": {"bucketRef": "b", "rotation": 2, "period": "90m"}},
+                   "backup": {"bucketRef": "b", "rotation": 2, "period": "90m", "encryptionRef": " keys "}},
             "redis": {"enabled": true, "backup": {"enabled": false}},
             "es": {"enabled": true, "backup": {"period": "1x"}}}});
         let (c, p) = from_cnvrgapp("ns", "app", &spec);
@@ -334,6 +342,11 @@ mod tests {
             ("p", "c", "b", 2)
         );
         assert_eq!(c[0].service, Some(("db".into(), 6432)));
+        assert_eq!(c[0].encryption_ref.as_deref(), Some("keys"));
+        assert_eq!(
+            c[0].field("encryptionRef"),
+            "spec.dbs.pg.backup.encryptionRef"
+        );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].field, "spec.dbs.es.backup.period");
         assert_eq!(p[0].resource, "CnvrgApp ns/app");
@@ -365,6 +378,24 @@ mod tests {
         assert_eq!(
             (ok.rotation, ok.period.to_string(), ok.bucket_ref.as_str()),
             (3, "1h".into(), "cp-object-storage")
+        );
+        assert_eq!(ok.encryption_ref, None);
+        let encrypted = from_pvc(
+            "n",
+            "p",
+            &a(&[
+                ("backup", "true"),
+                ("serviceType", "redis"),
+                ("credsRef", "c"),
+                ("encryptionRef", "backup-keys"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(encrypted.encryption_ref.as_deref(), Some("backup-keys"));
+        assert_eq!(
+            encrypted.field("encryptionRef"),
+            "metadata.annotations[\"capsule.mlops.cnvrg.io/encryptionRef\"]"
         );
         for (bad, field) in [
             (

@@ -10,6 +10,7 @@ use capsule_daemon::{
     TargetSource,
 };
 use test_support::kube_api::FakeKubeApi;
+use test_support::seaweedfs::SeaweedFs;
 
 pub(crate) const PG_PASSWORD: &str = "pg-Secret-Value-1";
 const REDIS_PASSWORD: &str = "redis-Secret-Value-2";
@@ -26,6 +27,23 @@ pub(crate) fn bucket_secret(api: &FakeKubeApi, ns: &str, name: &str) {
             ("CNVRG_STORAGE_BUCKET", "cnvrg-storage"),
             ("CNVRG_STORAGE_ACCESS_KEY", "AKIDBUCKET"),
             ("CNVRG_STORAGE_SECRET_KEY", BUCKET_SECRET),
+        ],
+    );
+}
+
+/// Bucket Secret `cp-object-storage` of `ns` naming `bucket` of the
+/// SeaweedFS S3 server `s3`.
+pub(crate) fn s3_bucket_secret(api: &FakeKubeApi, ns: &str, s3: &SeaweedFs, bucket: &str) {
+    api.add_secret(
+        ns,
+        "cp-object-storage",
+        &[
+            ("CNVRG_STORAGE_TYPE", "minio"),
+            ("CNVRG_STORAGE_ENDPOINT", &s3.endpoint),
+            ("CNVRG_STORAGE_BUCKET", bucket),
+            ("CNVRG_STORAGE_ACCESS_KEY", &s3.access_key),
+            ("CNVRG_STORAGE_SECRET_KEY", &s3.secret_key),
+            ("CNVRG_STORAGE_REGION", "us-east-1"),
         ],
     );
 }
@@ -61,7 +79,7 @@ pub(crate) fn service_secrets(api: &FakeKubeApi, ns: &str) {
     bucket_secret(api, ns, "cp-object-storage");
 }
 
-async fn plan(api: &FakeKubeApi, whitelist: &str) -> DiscoveryPlan {
+pub(crate) async fn plan(api: &FakeKubeApi, whitelist: &str) -> DiscoveryPlan {
     let options =
         DiscoveryOptions::new("dev-eu").with_whitelist(whitelist.parse::<NsWhitelist>().unwrap());
     let d = KubeDiscovery::from_kubeconfig(Some(&api.kubeconfig()), options)
@@ -70,7 +88,7 @@ async fn plan(api: &FakeKubeApi, whitelist: &str) -> DiscoveryPlan {
     d.plan().await.expect("the fake API answers")
 }
 
-fn find<'a>(plan: &'a DiscoveryPlan, name: &str) -> &'a PlannedTarget {
+pub(crate) fn find<'a>(plan: &'a DiscoveryPlan, name: &str) -> &'a PlannedTarget {
     plan.targets
         .iter()
         .find(|t| t.name == name)
@@ -168,18 +186,29 @@ pub(crate) fn annotated(
     creds: &str,
     period: &str,
 ) {
-    api.add_pvc(
-        ns,
-        pvc,
-        &[
-            ("capsule.mlops.cnvrg.io/backup", "true"),
-            ("capsule.mlops.cnvrg.io/serviceType", kind),
-            ("capsule.mlops.cnvrg.io/bucketRef", "cp-object-storage"),
-            ("capsule.mlops.cnvrg.io/credsRef", creds),
-            ("capsule.mlops.cnvrg.io/rotation", "3"),
-            ("capsule.mlops.cnvrg.io/period", period),
-        ],
-    );
+    annotated_with(api, ns, pvc, kind, creds, period, &[]);
+}
+
+/// As [`annotated`], with `extra` annotations (`encryptionRef`…).
+pub(crate) fn annotated_with(
+    api: &FakeKubeApi,
+    ns: &str,
+    pvc: &str,
+    kind: &str,
+    creds: &str,
+    period: &str,
+    extra: &[(&str, &str)],
+) {
+    let mut annotations = vec![
+        ("capsule.mlops.cnvrg.io/backup", "true"),
+        ("capsule.mlops.cnvrg.io/serviceType", kind),
+        ("capsule.mlops.cnvrg.io/bucketRef", "cp-object-storage"),
+        ("capsule.mlops.cnvrg.io/credsRef", creds),
+        ("capsule.mlops.cnvrg.io/rotation", "3"),
+        ("capsule.mlops.cnvrg.io/period", period),
+    ];
+    annotations.extend_from_slice(extra);
+    api.add_pvc(ns, pvc, &annotations);
 }
 
 #[tokio::test]

@@ -14,11 +14,13 @@ use capsule_daemon::{
 use test_support::kube_api::FakeKubeApi;
 use test_support::seaweedfs::SeaweedFs;
 
-use crate::discovery::{annotated, assert_no_secret, reads, service_secrets, wait_for};
+use crate::discovery::{
+    annotated, assert_no_secret, reads, s3_bucket_secret, service_secrets, wait_for,
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn discovery(api: &FakeKubeApi, whitelist: &str) -> KubeDiscovery {
+pub(crate) async fn discovery(api: &FakeKubeApi, whitelist: &str) -> KubeDiscovery {
     let options = DiscoveryOptions::new("dev-eu")
         .with_whitelist(whitelist.parse::<NsWhitelist>().unwrap())
         .with_resync(HOUR);
@@ -283,18 +285,7 @@ async fn the_daemon_plans_a_new_pvc_at_once_not_at_its_next_scan() {
     s3.create_bucket(&bucket);
     let api = FakeKubeApi::start();
     service_secrets(&api, "cnvrg");
-    api.add_secret(
-        "cnvrg",
-        "cp-object-storage",
-        &[
-            ("CNVRG_STORAGE_TYPE", "minio"),
-            ("CNVRG_STORAGE_ENDPOINT", &s3.endpoint),
-            ("CNVRG_STORAGE_BUCKET", &bucket),
-            ("CNVRG_STORAGE_ACCESS_KEY", &s3.access_key),
-            ("CNVRG_STORAGE_SECRET_KEY", &s3.secret_key),
-            ("CNVRG_STORAGE_REGION", "us-east-1"),
-        ],
-    );
+    s3_bucket_secret(&api, "cnvrg", s3, &bucket);
     annotated(&api, "cnvrg", "pg-storage", "postgresql", "pg-creds", "24h");
     let d = discovery(&api, "*").await;
     // Scans an hour apart: only the watch can explain a quick pickup.
