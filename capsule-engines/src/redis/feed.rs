@@ -1,11 +1,13 @@
 //! The restore's producer: a blocking thread parsing the RDB stream and
-//! turning each entry into a `RESTORE` (its raw value plus version and
-//! CRC-64: the `DUMP` payload), each function library into a `FUNCTION
-//! RESTORE`, skipping keys that have expired by now. Memory in flight is
-//! bounded by a byte semaphore: a command holds permits for its payload
-//! until the server answered it.
+//! encoding each entry as a `RESTORE` (its raw value plus version and
+//! CRC-64: the `DUMP` payload), each function library as a `FUNCTION
+//! RESTORE`, skipping keys that have expired by now. Commands are encoded
+//! straight into batches of RESP bytes, so the connection task only writes
+//! them; memory in flight is bounded by a byte semaphore: a batch holds
+//! permits for its bytes until the server answered all of it.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,39 +15,48 @@ use capsule_core::ByteStream;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::rdb::{ParseOptions, RdbError, RdbItem, RdbParser, dump_payload};
+use super::rdb::{Crc64, ParseOptions, RdbError, RdbItem, RdbParser};
+use super::resp;
 use super::stream::{CHANNEL_DEPTH, ChannelRead};
 
-/// Ops sent to the writer together (one channel hand-over, one wake-up).
+/// Commands sent to the writer together (one channel hand-over, one
+/// wake-up, one release of permits).
 const BATCH_OPS: usize = 256;
-/// Payload bytes after which a batch is handed over early.
+/// Bytes after which a batch is handed over early.
 const BATCH_BYTES: usize = 1 << 20;
 
 /// Keys expiring this far after the restore started are tracked by the
 /// second, so a later count can tell "expired since" from "missing".
 const EXPIRY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
-/// One thing to send.
+/// What the producer hands the connection task.
 pub(crate) enum Op {
     /// The RDB's version, sent before anything else.
     Header(u32),
+    /// Encoded commands.
+    Batch(Batch),
+}
+
+/// Commands encoded as RESP, and what each one is (to read the replies).
+pub(crate) struct Batch {
+    /// The commands, back to back.
+    pub(crate) bytes: Bytes,
+    /// One entry per command, in order.
+    pub(crate) commands: Vec<Command>,
+    /// Permits for `bytes`, held until every reply was read.
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+/// One command of a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
     /// `SELECT db`.
     Select(u64),
-    /// `RESTORE key ttl payload REPLACE [ABSTTL] [IDLETIME|FREQ]`.
-    Restore {
-        db: u64,
-        key: Vec<u8>,
-        expire_ms: Option<i64>,
-        lru_idle: Option<u64>,
-        lfu_freq: Option<u8>,
-        payload: Vec<u8>,
-        permit: OwnedSemaphorePermit,
-    },
+    /// `RESTORE key ttl payload REPLACE [ABSTTL] [IDLETIME|FREQ]`; the key
+    /// is `bytes[key]` of its batch.
+    Restore { db: u64, key: Range<usize> },
     /// `FUNCTION RESTORE payload REPLACE`.
-    Function {
-        payload: Vec<u8>,
-        permit: OwnedSemaphorePermit,
-    },
+    Function,
 }
 
 /// What the producer saw.
@@ -99,34 +110,149 @@ pub(crate) fn pump(
     (rx, task)
 }
 
-/// Gathers ops into batches for the writer.
+/// Encodes commands into batches and hands them to the writer.
 struct Batcher {
-    ops: mpsc::Sender<Vec<Op>>,
-    batch: Vec<Op>,
-    bytes: usize,
+    ops: mpsc::Sender<Op>,
+    buf: Vec<u8>,
+    commands: Vec<Command>,
+    version: u16,
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
+    runtime: tokio::runtime::Handle,
+    numbers: itoa::Buffer,
 }
 
 impl Batcher {
-    /// Adds `op` (of `bytes` payload); false once the writer is gone.
-    fn push(&mut self, op: Op, bytes: usize) -> bool {
-        self.batch.push(op);
-        self.bytes += bytes;
-        if self.batch.len() >= BATCH_OPS || self.bytes >= BATCH_BYTES {
-            self.flush()
-        } else {
-            true
-        }
+    /// Appends `SELECT db`.
+    fn select(&mut self, db: u64) {
+        self.buf.extend_from_slice(b"*2\r\n$6\r\nSELECT\r\n");
+        self.bulk_number(db);
+        self.commands.push(Command::Select(db));
     }
 
-    /// Hands the batch over; false once the writer is gone.
+    /// Appends `RESTORE key ttl payload REPLACE [ABSTTL] [IDLETIME n | FREQ n]`,
+    /// the payload being `value`, the RDB version and the CRC-64 of both.
+    fn restore(&mut self, db: u64, key: &[u8], entry: &RestoreArgs, value: &[u8]) {
+        let extra = usize::from(entry.lru_idle.is_some() || entry.lfu_freq.is_some());
+        let n = 5 + usize::from(entry.expire_ms.is_some()) + 2 * extra;
+        self.buf.push(b'*');
+        self.number(n as u64);
+        self.buf.extend_from_slice(b"\r\n$7\r\nRESTORE\r\n");
+        self.bulk_header(key.len());
+        let start = self.buf.len();
+        self.buf.extend_from_slice(key);
+        let key_range = start..self.buf.len();
+        self.buf.extend_from_slice(b"\r\n");
+        match entry.expire_ms {
+            Some(ms) => {
+                let text = self.numbers.format(ms);
+                resp::bulk_header(&mut self.buf, text.len());
+                self.buf.extend_from_slice(text.as_bytes());
+                self.buf.extend_from_slice(b"\r\n");
+            }
+            None => self.buf.extend_from_slice(b"$1\r\n0\r\n"),
+        }
+        self.payload(value);
+        self.buf.extend_from_slice(b"$7\r\nREPLACE\r\n");
+        if entry.expire_ms.is_some() {
+            self.buf.extend_from_slice(b"$6\r\nABSTTL\r\n");
+        }
+        match (entry.lru_idle, entry.lfu_freq) {
+            (Some(idle), _) => {
+                self.buf.extend_from_slice(b"$8\r\nIDLETIME\r\n");
+                self.bulk_number(idle);
+            }
+            (None, Some(freq)) => {
+                self.buf.extend_from_slice(b"$4\r\nFREQ\r\n");
+                self.bulk_number(u64::from(freq));
+            }
+            _ => {}
+        }
+        self.commands.push(Command::Restore { db, key: key_range });
+    }
+
+    /// Appends `FUNCTION RESTORE payload REPLACE`.
+    fn function(&mut self, value: &[u8]) {
+        self.buf
+            .extend_from_slice(b"*4\r\n$8\r\nFUNCTION\r\n$7\r\nRESTORE\r\n");
+        self.payload(value);
+        self.buf.extend_from_slice(b"$7\r\nREPLACE\r\n");
+        self.commands.push(Command::Function);
+    }
+
+    /// The `DUMP` payload of `value` as a bulk string (what `dump_payload`
+    /// builds, written in place).
+    fn payload(&mut self, value: &[u8]) {
+        let version = self.version.to_le_bytes();
+        let mut crc = Crc64::new();
+        crc.update(value);
+        crc.update(&version);
+        self.bulk_header(value.len() + version.len() + 8);
+        self.buf.extend_from_slice(value);
+        self.buf.extend_from_slice(&version);
+        self.buf.extend_from_slice(&crc.value().to_le_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    fn number(&mut self, n: u64) {
+        self.buf
+            .extend_from_slice(self.numbers.format(n).as_bytes());
+    }
+
+    fn bulk_header(&mut self, len: usize) {
+        self.buf.push(b'$');
+        self.number(len as u64);
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    fn bulk_number(&mut self, n: u64) {
+        let text = self.numbers.format(n);
+        resp::bulk_header(&mut self.buf, text.len());
+        self.buf.extend_from_slice(text.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Takes permits for the batch (waiting for earlier batches to be
+    /// answered) and hands it over; false once the writer is gone.
     fn flush(&mut self) -> bool {
-        if self.batch.is_empty() {
+        if self.commands.is_empty() {
             return true;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_OPS));
-        self.bytes = 0;
-        self.ops.blocking_send(batch).is_ok()
+        // The permits count the allocation, not only the bytes used.
+        let n = self
+            .buf
+            .capacity()
+            .clamp(1, self.max_inflight.max(1))
+            .min(u32::MAX as usize) as u32;
+        let permit = match self.inflight.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => match self
+                .runtime
+                .block_on(self.inflight.clone().acquire_many_owned(n))
+            {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+        };
+        // The next batch is likely about the size of this one.
+        let next = (self.buf.len() + self.buf.len() / 4).clamp(4096, BATCH_BYTES + 64 * 1024);
+        let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(next));
+        let commands = std::mem::replace(&mut self.commands, Vec::with_capacity(BATCH_OPS));
+        self.ops
+            .blocking_send(Op::Batch(Batch {
+                bytes: Bytes::from(bytes),
+                commands,
+                _permit: permit,
+            }))
+            .is_ok()
     }
+}
+
+/// The `RESTORE` arguments of an entry besides its key and value.
+struct RestoreArgs {
+    expire_ms: Option<i64>,
+    lru_idle: Option<u64>,
+    lfu_freq: Option<u8>,
 }
 
 /// Parses the RDB arriving on `chunks` and sends [`Op`]s to `ops`, until
@@ -138,7 +264,7 @@ impl Batcher {
 /// `max_value_bytes`).
 pub(crate) fn produce(
     chunks: mpsc::Receiver<Bytes>,
-    ops: mpsc::Sender<Vec<Op>>,
+    ops: mpsc::Sender<Op>,
     inflight: Arc<Semaphore>,
     max_inflight: usize,
     max_value_bytes: u64,
@@ -151,41 +277,27 @@ pub(crate) fn produce(
     let version = parser.version();
     let mut stats = FeedStats::default();
     let start_ms = chrono::Utc::now().timestamp_millis();
-    let mut out = Batcher {
-        ops,
-        batch: Vec::with_capacity(BATCH_OPS),
-        bytes: 0,
-    };
-    // Permits for `n` bytes; the batch is handed over before waiting, as
-    // the permits it holds come back only once the server answered it.
-    let acquire = |out: &mut Batcher, n: usize| -> Option<OwnedSemaphorePermit> {
-        let n = n.clamp(1, max_inflight.max(1)).min(u32::MAX as usize) as u32;
-        if let Ok(p) = inflight.clone().try_acquire_many_owned(n) {
-            return Some(p);
-        }
-        if !out.flush() {
-            return None;
-        }
-        runtime
-            .block_on(inflight.clone().acquire_many_owned(n))
-            .ok()
-    };
-    macro_rules! send {
-        ($op:expr, $bytes:expr) => {
-            if !out.push($op, $bytes) {
-                return Ok(stats);
-            }
-        };
-    }
-    send!(Op::Header(version), 0);
-    if !out.flush() {
+    if ops.blocking_send(Op::Header(version)).is_err() {
         return Ok(stats);
     }
+    let mut out = Batcher {
+        ops,
+        buf: Vec::with_capacity(64 * 1024),
+        commands: Vec::with_capacity(BATCH_OPS),
+        version: version as u16,
+        inflight,
+        max_inflight,
+        runtime,
+        numbers: itoa::Buffer::new(),
+    };
+    // "Now" for the expiry check, read again for each batch: a key that
+    // expires within one batch's time is sent, and Redis drops a RESTORE
+    // whose ABSTTL has passed.
+    let mut now = start_ms;
     while let Some(item) = parser.next_item()? {
         match item {
-            RdbItem::SelectDb(db) => send!(Op::Select(db), 0),
+            RdbItem::SelectDb(db) => out.select(db),
             RdbItem::Entry(e) => {
-                let now = chrono::Utc::now().timestamp_millis();
                 if e.expire_ms.is_some_and(|ms| ms <= now) {
                     *stats.expired.entry(e.db).or_default() += 1;
                     continue;
@@ -193,41 +305,30 @@ pub(crate) fn produce(
                 if let Some(ms) = e.expire_ms.filter(|ms| *ms <= start_ms + EXPIRY_WINDOW_MS) {
                     *stats.expiring.entry((e.db, ms / 1000)).or_default() += 1;
                 }
-                let payload = dump_payload(e.value.unwrap_or_default(), version as u16);
-                let Some(permit) = acquire(&mut out, payload.len()) else {
-                    return Ok(stats);
-                };
                 *stats.sent.entry(e.db).or_default() += 1;
-                let bytes = payload.len();
-                send!(
-                    Op::Restore {
-                        db: e.db,
-                        key: e.key,
-                        expire_ms: e.expire_ms,
-                        lru_idle: e.lru_idle,
-                        lfu_freq: e.lfu_freq,
-                        payload,
-                        permit,
-                    },
-                    bytes
-                );
-            }
-            RdbItem::Function { raw } => {
-                let payload = dump_payload(raw.unwrap_or_default(), version as u16);
-                let Some(permit) = acquire(&mut out, payload.len()) else {
-                    return Ok(stats);
+                let args = RestoreArgs {
+                    expire_ms: e.expire_ms,
+                    lru_idle: e.lru_idle,
+                    lfu_freq: e.lfu_freq,
                 };
-                let bytes = payload.len();
-                send!(Op::Function { payload, permit }, bytes);
+                out.restore(e.db, &e.key, &args, e.value.as_deref().unwrap_or_default());
             }
+            RdbItem::Function { raw } => out.function(raw.as_deref().unwrap_or_default()),
             RdbItem::ModuleAux { module_id } => {
                 tracing::warn!(
                     module_id,
                     "module aux data cannot be restored with RESTORE; skipped"
                 );
                 stats.module_aux += 1;
+                continue;
             }
-            _ => {}
+            _ => continue,
+        }
+        if out.commands.len() >= BATCH_OPS || out.buf.len() >= BATCH_BYTES {
+            if !out.flush() {
+                return Ok(stats);
+            }
+            now = chrono::Utc::now().timestamp_millis();
         }
     }
     if !out.flush() {
@@ -236,4 +337,96 @@ pub(crate) fn produce(
     stats.bytes = parser.offset();
     stats.complete = true;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::rdb::dump_payload;
+
+    fn batcher() -> (Batcher, mpsc::Receiver<Op>) {
+        let (tx, rx) = mpsc::channel(4);
+        let b = Batcher {
+            ops: tx,
+            buf: Vec::new(),
+            commands: Vec::new(),
+            version: 10,
+            inflight: Arc::new(Semaphore::new(1 << 20)),
+            max_inflight: 1 << 20,
+            runtime: tokio::runtime::Handle::current(),
+            numbers: itoa::Buffer::new(),
+        };
+        (b, rx)
+    }
+
+    /// The commands encoded in place are byte for byte what the generic
+    /// RESP encoder makes of the same arguments.
+    #[tokio::test]
+    async fn encodes_what_resp_encode_would() {
+        let (mut b, _rx) = batcher();
+        let value = b"\x00\x05hello".to_vec();
+        let payload = dump_payload(value.clone(), 10);
+        let mut want = Vec::new();
+        b.select(3);
+        resp::encode(&mut want, &[b"SELECT", b"3"]);
+        let plain = RestoreArgs {
+            expire_ms: None,
+            lru_idle: None,
+            lfu_freq: None,
+        };
+        b.restore(3, b"k\r\n1", &plain, &value);
+        resp::encode(
+            &mut want,
+            &[b"RESTORE", b"k\r\n1", b"0", &payload, b"REPLACE"],
+        );
+        let ttl = RestoreArgs {
+            expire_ms: Some(1_795_000_000_123),
+            lru_idle: Some(42),
+            lfu_freq: None,
+        };
+        b.restore(3, b"t", &ttl, &value);
+        resp::encode(
+            &mut want,
+            &[
+                b"RESTORE",
+                b"t",
+                b"1795000000123",
+                &payload,
+                b"REPLACE",
+                b"ABSTTL",
+                b"IDLETIME",
+                b"42",
+            ],
+        );
+        let lfu = RestoreArgs {
+            expire_ms: None,
+            lru_idle: None,
+            lfu_freq: Some(7),
+        };
+        b.restore(0, b"", &lfu, b"");
+        resp::encode(
+            &mut want,
+            &[
+                b"RESTORE",
+                b"",
+                b"0",
+                &dump_payload(Vec::new(), 10),
+                b"REPLACE",
+                b"FREQ",
+                b"7",
+            ],
+        );
+        b.function(&value);
+        resp::encode(&mut want, &[b"FUNCTION", b"RESTORE", &payload, b"REPLACE"]);
+        assert_eq!(
+            String::from_utf8_lossy(&b.buf),
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(b.buf, want);
+        let Command::Restore { key, .. } = &b.commands[1] else {
+            panic!()
+        };
+        assert_eq!(&b.buf[key.clone()], b"k\r\n1");
+        assert_eq!(b.commands.len(), 5);
+    }
 }

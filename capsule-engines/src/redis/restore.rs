@@ -99,6 +99,11 @@ pub(crate) async fn restore(
     // Nothing on the target changes before the artifact is known intact
     // and the server known able to read it.
     source.verify(&name).await?;
+    tracing::debug!(
+        artifact = %name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "artifact checksum verified"
+    );
     let mut client = Client::connect(conn).await?;
     let endpoint = client.endpoint.clone();
     let server = ServerInfo::read(&mut client).await?;
@@ -134,7 +139,7 @@ pub(crate) async fn restore(
 
     let stream = source.open(&name).await?;
     let (chunks, pump) = feed::pump(stream);
-    let (ops_tx, mut ops) = mpsc::channel::<Vec<Op>>(CHANNEL_DEPTH);
+    let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
     let max_inflight = engine.options.max_inflight_bytes.max(1);
     let semaphore = Arc::new(Semaphore::new(max_inflight));
     let max_value = engine.options.max_value_bytes;
@@ -151,8 +156,8 @@ pub(crate) async fn restore(
     // Set once the target may change: every error after says so.
     let mut touched = false;
     let sent = async {
-        match ops.recv().await.as_deref() {
-            Some([Op::Header(v)]) => check_version(*v)?,
+        match ops.recv().await {
+            Some(Op::Header(v)) => check_version(v)?,
             _ => return Ok(None), // the producer failed; its error follows
         }
         touched = true;
