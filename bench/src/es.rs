@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use capsule_core::pipeline::PipelineOptions;
+use capsule_core::pipeline::DEFAULT_ZSTD_LEVEL;
 use capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL;
 use test_support::opensearch::OpenSearch;
 
@@ -276,7 +276,7 @@ impl EsBench {
         let mut capsule_export = Row::new(format!(
             "capsule backup as `capsule es --create` (zstd {RECOMMENDED_ZSTD_LEVEL})"
         ));
-        let core_level = PipelineOptions::default().zstd_level;
+        let core_level = DEFAULT_ZSTD_LEVEL;
         let mut capsule_export_core = Row::new(format!(
             "capsule backup, core pipeline default (zstd {core_level})"
         ));

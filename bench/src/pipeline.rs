@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use capsule_core::pipeline::{self, PipelineOptions};
+use capsule_core::pipeline::{self, DEFAULT_ZSTD_LEVEL, PipelineOptions};
 use capsule_core::{Compression, NoProgress};
 use capsule_store::{Store, UploadOptions};
 use object_store::path::Path;
@@ -68,7 +68,8 @@ impl Case {
                 let o = PipelineOptions::default();
                 format!(
                     "pipeline, zstd level {} x{} workers",
-                    o.zstd_level, o.zstd_workers
+                    o.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL),
+                    o.zstd_workers
                 )
             }
             Case::Pipeline(c) => format!("pipeline, compression {}", c.as_str()),
@@ -352,7 +353,10 @@ impl PipelineBench {
 
                     let mut generator = Generator::new(kind, seed_of(kind));
                     let start = Instant::now();
-                    let mut enc = zstd::stream::write::Encoder::new(Counter(0), o.zstd_level)?;
+                    let mut enc = zstd::stream::write::Encoder::new(
+                        Counter(0),
+                        o.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL),
+                    )?;
                     enc.include_checksum(true)?;
                     if o.zstd_workers > 0 {
                         enc.multithread(o.zstd_workers)?;
@@ -375,7 +379,8 @@ impl PipelineBench {
                     kind.name().into(),
                     format!(
                         "generator + zstd level {} x{} workers",
-                        o.zstd_level, o.zstd_workers
+                        o.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL),
+                        o.zstd_workers
                     ),
                     num(median(&zstd_rates), 0),
                     pct(ratio),

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use capsule_core::pipeline::{self, PipelineOptions};
+use capsule_core::pipeline::{self, DEFAULT_ZSTD_LEVEL, PipelineOptions};
 use capsule_core::{Compression, NoProgress};
 use capsule_store::Store;
 
@@ -127,7 +127,7 @@ impl RssBench {
         let o = PipelineOptions::default();
         t.note(format!(
             "Pipeline defaults: zstd level {} x{} workers, parts {} MiB x {} in flight, 1 MiB chunks between stages.",
-            o.zstd_level,
+            o.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL),
             o.zstd_workers,
             o.upload.part_size / MIB as usize,
             o.upload.max_concurrency
@@ -448,7 +448,8 @@ fn compress_only(
     o: &PipelineOptions,
     job_mib: Option<u32>,
 ) -> Result<(u64, u64)> {
-    let mut enc = zstd::stream::write::Encoder::new(Counter(0), o.zstd_level)?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(Counter(0), o.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL))?;
     enc.include_checksum(true)?;
     if o.zstd_workers > 0 {
         enc.multithread(o.zstd_workers)?;

@@ -229,10 +229,12 @@ pub async fn run_backup(
     let encrypted_to = options.pipeline.encryption.as_ref().map_or(0, |r| r.len());
     tracing::info!(backup = %id, engine = %engine, encrypted_to, "backup started");
 
+    let mut pipeline = options.pipeline.clone();
+    pipeline.zstd_level = pipeline.zstd_level.or_else(|| engine.zstd_level());
     let mut sink = StoreSink {
         catalog,
         id: id.clone(),
-        options: &options.pipeline,
+        options: &pipeline,
         progress: ctx.progress,
         artifacts: Vec::new(),
     };

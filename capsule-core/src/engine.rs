@@ -170,6 +170,14 @@ pub trait Engine: fmt::Display + Send + Sync {
         ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome>;
 
+    /// The zstd level that suits this engine's artifacts, used when the
+    /// backup's [`PipelineOptions::zstd_level`](crate::pipeline::PipelineOptions::zstd_level)
+    /// names none; `None` (default): the pipeline's
+    /// [`DEFAULT_ZSTD_LEVEL`](crate::pipeline::DEFAULT_ZSTD_LEVEL).
+    fn zstd_level(&self) -> Option<i32> {
+        None
+    }
+
     /// Fingerprints the engine's live target, comparable with the one
     /// recorded at backup.
     async fn fingerprint(&self, ctx: &JobContext<'_>) -> Result<Fingerprint>;

@@ -10,7 +10,6 @@ use capsule_core::{
     BackupOptions, Catalog, Error, Fingerprint, JobContext, RestoreOptions, ServiceType, Statefile,
     run_backup, run_restore, run_verify,
 };
-use capsule_engines::elasticsearch::RECOMMENDED_ZSTD_LEVEL;
 use capsule_engines::{EsEngine, EsOptions};
 
 use super::backups::{self, cancellable};
@@ -64,10 +63,7 @@ impl Now<'_> {
         let engine = EsEngine::new(options.with_service(backups::service_identity(self.args)?));
         let mut backup = BackupOptions::default()
             .with_description(&self.args.description)
-            .with_pipeline(backups::pipeline(
-                self.args,
-                PipelineOptions::default().with_zstd_level(RECOMMENDED_ZSTD_LEVEL),
-            )?);
+            .with_pipeline(backups::pipeline(self.args, PipelineOptions::default())?);
         if let Some(c) = &self.args.cluster {
             backup = backup.with_cluster(c);
         }

@@ -18,4 +18,4 @@ mod download;
 mod upload;
 
 pub use download::{DownloadReport, Expected, download, verify_object};
-pub use upload::{PipelineOptions, UploadReport, upload};
+pub use upload::{DEFAULT_ZSTD_LEVEL, PipelineOptions, UploadReport, upload};

@@ -19,6 +19,8 @@ use crate::statefile::{Compression, Encryption};
 const CHUNK: usize = 1024 * 1024;
 /// Chunks buffered between two stages.
 const DEPTH: usize = 2;
+/// The zstd level when neither the options nor the engine name one.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// How the upload pipeline compresses, encrypts and uploads.
 #[derive(Clone, Debug)]
@@ -26,8 +28,10 @@ const DEPTH: usize = 2;
 pub struct PipelineOptions {
     /// Compression of the stored bytes (default zstd).
     pub compression: Compression,
-    /// zstd level (default 3; 1 is fastest, 19 smallest).
-    pub zstd_level: i32,
+    /// zstd level (1 is fastest, 19 smallest); `None` (default): the
+    /// engine's preferred level ([`crate::Engine::zstd_level`]), else
+    /// [`DEFAULT_ZSTD_LEVEL`].
+    pub zstd_level: Option<i32>,
     /// zstd worker threads (default: the machine's cores, at most 8; 0 = single-threaded).
     pub zstd_workers: u32,
     /// Multipart upload parameters.
@@ -45,7 +49,7 @@ impl Default for PipelineOptions {
             .min(8) as u32;
         PipelineOptions {
             compression: Compression::Zstd,
-            zstd_level: 3,
+            zstd_level: None,
             zstd_workers: cores,
             upload: UploadOptions::default(),
             encryption: None,
@@ -61,7 +65,7 @@ impl PipelineOptions {
     }
     /// Sets the zstd level.
     pub fn with_zstd_level(mut self, level: i32) -> Self {
-        self.zstd_level = level;
+        self.zstd_level = Some(level);
         self
     }
     /// Sets the zstd worker count.
@@ -129,7 +133,8 @@ where
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (out_tx, mut out_rx) = mpsc::channel(DEPTH);
     let compression = options.compression;
-    let (level, workers) = (options.zstd_level, options.zstd_workers);
+    let level = options.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
+    let workers = options.zstd_workers;
     let recipients = options.encryption.clone().filter(|r| !r.is_empty());
     let encryption = recipients.as_ref().map(Recipients::record);
     let stage = tokio::task::spawn_blocking(move || -> io::Result<(u64, Option<String>)> {

@@ -19,6 +19,8 @@ struct ScriptedEngine {
     len: usize,
     fail: bool,
     hang: bool,
+    /// What `Engine::zstd_level` answers.
+    level: Option<i32>,
 }
 
 impl fmt::Display for ScriptedEngine {
@@ -34,6 +36,9 @@ impl Engine for ScriptedEngine {
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+    fn zstd_level(&self) -> Option<i32> {
+        self.level
     }
     fn identity(&self) -> ServiceIdentity {
         ServiceIdentity {
@@ -101,6 +106,7 @@ async fn finished_backup_records_checksums_and_restores_byte_for_byte() {
             len: 6 * 1024 * 1024,
             fail: false,
             hang: false,
+            level: None,
         };
         let report = run_backup(
             &catalog,
@@ -158,6 +164,7 @@ async fn failing_engine_leaves_a_failed_statefile() {
             len: 2 * 1024 * 1024,
             fail: true,
             hang: false,
+            level: None,
         };
         let err = run_backup(
             &catalog,
@@ -195,6 +202,7 @@ async fn interrupted_backup_never_says_finished() {
         len: 0,
         fail: false,
         hang: true,
+        level: None,
     };
     let opts = BackupOptions::default().with_heartbeat(Duration::from_millis(100));
     // The process "dies": the future is dropped mid-stream.
@@ -228,4 +236,54 @@ async fn interrupted_backup_never_says_finished() {
         .await
         .unwrap();
     assert_eq!(failed.len(), 1);
+}
+
+/// The window log a zstd frame declares (its `Window_Descriptor`), which
+/// zstd derives from the compression level: 19 for level 1, 21 for level 3.
+fn window_log(frame: &[u8]) -> u8 {
+    assert_eq!(frame[..4], [0x28, 0xB5, 0x2F, 0xFD], "a zstd frame");
+    assert_eq!(
+        frame[4] & 0x20,
+        0,
+        "not single-segment: a window descriptor follows"
+    );
+    10 + (frame[5] >> 3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engines_zstd_level_applies_unless_the_options_name_one() {
+    let ts = stores::memory();
+    let catalog = Catalog::new(ts.store.clone());
+    let cases = [
+        (None, None, 21),       // neither: the pipeline default, level 3
+        (Some(1), None, 19),    // the engine's level
+        (Some(1), Some(3), 21), // the options win
+    ];
+    for (engine_level, options_level, want) in cases {
+        let engine = ScriptedEngine {
+            len: 4 * 1024 * 1024,
+            fail: false,
+            hang: false,
+            level: engine_level,
+        };
+        let mut pipeline = capsule_core::pipeline::PipelineOptions::default();
+        if let Some(l) = options_level {
+            pipeline = pipeline.with_zstd_level(l);
+        }
+        let report = run_backup(
+            &catalog,
+            &engine,
+            BackupOptions::default().with_pipeline(pipeline),
+            &JobContext::new(&NoProgress),
+        )
+        .await
+        .unwrap();
+        let key = format!("{}/dump.rdb.zst", report.statefile.backup_id);
+        let stored = ts.store.get_range(&key, 0..16).await.unwrap();
+        assert_eq!(
+            window_log(&stored),
+            want,
+            "engine level {engine_level:?}, options level {options_level:?}"
+        );
+    }
 }

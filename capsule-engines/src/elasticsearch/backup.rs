@@ -27,8 +27,8 @@ pub const FORMAT_METADATA: &str = "es-metadata";
 /// Format of the documents artifact: `_bulk` action and source lines.
 pub const FORMAT_DOCUMENTS: &str = "es-bulk-ndjson";
 
-/// The zstd level frontends should store Elasticsearch backups with
-/// (`BackupOptions::pipeline`): documents are bulky JSON that a server
+/// The zstd level Elasticsearch backups are stored with unless the
+/// backup's pipeline options name one (`Engine::zstd_level`): documents are bulky JSON that a server
 /// streams faster than zstd's default level 3 compresses on a small
 /// machine. Level 1 stores them about 8% larger (3.6x instead of 3.9x on
 /// the benchmark's documents) for about 40% less CPU, which keeps the

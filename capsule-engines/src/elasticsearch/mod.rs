@@ -155,6 +155,10 @@ impl Engine for EsEngine {
         ServiceType::Elasticsearch
     }
 
+    fn zstd_level(&self) -> Option<i32> {
+        Some(RECOMMENDED_ZSTD_LEVEL)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             verify: true,
