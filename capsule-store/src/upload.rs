@@ -205,7 +205,7 @@ impl Upload {
             .await
             .map_err(|e| self.ctx.translate("upload (complete)", &self.key, e))?;
         self.inner = None;
-        tracing::debug!(store = %self.ctx.store, key = %self.key, bytes = self.bytes_written, "upload complete");
+        tracing::debug!(store = %self.ctx.store, object = %self.key, bytes = self.bytes_written, "upload complete");
         Ok(Version {
             etag: result.e_tag,
             version: result.version,

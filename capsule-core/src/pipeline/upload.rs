@@ -284,7 +284,7 @@ where
     upload.finish().await.map_err(|e| Error::store(ctx(), e))?;
     progress.finish();
     tracing::debug!(
-        key,
+        object = key,
         size,
         raw_size,
         encrypted = encryption.is_some(),
