@@ -170,8 +170,8 @@ fn parse_recipient(key: &str, at: Option<(&str, usize)>) -> Result<x25519::Recip
         Some((file, line)) => format!("recipients file {file}, line {line}: "),
         None => String::new(),
     };
-    if key.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
-        // Never echo a secret key.
+    if key.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+        // Never echo a secret key, even quoted or after other text.
         return Err(Error::invalid(
             "recipient",
             format!(
@@ -484,6 +484,11 @@ mod tests {
         let (secret, _) = keypair();
         let cases = [
             (format!("{secret}\n"), "line 1: this is a secret key"),
+            (format!("\"{secret}\"\n"), "line 1: this is a secret key"),
+            (
+                format!("key: {}\n", secret.to_lowercase()),
+                "line 1: this is a secret key",
+            ),
             ("# only a comment\n".to_string(), "holds no recipient"),
             (
                 "age1nope\n".to_string(),
@@ -500,7 +505,7 @@ mod tests {
                 .to_string();
             assert!(e.contains(want), "{e}");
             assert!(e.starts_with("recipients file r.txt"), "{e}");
-            assert!(!e.contains(&secret), "{e}");
+            assert!(!e.to_uppercase().contains(&secret[15..]), "{e}");
         }
         let e = Recipients::from_keys([&secret]).unwrap_err().to_string();
         assert!(!e.contains(&secret) && e.contains("secret key"), "{e}");

@@ -394,7 +394,9 @@ fn list_at(api_version: &str, kind: &str, items: &[String], rv: u64) -> String {
     )
 }
 
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 (padded), as Secret data goes on the wire (also the
+/// form of an HTTP basic `Authorization` header).
+pub fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {

@@ -15,23 +15,6 @@ use test_support::seaweedfs::SeaweedFs;
 
 use crate::support::{Bucket, CAPSULE, Spec, pg, serial, statefiles, wait_until};
 
-/// The bucket Secret of `bucket` on the shared SeaweedFS.
-fn bucket_secret(api: &FakeKubeApi, ns: &str, bucket: &str) {
-    let s3 = SeaweedFs::shared();
-    api.add_secret(
-        ns,
-        "cp-object-storage",
-        &[
-            ("CNVRG_STORAGE_TYPE", "minio"),
-            ("CNVRG_STORAGE_ENDPOINT", &s3.endpoint),
-            ("CNVRG_STORAGE_BUCKET", bucket),
-            ("CNVRG_STORAGE_ACCESS_KEY", &s3.access_key),
-            ("CNVRG_STORAGE_SECRET_KEY", &s3.secret_key),
-            ("CNVRG_STORAGE_REGION", "us-east-1"),
-        ],
-    );
-}
-
 fn pg_secret(api: &FakeKubeApi, ns: &str, db: &str) {
     api.add_secret(
         ns,
@@ -43,16 +26,6 @@ fn pg_secret(api: &FakeKubeApi, ns: &str, db: &str) {
             ("POSTGRES_PASSWORD", PASSWORD),
         ],
     );
-}
-
-fn bucket_name(b: &Bucket) -> String {
-    // s3://NAME?endpoint=…
-    b.url
-        .trim_start_matches("s3://")
-        .split(['?', '/'])
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 fn plan(api: &FakeKubeApi, extra: &[&str]) -> (String, String, bool) {
@@ -77,7 +50,7 @@ fn plan_prints_targets_and_problems_without_secrets() {
     let _guard = serial();
     let bucket = Bucket::new();
     let api = FakeKubeApi::start();
-    bucket_secret(&api, "cnvrg", &bucket_name(&bucket));
+    bucket.add_secret_to(&api, "cnvrg");
     pg_secret(&api, "cnvrg", "cnvrg_production");
     api.add_secret(
         "cnvrg",
@@ -160,12 +133,7 @@ fn plan_prints_targets_and_problems_without_secrets() {
     assert_eq!(pgt["origin"], "CnvrgApp");
     assert_eq!(pgt["endpoint"], "127.0.0.1:6543");
     assert_eq!(pgt["nextDue"], "now");
-    assert!(
-        pgt["store"]
-            .as_str()
-            .unwrap()
-            .contains(&bucket_name(&bucket))
-    );
+    assert!(pgt["store"].as_str().unwrap().contains(&bucket.name));
     let es = targets
         .iter()
         .find(|t| t["name"] == "cnvrg/es-storage")
@@ -187,7 +155,7 @@ fn start_backs_up_a_discovered_postgresql_on_schedule() {
     let bucket = Bucket::new();
     let db = crate::support::database("kdisc", 50);
     let api = FakeKubeApi::start();
-    bucket_secret(&api, "cnvrg", &bucket_name(&bucket));
+    bucket.add_secret_to(&api, "cnvrg");
     pg_secret(&api, "cnvrg", &db);
     api.add_cnvrgapp(
         "cnvrg",
@@ -276,7 +244,7 @@ fn start_plans_changes_as_they_happen_and_reads_secrets_when_each_job_starts() {
         crate::support::database("kwatch", 20),
     );
     let api = FakeKubeApi::start();
-    bucket_secret(&api, "cnvrg", &bucket_name(&bucket));
+    bucket.add_secret_to(&api, "cnvrg");
     // cnvrg's database needs the password (scram over TCP).
     creds(&api, "cnvrg", &db_a, PASSWORD_USER, PASSWORD);
     pg_app(&api, "cnvrg");
@@ -310,7 +278,7 @@ fn start_plans_changes_as_they_happen_and_reads_secrets_when_each_job_starts() {
     );
 
     // A CnvrgApp created while the daemon runs is backed up within seconds.
-    bucket_secret(&api, "team-a", &bucket_name(&bucket));
+    bucket.add_secret_to(&api, "team-a");
     creds(&api, "team-a", &db_b, SUPERUSER, "unused");
     pg_app(&api, "team-a");
     wait_until(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use capsule_core::{Catalog, ListFilter, Statefile};
 use capsule_store::Store;
 use tempfile::TempDir;
+use test_support::kube_api::FakeKubeApi;
 use test_support::postgres::Postgres;
 use test_support::process::{HttpResponse, free_port, http_request};
 use test_support::seaweedfs::SeaweedFs;
@@ -59,6 +60,8 @@ pub fn wait_until(
 
 /// A fresh bucket on the shared SeaweedFS.
 pub struct Bucket {
+    /// The bucket's name.
+    pub name: String,
     /// Store URL with the keys as options.
     pub url: String,
 }
@@ -70,7 +73,26 @@ impl Bucket {
         s3.create_bucket(&name);
         Bucket {
             url: s3.s3_url_with_credentials(&name),
+            name,
         }
+    }
+
+    /// Adds the bucket Secret `cp-object-storage` naming this bucket to
+    /// namespace `ns` of the fake Kubernetes API.
+    pub fn add_secret_to(&self, api: &FakeKubeApi, ns: &str) {
+        let s3 = SeaweedFs::shared();
+        api.add_secret(
+            ns,
+            "cp-object-storage",
+            &[
+                ("CNVRG_STORAGE_TYPE", "minio"),
+                ("CNVRG_STORAGE_ENDPOINT", &s3.endpoint),
+                ("CNVRG_STORAGE_BUCKET", &self.name),
+                ("CNVRG_STORAGE_ACCESS_KEY", &s3.access_key),
+                ("CNVRG_STORAGE_SECRET_KEY", &s3.secret_key),
+                ("CNVRG_STORAGE_REGION", "us-east-1"),
+            ],
+        );
     }
 
     pub fn catalog(&self, dst_dir: &str) -> Catalog {
@@ -232,10 +254,10 @@ impl Daemon {
         let mut cmd = Command::new(CAPSULE);
         cmd.args(["--store", &spec.store, "--dst-dir", &spec.dst_dir, "start"])
             .args(["--cluster", &spec.cluster])
-            .args(["--api-bind-addr", &format!("127.0.0.1:{port}")])
-            .args(["--log-format", "json"]);
-        // Short clocks, unless the test sets its own.
+            .args(["--api-bind-addr", &format!("127.0.0.1:{port}")]);
+        // JSON logs and short clocks, unless the test sets its own.
         for (flag, value) in [
+            ("--log-format", "json"),
             ("--watch-interval", "200ms"),
             ("--heartbeat-interval", "500ms"),
             ("--lease-ttl", "2s"),

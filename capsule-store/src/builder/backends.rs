@@ -25,6 +25,22 @@ const EMULATOR_KEY: &str =
 const EMULATOR_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
 
 impl StoreBuilder {
+    /// Refuses a custom endpoint that is not an absolute URL with a host:
+    /// object_store takes it as it is and parses it only when it signs a
+    /// request, where a bad one (a port that is not a number) panics.
+    fn check_endpoint(&self, scheme: &str, endpoint: &str) -> Result<()> {
+        let problem = match url::Url::parse(endpoint.trim()) {
+            Ok(url) if url.has_host() => return Ok(()),
+            Ok(_) => "it has no host".to_string(),
+            Err(e) => e.to_string(),
+        };
+        Err(Error::invalid(format!(
+            "cannot configure the {scheme} store from {}: endpoint {} is not a valid URL: {problem}",
+            self.origin,
+            display_endpoint(endpoint)
+        )))
+    }
+
     pub(super) fn build_simple(&self, kind: BackendKind, redactor: Redactor) -> Result<Backend> {
         if let Some((key, _)) = self.options.first() {
             return Err(Error::invalid(format!(
@@ -129,6 +145,7 @@ impl StoreBuilder {
         b = b.with_virtual_hosted_style_request(endpoint.is_none());
         if let Some(endpoint) = &endpoint {
             add_userinfo_secrets(&mut redactor, endpoint);
+            self.check_endpoint("s3", endpoint)?;
             if endpoint.starts_with("http://") {
                 b = b.with_allow_http(true);
             }
@@ -249,6 +266,7 @@ impl StoreBuilder {
             .or_else(|| b.get_config_value(&AzureConfigKey::Endpoint));
         if let Some(endpoint) = &endpoint {
             add_userinfo_secrets(&mut redactor, endpoint);
+            self.check_endpoint("az", endpoint)?;
             if endpoint.starts_with("http://") {
                 b = b.with_allow_http(true);
             }
@@ -401,6 +419,9 @@ impl StoreBuilder {
         let base_url = b
             .get_config_value(&GoogleConfigKey::BaseUrl)
             .or(key_fields.base_url);
+        if let Some(base_url) = &base_url {
+            self.check_endpoint("gs", base_url)?;
+        }
         let store = b
             .clone()
             .with_retry(retry.normal.clone())

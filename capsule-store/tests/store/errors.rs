@@ -59,6 +59,32 @@ fn malformed_urls_name_the_part_at_fault() {
 }
 
 #[test]
+fn a_malformed_endpoint_is_refused_when_the_store_is_built() {
+    // object_store would take these and panic at the first signed request.
+    for url in [
+        "s3://b?endpoint=http://user:pw-Secret-7@127.0.0.1:notaport&access_key_id=a&secret_access_key=s",
+        "az://c?endpoint=http://user:pw-Secret-7@127.0.0.1:notaport&account_name=a&access_key=AAAA",
+        "gs://b?base_url=http://user:pw-Secret-7@127.0.0.1:notaport",
+    ] {
+        let text = invalid(StoreBuilder::from_url(url).and_then(StoreBuilder::build));
+        assert!(
+            text.contains(
+                "endpoint http://***@127.0.0.1:notaport is not a valid URL: invalid port number"
+            ),
+            "{url}: {text}"
+        );
+        assert_no_secret(&text, &["pw-Secret-7"]);
+    }
+    let mut s = StorageSettings::new(BucketType::Minio);
+    s.bucket_name = Some("b".into());
+    s.endpoint = Some("minio:port".into());
+    s.access_key = Some(Secret::new("a".to_string()));
+    s.secret_key = Some(Secret::new("s".to_string()));
+    let text = invalid(StoreBuilder::from_settings(&s).and_then(StoreBuilder::build));
+    assert!(text.contains("is not a valid URL"), "{text}");
+}
+
+#[test]
 fn legacy_settings_name_the_missing_flag() {
     let check = |settings: &StorageSettings, expected: &str| {
         let err = StoreBuilder::from_settings(settings)
