@@ -46,6 +46,7 @@
 
 mod builder;
 mod error;
+mod file_read;
 mod local_cas;
 mod secret;
 mod settings;

@@ -288,8 +288,13 @@ impl Store {
         let (size, version) = (result.meta.size, meta_version(&result.meta));
         let ctx = self.ctx().clone();
         let key = key.to_string();
-        let stream = result
-            .into_stream()
+        let stream = match result.payload {
+            object_store::GetResultPayload::File(file, path) => {
+                crate::file_read::stream(file, path, result.range)
+            }
+            object_store::GetResultPayload::Stream(s) => s,
+        };
+        let stream = stream
             .map_err(move |e| ctx.translate("get (stream)", &key, e))
             .boxed();
         Ok(ObjectStream {
