@@ -84,7 +84,8 @@ async fn discovery(
     let whitelist: NsWhitelist = g.ns_whitelist.parse().map_err(UsageError::new)?;
     let mut options = DiscoveryOptions::new(cluster)
         .with_whitelist(whitelist)
-        .with_dst_dir(store.prefix());
+        .with_dst_dir(store.prefix())
+        .with_ca_file(g.ca_file.clone());
     if let Some(resync) = resync {
         options = options.with_resync(resync);
     }

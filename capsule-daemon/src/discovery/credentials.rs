@@ -146,7 +146,8 @@ pub(crate) fn engine(
 }
 
 /// The store of a bucket Secret (`CNVRG_STORAGE_*`), with `gcp_key` the
-/// `key.json` of the Secret named by `CNVRG_STORAGE_GCP_SECRET_REF`.
+/// `key.json` of the Secret named by `CNVRG_STORAGE_GCP_SECRET_REF`,
+/// trusting `ca_file` (the daemon's `--ca-file`) for https.
 ///
 /// # Errors
 /// A one-line message naming the key at fault (no value).
@@ -154,9 +155,13 @@ pub(crate) fn store(
     data: &SecretData,
     gcp_key: Option<String>,
     dst_dir: &str,
+    ca_file: Option<&std::path::Path>,
 ) -> Result<Store, String> {
-    let settings = StorageSettings::from_secret_data(data, gcp_key.map(Secret::new))
+    let mut settings = StorageSettings::from_secret_data(data, gcp_key.map(Secret::new))
         .map_err(|e| e.to_string())?;
+    if settings.ca_file.is_none() {
+        settings.ca_file = ca_file.map(std::path::Path::to_path_buf);
+    }
     StoreBuilder::from_settings(&settings)
         .map_err(|e| e.to_string())?
         .with_prefix(dst_dir)

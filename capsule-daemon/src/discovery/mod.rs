@@ -62,7 +62,7 @@ mod watch;
 mod whitelist;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,6 +104,9 @@ pub struct DiscoveryOptions {
     /// Whether the daemon watches the sources after its first plan, to
     /// plan again within seconds of a change (default true).
     pub watch: bool,
+    /// A PEM file of CA certificates trusted for the https endpoints of the
+    /// bucket Secrets (a MinIO with a private CA), besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl DiscoveryOptions {
@@ -116,6 +119,7 @@ impl DiscoveryOptions {
             dst_dir: "cnvrg-smart-backups".into(),
             resync: Duration::from_secs(60),
             watch: true,
+            ca_file: None,
         }
     }
 
@@ -140,6 +144,13 @@ impl DiscoveryOptions {
     /// Turns the watches on or off (off: only the full resync).
     pub fn with_watch(mut self, watch: bool) -> Self {
         self.watch = watch;
+        self
+    }
+
+    /// Trusts the CA certificates of `ca_file` (PEM) for the bucket
+    /// Secrets' https endpoints.
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
+        self.ca_file = ca_file;
         self
     }
 }
@@ -426,7 +437,14 @@ impl KubeDiscovery {
             format!("{name}: the credentials are read when a job starts"),
         );
         drop(engine);
-        let store = match secrets::open_store(c, reader, &self.options.dst_dir).await {
+        let store = match secrets::open_store(
+            c,
+            reader,
+            &self.options.dst_dir,
+            self.options.ca_file.as_deref(),
+        )
+        .await
+        {
             Ok(s) => s,
             Err(p) => {
                 planned.problem = Some(p);
@@ -458,6 +476,7 @@ impl KubeDiscovery {
             candidate: c.clone(),
             identity,
             dst_dir: self.options.dst_dir.clone(),
+            ca_file: self.options.ca_file.clone(),
             store_url: store.url().to_string(),
             watched: self.watched.clone(),
         };

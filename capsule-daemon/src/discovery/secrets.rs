@@ -98,6 +98,7 @@ pub(crate) async fn open_store(
     c: &Candidate,
     reader: &mut SecretReader,
     dst_dir: &str,
+    ca_file: Option<&std::path::Path>,
 ) -> std::result::Result<Store, DiscoveryProblem> {
     let bucket = reader
         .get(&c.namespace, &c.bucket_ref)
@@ -132,7 +133,7 @@ pub(crate) async fn open_store(
             }
         }
     };
-    credentials::store(&bucket, gcp_key, dst_dir)
+    credentials::store(&bucket, gcp_key, dst_dir, ca_file)
         .map_err(|m| DiscoveryProblem::new(&c.namespace, &bucket_resource, "data", m))
 }
 
@@ -162,6 +163,8 @@ pub(crate) struct SecretCredentials {
     pub(crate) candidate: Candidate,
     pub(crate) identity: ServiceIdentity,
     pub(crate) dst_dir: String,
+    /// The daemon's `--ca-file`, trusted by the bucket's store.
+    pub(crate) ca_file: Option<std::path::PathBuf>,
     /// The store URL as planned (credentials stripped).
     pub(crate) store_url: String,
     pub(crate) watched: Arc<Watched>,
@@ -185,7 +188,7 @@ impl JobCredentials for SecretCredentials {
         let engine = open_engine(c, &mut reader, self.identity.clone())
             .await
             .map_err(|p| fail(p.to_string()))?;
-        let store = open_store(c, &mut reader, &self.dst_dir)
+        let store = open_store(c, &mut reader, &self.dst_dir, self.ca_file.as_deref())
             .await
             .map_err(|p| fail(p.to_string()))?;
         if store.url() != self.store_url {

@@ -34,12 +34,17 @@ pub(crate) fn bucket_secret(api: &FakeKubeApi, ns: &str, name: &str) {
 /// Bucket Secret `cp-object-storage` of `ns` naming `bucket` of the
 /// SeaweedFS S3 server `s3`.
 pub(crate) fn s3_bucket_secret(api: &FakeKubeApi, ns: &str, s3: &SeaweedFs, bucket: &str) {
+    s3_bucket_secret_at(api, ns, s3, bucket, &s3.endpoint);
+}
+
+/// As [`s3_bucket_secret`], with the endpoint `endpoint` (https…).
+fn s3_bucket_secret_at(api: &FakeKubeApi, ns: &str, s3: &SeaweedFs, bucket: &str, endpoint: &str) {
     api.add_secret(
         ns,
         "cp-object-storage",
         &[
             ("CNVRG_STORAGE_TYPE", "minio"),
-            ("CNVRG_STORAGE_ENDPOINT", &s3.endpoint),
+            ("CNVRG_STORAGE_ENDPOINT", endpoint),
             ("CNVRG_STORAGE_BUCKET", bucket),
             ("CNVRG_STORAGE_ACCESS_KEY", &s3.access_key),
             ("CNVRG_STORAGE_SECRET_KEY", &s3.secret_key),
@@ -488,4 +493,46 @@ async fn the_config_file_wins_over_discovery_and_the_daemon_serves_discovery_met
     assert_no_secret(&text);
     daemon.shutdown();
     daemon.wait().await.unwrap();
+}
+
+/// A bucket Secret naming an https endpoint signed by a private CA: the
+/// daemon's `--ca-file` is trusted by the store planned from it and by the
+/// store each job opens; without it the certificate is refused.
+#[tokio::test]
+async fn bucket_secrets_trust_the_daemons_ca_file() {
+    let s3 = SeaweedFs::shared_tls();
+    let bucket = format!("disc-tls-{}", std::process::id());
+    s3.create_bucket(&bucket);
+    let api = FakeKubeApi::start();
+    service_secrets(&api, "cnvrg");
+    s3_bucket_secret_at(&api, "cnvrg", s3, &bucket, &s3.https_endpoint());
+    annotated(&api, "cnvrg", "redis-data", "redis", "redis-creds", "1h");
+
+    for ca_file in [Some(s3.ca_file()), None] {
+        let options = DiscoveryOptions::new("dev-eu")
+            .with_whitelist("cnvrg".parse::<NsWhitelist>().unwrap())
+            .with_ca_file(ca_file.clone());
+        let d = KubeDiscovery::from_kubeconfig(Some(&api.kubeconfig()), options)
+            .await
+            .unwrap();
+        let plan = d.plan().await.unwrap();
+        let target = find(&plan, "cnvrg/redis-data").target.clone().unwrap();
+        let job = target
+            .credentials
+            .as_ref()
+            .unwrap()
+            .resolve()
+            .await
+            .unwrap();
+        for (what, store) in [("planned", &target.store), ("job", &job.store)] {
+            let listed = store.list("").await;
+            match &ca_file {
+                Some(_) => assert!(listed.is_ok(), "{what}: {listed:?}"),
+                None => {
+                    let e = listed.unwrap_err().to_string();
+                    assert!(e.contains("not trusted"), "{what}: {e}");
+                }
+            }
+        }
+    }
 }
