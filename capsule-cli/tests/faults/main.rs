@@ -6,9 +6,14 @@
 //! network with a TCP proxy. After each run it checks the invariants of
 //! [`scenario`] as a user would, and prints a table of runs and outcomes.
 //!
-//! - CI mode (default): a handful of runs per engine.
+//! Restores run in each engine's default mode and in its destructive one
+//! (PostgreSQL `--in-place`, Redis `--flush`, Elasticsearch `--replace`).
+//!
+//! - CI mode (default): a handful of runs per engine, two of them in the
+//!   destructive mode.
 //! - Long mode: `CAPSULE_FAULT_RUNS=50` runs each `kill -9` fault 50 times
-//!   per engine (backup and restore) and every other fault a fifth as often.
+//!   per engine (backup, restore, destructive restore) and every other
+//!   fault a fifth as often.
 //! - `CAPSULE_FAULT_SEED=<n>` replays the random choices of a run (the
 //!   timings of real processes still vary); it is printed at the start and
 //!   with every violation.
@@ -38,17 +43,27 @@ use std::time::Instant;
 
 use process::Rng;
 use scenario::{Case, Engine, Fault};
-use subject::{Phase, Subject};
+use subject::{Mode, Phase, Subject};
 use table::Table;
 
 const ENGINES: [&str; 3] = ["postgresql", "redis", "elasticsearch"];
 
 /// The cases and how many runs each gets. CI mode crashes and partitions
-/// the store in one phase per engine, picked by `rng`.
+/// the store in one phase per engine, picked by `rng`, and runs the
+/// destructive restore killed and with its database link cut.
 fn plan(runs: Option<usize>, rng: &mut Rng) -> Vec<(Case, usize)> {
     use Fault::*;
     use Phase::*;
-    let case = |fault, phase| Case { fault, phase };
+    let case = |fault, phase| Case {
+        fault,
+        phase,
+        mode: Mode::Default,
+    };
+    let destructive = |fault| Case {
+        fault,
+        phase: Restore,
+        mode: Mode::Destructive,
+    };
     let mut any_phase = || if rng.unit() < 0.5 { Backup } else { Restore };
     match runs {
         None => vec![
@@ -63,12 +78,15 @@ fn plan(runs: Option<usize>, rng: &mut Rng) -> Vec<(Case, usize)> {
             (case(StorePartition, any_phase()), 1),
             (case(DbCut, Backup), 1),
             (case(DbCut, Restore), 1),
+            (destructive(KillCapsule), 1),
+            (destructive(DbCut), 1),
         ],
         Some(n) => {
             let few = (n / 5).max(1);
             let mut all = vec![
                 (case(KillCapsule, Backup), n),
                 (case(KillCapsule, Restore), n),
+                (destructive(KillCapsule), n),
                 (case(KillAtCommit, Restore), few),
             ];
             for fault in [
@@ -82,6 +100,7 @@ fn plan(runs: Option<usize>, rng: &mut Rng) -> Vec<(Case, usize)> {
                 for phase in [Backup, Restore] {
                     all.push((case(fault, phase), few));
                 }
+                all.push((destructive(fault), few));
             }
             all
         }

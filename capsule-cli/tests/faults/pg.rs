@@ -3,6 +3,13 @@
 //! restores beside it and swaps names only when the restore succeeded.
 //! The live database must stay reachable and hold either its own data or
 //! the backup's, never a mix.
+//!
+//! The destructive mode (`--in-place`: connections blocked, sessions
+//! ended, `pg_restore --clean --create`) recreates the dumped database
+//! under its own name, so it restores a backup of a database of its own
+//! (a copy of the source) over that database. A failure may leave it
+//! closed, gone or partly restored only if the error says it may be
+//! partly restored.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +19,7 @@ use test_support::postgres::Postgres;
 use test_support::tcp_proxy::TcpProxy;
 
 use crate::process::{Running, signal};
-use crate::subject::{CommitHold, Live, Phase, Subject};
+use crate::subject::{CommitHold, Live, Mode, Phase, Subject};
 
 /// Rows of the main table (about 300 bytes each).
 const ROWS: u32 = 60_000;
@@ -20,6 +27,8 @@ const ROWS: u32 = 60_000;
 pub struct Pg {
     src: String,
     live: String,
+    /// The database `--in-place` restores its own backup over.
+    in_place: String,
     proxy: TcpProxy,
     /// The checksum of the source: what a restored live database holds.
     backup: String,
@@ -48,9 +57,12 @@ impl Pg {
         );
         let backup = checksum(&src).expect("checksum of the source");
         let live = Postgres::unique_name("faults_live");
+        let in_place = Postgres::unique_name("faults_inplace");
+        copy_of(&src, &in_place);
         Pg {
             src,
             live,
+            in_place,
             proxy: TcpProxy::start(pg().port),
             backup,
         }
@@ -64,6 +76,122 @@ impl Pg {
     fn siblings(&self) -> Vec<String> {
         pg().databases_like(&format!("{}__capsule_", self.live))
     }
+
+    /// Makes `db` exist, accept connections and differ from the backup
+    /// (a row the backup lacks); its checksum.
+    fn prepare_live(&self, db: &str) -> Live {
+        if checksum(db).is_err() {
+            // Closed, gone or half restored by an earlier in-place run.
+            drop_database(db);
+            copy_of(&self.src, db);
+        }
+        let mut sum = checksum(db).expect("checksum of the live database");
+        if sum == self.backup {
+            // The live database must differ from the backup, or a restore
+            // could not be told from no restore.
+            pg().psql(
+                db,
+                "INSERT INTO items VALUES (-1, 'live only', 'not in the backup')",
+            );
+            sum = checksum(db).expect("checksum of the live database");
+        }
+        Live::whole(sum)
+    }
+
+    /// What an unreadable database is: gone, closed, or without the
+    /// tables (recreated, not yet filled).
+    fn unreadable(db: &str) -> &'static str {
+        if !pg().database_exists(db) {
+            return "gone";
+        }
+        let open = pg().psql(
+            "postgres",
+            &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'"),
+        );
+        match open.as_str() {
+            "f" => "closed (ALLOW_CONNECTIONS false)",
+            _ => "without its tables",
+        }
+    }
+
+    /// Invariant 3 for `--in-place`: see the module doc.
+    fn in_place_after(
+        &self,
+        before: &Live,
+        restored: bool,
+        error: Option<&str>,
+    ) -> (Vec<String>, Vec<String>) {
+        let db = &self.in_place;
+        settle(db);
+        const BACKUP: &str = "holding the backup's rows";
+        let state = match checksum(db) {
+            Ok(sum) if sum == self.backup => BACKUP,
+            Ok(sum) if sum == before.checksum => "untouched",
+            Ok(_) => "partly restored",
+            Err(_) => Pg::unreadable(db),
+        };
+        let note = |n: String| (Vec::new(), vec![n]);
+        match (restored, state, error) {
+            (true, BACKUP, _) | (false, "untouched", _) => (Vec::new(), Vec::new()),
+            (true, _, _) => (
+                vec![format!(
+                    "the in-place restore says finished but the live database is {state}"
+                )],
+                Vec::new(),
+            ),
+            (false, _, Some(e)) if e.contains("may be partly restored") => note(format!(
+                "a failed restore left the live database {state}, and its error said it may be \
+                 partly restored (the in-place mode)"
+            )),
+            (false, _, Some(e)) => (
+                vec![format!(
+                    "a failed in-place restore left the live database {state} without saying so: {e}"
+                )],
+                Vec::new(),
+            ),
+            (false, BACKUP, None) => note(
+                "the live database holds the whole backup, but the run is not recorded as \
+                 finished (killed at the end, or the store was down when it was to be recorded)"
+                    .into(),
+            ),
+            (false, _, None) => note(format!(
+                "killed mid-restore: the live database is {state} (the in-place mode drops and \
+                 recreates it)"
+            )),
+        }
+    }
+}
+
+/// Waits (up to 10 s) until no server session works on `db` any more:
+/// the statement a killed `pg_restore` had sent (`CREATE DATABASE`, say)
+/// runs on after its client died, and would race the next restore.
+fn settle(db: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let busy: u32 = pg()
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+                     AND backend_type = 'client backend' AND state <> 'idle' \
+                     AND (datname = '{db}' OR query LIKE '%{db}%')"
+                ),
+            )
+            .parse()
+            .unwrap_or(0);
+        if busy == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Creates database `db` as a copy of `src`.
+fn copy_of(src: &str, db: &str) {
+    pg().psql(
+        "postgres",
+        &format!("CREATE DATABASE \"{db}\" TEMPLATE \"{src}\""),
+    );
 }
 
 /// The tables' contents, hashed; an error when the database cannot be read.
@@ -176,13 +304,32 @@ impl Subject for Pg {
             .collect()
     }
 
-    fn restore_args(&self, id: &str) -> Vec<String> {
-        let url = self.url(self.proxy.port, &self.live);
+    fn restore_args(&self, id: &str, mode: Mode) -> Vec<String> {
+        let (db, flags): (&str, &[&str]) = match mode {
+            Mode::Default => (&self.live, &[]),
+            Mode::Destructive => (&self.in_place, &["--in-place"]),
+        };
+        let url = self.url(self.proxy.port, db);
         ["pg", "--restore", "--yes", "--id", id, "--pg-url", &url]
             .into_iter()
+            .chain(flags.iter().copied())
             .chain(["--cluster", "faults"])
             .map(String::from)
             .collect()
+    }
+
+    fn destructive_flag(&self) -> &'static str {
+        "--in-place"
+    }
+
+    fn target_backup_args(&self, mode: Mode) -> Option<Vec<String>> {
+        let url = self.url(self.proxy.port, &self.in_place);
+        let args = ["pg", "--create", "--pg-url", &url]
+            .into_iter()
+            .chain(["--cluster", "faults", "--service", "faults/pg-in-place"])
+            .map(String::from)
+            .collect();
+        (mode == Mode::Destructive).then_some(args)
     }
 
     fn verify_args(&self, id: &str) -> Vec<String> {
@@ -228,46 +375,36 @@ impl Subject for Pg {
 
     fn recover(&mut self, _phase: Phase) {}
 
-    fn hold_commit(&mut self) -> Option<Box<dyn CommitHold>> {
-        Some(Box::new(SwapHold::start(&self.live)))
+    fn hold_commit(&mut self, mode: Mode) -> Option<Box<dyn CommitHold>> {
+        match mode {
+            Mode::Default => Some(Box::new(SwapHold::start(&self.live))),
+            // No swap: the in-place restore changes the database directly.
+            Mode::Destructive => None,
+        }
     }
 
-    fn live_before(&mut self) -> Live {
-        for db in self.siblings() {
-            drop_database(&db);
+    fn live_before(&mut self, mode: Mode) -> Live {
+        match mode {
+            Mode::Default => {
+                for db in self.siblings() {
+                    drop_database(&db);
+                }
+                self.prepare_live(&self.live)
+            }
+            Mode::Destructive => self.prepare_live(&self.in_place),
         }
-        if !pg().database_exists(&self.live) {
-            pg().psql(
-                "postgres",
-                &format!(
-                    "CREATE DATABASE \"{}\" TEMPLATE \"{}\"",
-                    self.live, self.src
-                ),
-            );
-        }
-        pg().psql(
-            "postgres",
-            &format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.live),
-        );
-        let mut sum = checksum(&self.live).expect("checksum of the live database");
-        if sum == self.backup {
-            // The live database must differ from the backup, or a restore
-            // could not be told from no restore.
-            pg().psql(
-                &self.live,
-                "INSERT INTO items VALUES (-1, 'live only', 'not in the backup')",
-            );
-            sum = checksum(&self.live).expect("checksum of the live database");
-        }
-        Live { checksum: sum }
     }
 
     fn live_after(
         &mut self,
+        mode: Mode,
         before: &Live,
         restored: bool,
         error: Option<&str>,
     ) -> (Vec<String>, Vec<String>) {
+        if mode == Mode::Destructive {
+            return self.in_place_after(before, restored, error);
+        }
         let now = match checksum(&self.live) {
             Ok(sum) => sum,
             Err(e) => {

@@ -3,12 +3,17 @@
 //! where keys in the backup replace theirs and other keys stay. A failed
 //! restore may leave some of the backup's keys (the mode says so); it must
 //! never touch a key the backup does not hold, nor add a foreign one.
+//!
+//! The destructive mode (`--flush`) empties the live server first: a
+//! finished restore leaves it holding exactly the source's data; a failed
+//! one may leave it emptied and partly restored only if its error says
+//! so, and never with a foreign key.
 
 use test_support::redis::{Redis, Reply};
 use test_support::tcp_proxy::TcpProxy;
 
 use crate::process::Running;
-use crate::subject::{Live, Phase, Subject};
+use crate::subject::{Live, Mode, Phase, Subject};
 
 /// Keys of the source (about 600 bytes each).
 const KEYS: usize = 20_000;
@@ -143,8 +148,12 @@ impl Subject for RedisSubject {
             .collect()
     }
 
-    fn restore_args(&self, id: &str) -> Vec<String> {
+    fn restore_args(&self, id: &str, mode: Mode) -> Vec<String> {
         let url = format!("redis://127.0.0.1:{}", self.target_proxy.port);
+        let flags: &[&str] = match mode {
+            Mode::Default => &[],
+            Mode::Destructive => &["--flush"],
+        };
         [
             "redis",
             "--restore",
@@ -155,9 +164,14 @@ impl Subject for RedisSubject {
             &url,
         ]
         .into_iter()
+        .chain(flags.iter().copied())
         .chain(["--cluster", "faults"])
         .map(String::from)
         .collect()
+    }
+
+    fn destructive_flag(&self) -> &'static str {
+        "--flush"
     }
 
     fn verify_args(&self, id: &str) -> Vec<String> {
@@ -204,7 +218,7 @@ impl Subject for RedisSubject {
         }
     }
 
-    fn live_before(&mut self) -> Live {
+    fn live_before(&mut self, _mode: Mode) -> Live {
         let t = &self.target;
         t.cmd(&[b"FLUSHALL"]);
         let mut c = t.client();
@@ -225,13 +239,12 @@ impl Subject for RedisSubject {
         if self.live_only.is_empty() {
             self.live_only = digest_values(t);
         }
-        Live {
-            checksum: t.digest(),
-        }
+        Live::whole(t.digest())
     }
 
     fn live_after(
         &mut self,
+        mode: Mode,
         before: &Live,
         restored: bool,
         error: Option<&str>,
@@ -239,7 +252,8 @@ impl Subject for RedisSubject {
         let t = &self.target;
         let mut wrong = Vec::new();
         let mut notes = Vec::new();
-        if digest_values(t) != self.live_only {
+        // `--flush` empties the server: the keys the backup lacks go.
+        if mode == Mode::Default && digest_values(t) != self.live_only {
             wrong.push("a restore changed keys the backup does not hold".into());
         }
         let foreign: Vec<String> = all_keys(t)
@@ -253,11 +267,19 @@ impl Subject for RedisSubject {
             ));
         }
         let now = t.digest();
-        if restored && self.restored.is_none() {
+        if mode == Mode::Default && restored && self.restored.is_none() {
             // The clean restore of the baseline: what a whole restore leaves.
             self.restored = Some(now.clone());
         }
-        let whole = self.restored.clone().unwrap_or_default();
+        let whole = match mode {
+            Mode::Default => self.restored.clone().unwrap_or_default(),
+            // Emptied, then restored: the source's data, nothing else.
+            Mode::Destructive => self.source.digest(),
+        };
+        let what = match mode {
+            Mode::Default => "the default mode replaces the keys the backup holds",
+            Mode::Destructive => "--flush empties the server first",
+        };
         match (restored, now == whole, now == before.checksum) {
             (true, true, _) | (false, _, true) => {}
             (true, false, _) => wrong.push(
@@ -272,16 +294,13 @@ impl Subject for RedisSubject {
                 Some(e) if !e.contains("may hold part of the backup") => wrong.push(format!(
                     "a failed restore changed the live server without saying so: {e}"
                 )),
-                Some(_) => notes.push(
+                Some(_) => notes.push(format!(
                     "a failed restore left part of the backup in place, and its error said so \
-                     (the default mode replaces the keys the backup holds)"
-                        .into(),
-                ),
-                None => notes.push(
-                    "killed mid-restore: part of the backup is in place (the default mode \
-                     replaces the keys the backup holds)"
-                        .into(),
-                ),
+                     ({what})"
+                )),
+                None => notes.push(format!(
+                    "killed mid-restore: part of the backup is in place ({what})"
+                )),
             },
         }
         (wrong, notes)

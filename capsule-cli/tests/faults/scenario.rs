@@ -9,7 +9,11 @@
 //!    backup passes a restore drill (`--verify`);
 //! 2. the next daemon start marks every run a crash abandoned (`running`
 //!    backups, `running` restore entries) `failed`;
-//! 3. the live target is untouched by a restore that did not finish;
+//! 3. the live target is untouched by a restore that did not finish — in
+//!    a destructive mode (PostgreSQL `--in-place`, Redis `--flush`,
+//!    Elasticsearch `--replace`), untouched or named as changed by the
+//!    run's error, and after a kill (no error line) the same restore run
+//!    again without faults must bring the backup back;
 //! 4. a run that fails by itself ends within a bound, with exit code 1 and
 //!    one `error: …` line (no panic, no hang, no secret).
 
@@ -24,7 +28,7 @@ use test_support::tcp_proxy::NetFault;
 
 use crate::process::{Exit, Rng, Running};
 use crate::store::{self, Bucket};
-use crate::subject::{Phase, Subject};
+use crate::subject::{Mode, Phase, Subject};
 use crate::table::{Outcome, Table};
 
 /// What is done to a run.
@@ -50,11 +54,13 @@ pub enum Fault {
     DbCut,
 }
 
-/// One row of the table: a fault in a phase.
+/// One row of the table: a fault in a phase (a restore in a mode).
 #[derive(Clone, Copy, Debug)]
 pub struct Case {
     pub fault: Fault,
     pub phase: Phase,
+    /// [`Mode::Default`] for backups.
+    pub mode: Mode,
 }
 
 impl Case {
@@ -69,21 +75,42 @@ impl Case {
             Fault::StoreSlow => "store link slow".into(),
             Fault::DbCut => "database link cut".into(),
         };
-        format!("{what} ({})", self.phase)
+        match self.mode {
+            Mode::Default => format!("{what} ({})", self.phase),
+            Mode::Destructive => format!("{what} ({} {})", self.phase, subject.destructive_flag()),
+        }
+    }
+
+    fn slot(&self) -> usize {
+        slot(self.phase, self.mode)
     }
 
     /// Sorts the table's rows.
     pub fn order(&self) -> usize {
-        self.fault as usize * 2 + self.phase as usize
+        self.fault as usize * 3 + self.slot()
     }
 }
 
-/// A clean backup and restore: durations, bytes, the backup to restore.
+/// Which clean run a run in `phase` and `mode` is measured against: the
+/// backup, the restore, the destructive restore.
+fn slot(phase: Phase, mode: Mode) -> usize {
+    match (phase, mode) {
+        (Phase::Backup, _) => 0,
+        (Phase::Restore, Mode::Default) => 1,
+        (Phase::Restore, Mode::Destructive) => 2,
+    }
+}
+
+/// A clean backup, restore and destructive restore (by [`slot`]):
+/// durations, bytes, the backup to restore.
 struct Baseline {
     id: String,
-    duration: [Duration; 2],
-    store_bytes: [u64; 2],
-    db_bytes: [u64; 2],
+    /// The backup a destructive restore restores, when not `id`
+    /// ([`Subject::target_backup_args`]).
+    target_id: Option<String>,
+    duration: [Duration; 3],
+    store_bytes: [u64; 3],
+    db_bytes: [u64; 3],
     counts: std::collections::BTreeMap<String, u64>,
 }
 
@@ -152,6 +179,15 @@ impl<'a> Engine<'a> {
         self.base.as_ref().expect("baseline measured")
     }
 
+    /// The backup a restore in `mode` restores.
+    fn restore_id(&self, mode: Mode) -> String {
+        let b = self.base();
+        match (mode, &b.target_id) {
+            (Mode::Destructive, Some(id)) => id.clone(),
+            _ => b.id.clone(),
+        }
+    }
+
     /// The clean runs every fault run is measured against.
     ///
     /// # Panics
@@ -163,7 +199,7 @@ impl<'a> Engine<'a> {
             self.subject.db_proxy(Phase::Backup).forwarded(),
         );
         let exit = self
-            .spawn(Phase::Backup, None)
+            .spawn(Phase::Backup, Mode::Default)
             .wait(Duration::from_secs(300), false);
         assert_eq!(exit.code, Some(0), "clean backup failed:\n{exit:#?}");
         let id = exit.stdout.trim().to_string();
@@ -183,43 +219,71 @@ impl<'a> Engine<'a> {
             .counts;
         self.base = Some(Baseline {
             id: id.clone(),
-            duration: [backup.0, Duration::ZERO],
-            store_bytes: [backup.1, 0],
-            db_bytes: [backup.2, 0],
+            target_id: None,
+            duration: [backup.0, Duration::ZERO, Duration::ZERO],
+            store_bytes: [backup.1, 0, 0],
+            db_bytes: [backup.2, 0, 0],
             counts,
         });
+        if let Some(args) = self.subject.target_backup_args(Mode::Destructive) {
+            let mut all = self.bucket.flags();
+            all.extend(args);
+            let exit = Running::spawn(&all).wait(Duration::from_secs(300), false);
+            assert_eq!(
+                exit.code,
+                Some(0),
+                "clean backup of the target failed:\n{exit:#?}"
+            );
+            let id = exit.stdout.trim().to_string();
+            let wrong = self.bucket.check_artifacts(&self.statefile(&id));
+            assert!(wrong.is_empty(), "clean backup of the target: {wrong:?}");
+            self.verified.insert(id.clone());
+            self.base.as_mut().expect("set above").target_id = Some(id);
+        }
 
-        let live = self.subject.live_before();
-        let (store0, db0) = (
-            self.bucket.proxy.forwarded(),
-            self.subject.db_proxy(Phase::Restore).forwarded(),
-        );
-        let exit = self
-            .spawn(Phase::Restore, None)
-            .wait(Duration::from_secs(300), false);
-        assert_eq!(exit.code, Some(0), "clean restore failed:\n{exit:#?}");
-        let (wrong, _) = self.subject.live_after(&live, true, None);
-        assert!(wrong.is_empty(), "clean restore: {wrong:?}");
-        let b = self.base.as_mut().expect("set above");
-        b.duration[1] = exit.elapsed;
-        b.store_bytes[1] = self.bucket.proxy.forwarded() - store0;
-        b.db_bytes[1] = self.subject.db_proxy(Phase::Restore).forwarded() - db0;
+        for mode in [Mode::Default, Mode::Destructive] {
+            let live = self.subject.live_before(mode);
+            let (store0, db0) = (
+                self.bucket.proxy.forwarded(),
+                self.subject.db_proxy(Phase::Restore).forwarded(),
+            );
+            let exit = self
+                .spawn(Phase::Restore, mode)
+                .wait(Duration::from_secs(300), false);
+            assert_eq!(
+                exit.code,
+                Some(0),
+                "clean restore ({mode:?}) failed:\n{exit:#?}"
+            );
+            let (wrong, _) = self.subject.live_after(mode, &live, true, None);
+            assert!(wrong.is_empty(), "clean restore ({mode:?}): {wrong:?}");
+            let slot = slot(Phase::Restore, mode);
+            let store_bytes = self.bucket.proxy.forwarded() - store0;
+            let db_bytes = self.subject.db_proxy(Phase::Restore).forwarded() - db0;
+            let b = self.base.as_mut().expect("set above");
+            b.duration[slot] = exit.elapsed;
+            b.store_bytes[slot] = store_bytes;
+            b.db_bytes[slot] = db_bytes;
+        }
+        let b = self.base();
         eprintln!(
-            "{}: clean backup {:.2?} ({} KiB to the store), clean restore {:.2?}",
+            "{}: clean backup {:.2?} ({} KiB to the store), clean restore {:.2?}, {} {:.2?}",
             self.subject.name(),
             b.duration[0],
             b.store_bytes[0] / 1024,
-            b.duration[1]
+            b.duration[1],
+            self.subject.destructive_flag(),
+            b.duration[2]
         );
     }
 
-    fn spawn(&self, phase: Phase, id: Option<&str>) -> Running {
+    fn spawn(&self, phase: Phase, mode: Mode) -> Running {
         let mut args = self.bucket.flags();
         match phase {
             Phase::Backup => args.extend(self.subject.backup_args()),
             Phase::Restore => {
-                let id = id.unwrap_or(&self.base().id).to_string();
-                args.extend(self.subject.restore_args(&id));
+                let id = self.restore_id(mode);
+                args.extend(self.subject.restore_args(&id, mode));
             }
         }
         Running::spawn(&args)
@@ -245,7 +309,7 @@ impl<'a> Engine<'a> {
         };
         let run_started = Instant::now();
         let phase = case.phase;
-        let i = phase as usize;
+        let i = case.slot();
         let (clean, store_bytes, db_bytes) = {
             let b = self.base();
             (b.duration[i], b.store_bytes[i], b.db_bytes[i])
@@ -253,16 +317,16 @@ impl<'a> Engine<'a> {
         let bound = clean * 3 + Duration::from_secs(60);
         let before = self.bucket.ids();
         let restores_before = match phase {
-            Phase::Restore => self.statefile(&self.base().id).restores.len(),
+            Phase::Restore => self.statefile(&self.restore_id(case.mode)).restores.len(),
             Phase::Backup => 0,
         };
         let live = match phase {
-            Phase::Restore => Some(self.subject.live_before()),
+            Phase::Restore => Some(self.subject.live_before(case.mode)),
             Phase::Backup => None,
         };
         let mut hold = None;
         if case.fault == Fault::KillAtCommit {
-            match self.subject.hold_commit() {
+            match self.subject.hold_commit(case.mode) {
                 Some(h) => hold = Some(h),
                 None => return,
             }
@@ -302,7 +366,7 @@ impl<'a> Engine<'a> {
         }
         let delay = self.rng.duration(clean);
         let downtime = Duration::from_millis(self.rng.range(200, 2000));
-        let mut run = self.spawn(phase, None);
+        let mut run = self.spawn(phase, case.mode);
         let mut killed = false;
         let mut server_killed = false;
         match case.fault {
@@ -362,13 +426,21 @@ impl<'a> Engine<'a> {
         self.check_exit(&exit, bound, case.fault, &mut verdict);
         let finished = match phase {
             Phase::Backup => self.judge_backup(&exit, &before, store_was_down, &mut verdict),
-            Phase::Restore => self.judge_restore(
-                &exit,
-                restores_before,
-                live.as_ref().filter(|_| !server_killed),
-                store_was_down,
-                &mut verdict,
-            ),
+            Phase::Restore => {
+                let live = live.as_ref().filter(|_| !server_killed);
+                let finished = self.judge_restore(
+                    &exit,
+                    case.mode,
+                    restores_before,
+                    live,
+                    store_was_down,
+                    &mut verdict,
+                );
+                if let (Mode::Destructive, false, Some(live)) = (case.mode, finished, live) {
+                    self.restore_again(live, &exit, bound, &mut verdict);
+                }
+                finished
+            }
         };
         let run = Run {
             case,

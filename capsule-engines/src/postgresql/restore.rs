@@ -613,9 +613,22 @@ pub(crate) async fn restore_in_place(
         ));
     }
     let existed = database_exists(&admin.client, &admin_conn, &live).await?;
+    // The stream is opened before the database is closed: a store failing
+    // here leaves the database as it was.
+    let input = source.open(&prepared.data.name).await?;
     if existed {
         allow_connections(&admin.client, &admin_conn, &live, false).await?;
-        terminate_sessions(&admin.client, &admin_conn, &live).await?;
+        if let Err(e) = terminate_sessions(&admin.client, &admin_conn, &live).await {
+            // Nothing was restored yet: open the database again.
+            let note = match allow_connections(&admin.client, &admin_conn, &live, true).await {
+                Ok(()) => format!("database {live} was not changed"),
+                Err(_) => format!(
+                    "database {live} was not changed but refuses new connections: \
+                     ALTER DATABASE \"{live}\" ALLOW_CONNECTIONS true opens it again"
+                ),
+            };
+            return Err(annotate(e, &note));
+        }
     }
     let mut cmd = tools::command(&prepared.pg_restore, &admin_conn);
     cmd.args([
@@ -630,7 +643,6 @@ pub(crate) async fn restore_in_place(
         "--dbname={}",
         dbname_arg(&engine.options.maintenance_database)
     ));
-    let input = source.open(&prepared.data.name).await?;
     let secrets = secrets(&admin_conn);
     let run = tools::run(cmd, "pg_restore", &context, Some(input), &refs(&secrets)).await;
     if let Err(e) = run {

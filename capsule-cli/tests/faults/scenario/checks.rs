@@ -1,6 +1,6 @@
-//! The checks after each run (invariants 1, 3 and 4), the daemon's pass
-//! over what crashed runs left (invariant 2), and the recording of
-//! outcomes.
+//! The checks after each run (invariants 1, 3 and 4), the re-run of a
+//! destructive restore that did not finish, the daemon's pass over what
+//! crashed runs left (invariant 2), and the recording of outcomes.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use capsule_core::{RestoreStatus, Statefile, Status};
 use super::{Engine, Fault, Pending, Run, Verdict};
 use crate::process::{Exit, Running};
 use crate::store;
-use crate::subject::Live;
+use crate::subject::{Live, Mode, Phase};
 use crate::table::Outcome;
 
 fn verbose() -> bool {
@@ -128,18 +128,19 @@ impl Engine<'_> {
         finished
     }
 
-    /// The restore entry a run added to the baseline backup, and invariant
-    /// 3 on the live target (`live`: `None` when the fault killed the
-    /// live server itself); true when the entry says finished.
+    /// The restore entry a run in `mode` added to the backup it restores,
+    /// and invariant 3 on the live target (`live`: `None` when the fault
+    /// killed the live server itself); true when the entry says finished.
     pub(super) fn judge_restore(
         &mut self,
         exit: &Exit,
+        mode: Mode,
         restores_before: usize,
         live: Option<&Live>,
         store_was_down: bool,
         v: &mut Verdict,
     ) -> bool {
-        let sf = self.statefile(&self.base().id);
+        let sf = self.statefile(&self.restore_id(mode));
         let entries = &sf.restores[restores_before.min(sf.restores.len())..];
         let finished = entries.iter().any(|r| r.status == RestoreStatus::Finished);
         let running = entries.iter().any(|r| r.status == RestoreStatus::Running);
@@ -172,7 +173,9 @@ impl Engine<'_> {
         }
         match live {
             Some(live) => {
-                let (wrong, notes) = self.subject.live_after(live, finished, exit.error_line());
+                let (wrong, notes) =
+                    self.subject
+                        .live_after(mode, live, finished, exit.error_line());
                 v.violations.extend(wrong);
                 v.notes.extend(notes);
             }
@@ -181,6 +184,61 @@ impl Engine<'_> {
                 .push("the live target was the server killed: invariant 3 not applicable".into()),
         }
         finished
+    }
+
+    /// After a destructive restore that did not finish (`exit`), whatever
+    /// it left: the same restore run again without faults must finish,
+    /// be recorded, and leave the target holding the backup (and what it
+    /// does not hold as in `live`) — the proof that the stored backup
+    /// still brings the data back after the worst case.
+    pub(super) fn restore_again(
+        &mut self,
+        live: &Live,
+        exit: &Exit,
+        bound: Duration,
+        v: &mut Verdict,
+    ) {
+        let mode = Mode::Destructive;
+        let id = self.restore_id(mode);
+        let before = self.statefile(&id).restores.len();
+        let again = self.spawn(Phase::Restore, mode).wait(bound, false);
+        if verbose() {
+            eprintln!(
+                "{}: re-run of the restore: exit {:?} in {:.2?}",
+                self.name(),
+                again.code,
+                again.elapsed
+            );
+        }
+        if again.code != Some(0) {
+            v.violations.push(format!(
+                "the same restore run again without faults failed (exit {:?}): {}",
+                again.code,
+                again.error_line().unwrap_or("")
+            ));
+            return;
+        }
+        let sf = self.statefile(&id);
+        let entries = &sf.restores[before.min(sf.restores.len())..];
+        if !entries.iter().any(|r| r.status == RestoreStatus::Finished) {
+            v.violations.push(
+                "the same restore run again without faults exited 0 but is not recorded finished"
+                    .into(),
+            );
+        }
+        let (wrong, _) = self.subject.live_after(mode, live, true, None);
+        v.violations.extend(
+            wrong
+                .into_iter()
+                .map(|w| format!("after the same restore run again without faults: {w}")),
+        );
+        if exit.killed {
+            v.notes.push(
+                "killed: the same restore run again without faults finished and the target \
+                 holds the backup"
+                    .into(),
+            );
+        }
     }
 
     /// A restore drill of backup `id`: the proof a finished backup holds
