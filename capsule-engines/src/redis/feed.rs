@@ -119,14 +119,13 @@ struct Batcher {
     inflight: Arc<Semaphore>,
     max_inflight: usize,
     runtime: tokio::runtime::Handle,
-    numbers: itoa::Buffer,
 }
 
 impl Batcher {
     /// Appends `SELECT db`.
     fn select(&mut self, db: u64) {
         self.buf.extend_from_slice(b"*2\r\n$6\r\nSELECT\r\n");
-        self.bulk_number(db);
+        resp::bulk_number(&mut self.buf, db);
         self.commands.push(Command::Select(db));
     }
 
@@ -135,23 +134,14 @@ impl Batcher {
     fn restore(&mut self, db: u64, key: &[u8], entry: &RestoreArgs, value: &[u8]) {
         let extra = usize::from(entry.lru_idle.is_some() || entry.lfu_freq.is_some());
         let n = 5 + usize::from(entry.expire_ms.is_some()) + 2 * extra;
-        self.buf.push(b'*');
-        self.number(n as u64);
-        self.buf.extend_from_slice(b"\r\n$7\r\nRESTORE\r\n");
-        self.bulk_header(key.len());
+        resp::array_header(&mut self.buf, n);
+        self.buf.extend_from_slice(b"$7\r\nRESTORE\r\n");
+        resp::bulk_header(&mut self.buf, key.len());
         let start = self.buf.len();
         self.buf.extend_from_slice(key);
         let key_range = start..self.buf.len();
         self.buf.extend_from_slice(b"\r\n");
-        match entry.expire_ms {
-            Some(ms) => {
-                let text = self.numbers.format(ms);
-                resp::bulk_header(&mut self.buf, text.len());
-                self.buf.extend_from_slice(text.as_bytes());
-                self.buf.extend_from_slice(b"\r\n");
-            }
-            None => self.buf.extend_from_slice(b"$1\r\n0\r\n"),
-        }
+        resp::bulk_number(&mut self.buf, entry.expire_ms.unwrap_or(0));
         self.payload(value);
         self.buf.extend_from_slice(b"$7\r\nREPLACE\r\n");
         if entry.expire_ms.is_some() {
@@ -160,11 +150,11 @@ impl Batcher {
         match (entry.lru_idle, entry.lfu_freq) {
             (Some(idle), _) => {
                 self.buf.extend_from_slice(b"$8\r\nIDLETIME\r\n");
-                self.bulk_number(idle);
+                resp::bulk_number(&mut self.buf, idle);
             }
             (None, Some(freq)) => {
                 self.buf.extend_from_slice(b"$4\r\nFREQ\r\n");
-                self.bulk_number(u64::from(freq));
+                resp::bulk_number(&mut self.buf, freq);
             }
             _ => {}
         }
@@ -187,28 +177,10 @@ impl Batcher {
         let mut crc = Crc64::new();
         crc.update(value);
         crc.update(&version);
-        self.bulk_header(value.len() + version.len() + 8);
+        resp::bulk_header(&mut self.buf, value.len() + version.len() + 8);
         self.buf.extend_from_slice(value);
         self.buf.extend_from_slice(&version);
         self.buf.extend_from_slice(&crc.value().to_le_bytes());
-        self.buf.extend_from_slice(b"\r\n");
-    }
-
-    fn number(&mut self, n: u64) {
-        self.buf
-            .extend_from_slice(self.numbers.format(n).as_bytes());
-    }
-
-    fn bulk_header(&mut self, len: usize) {
-        self.buf.push(b'$');
-        self.number(len as u64);
-        self.buf.extend_from_slice(b"\r\n");
-    }
-
-    fn bulk_number(&mut self, n: u64) {
-        let text = self.numbers.format(n);
-        resp::bulk_header(&mut self.buf, text.len());
-        self.buf.extend_from_slice(text.as_bytes());
         self.buf.extend_from_slice(b"\r\n");
     }
 
@@ -288,7 +260,6 @@ pub(crate) fn produce(
         inflight,
         max_inflight,
         runtime,
-        numbers: itoa::Buffer::new(),
     };
     // "Now" for the expiry check, read again for each batch: a key that
     // expires within one batch's time is sent, and Redis drops a RESTORE
@@ -354,7 +325,6 @@ mod tests {
             inflight: Arc::new(Semaphore::new(1 << 20)),
             max_inflight: 1 << 20,
             runtime: tokio::runtime::Handle::current(),
-            numbers: itoa::Buffer::new(),
         };
         (b, rx)
     }

@@ -41,21 +41,37 @@ impl Reply {
 
 /// Appends `args` as a RESP array of bulk strings to `out`.
 pub(crate) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    array_header(out, args.len());
     for a in args {
-        bulk_header(out, a.len());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
+        bulk(out, a);
     }
 }
 
-/// Appends the `$<len>\r\n` header of a bulk string.
+/// Appends the `*<n>\r\n` header of an array of `n` elements.
+pub(crate) fn array_header(out: &mut Vec<u8>, n: usize) {
+    out.push(b'*');
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the `$<len>\r\n` header of a bulk string (numbers are written
+/// without allocating: this runs once per argument of every command).
 pub(crate) fn bulk_header(out: &mut Vec<u8>, len: usize) {
     out.push(b'$');
-    out.extend_from_slice(len.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `data` as a bulk string.
+pub(crate) fn bulk(out: &mut Vec<u8>, data: &[u8]) {
+    bulk_header(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the decimal text of `n` as a bulk string.
+pub(crate) fn bulk_number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    bulk(out, itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
