@@ -190,10 +190,9 @@ impl SecretEncryption {
     /// What `capsule plan` shows: the Secret, how many recipients, whether
     /// it holds an identity (never a key).
     pub(crate) fn describe(&self, secret: &str) -> String {
-        let n = self.recipients.len();
         format!(
-            "{secret}: {n} recipient{}{}",
-            if n == 1 { "" } else { "s" },
+            "{secret}: {}{}",
+            super::plan::recipients_text(self.recipients.len()),
             if self.identities.is_some() {
                 ", and an identity"
             } else {

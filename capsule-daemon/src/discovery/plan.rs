@@ -138,10 +138,7 @@ impl PlannedTarget {
                 .unwrap_or_else(|| "-".into()),
             rotation: schedule.map(|s| s.rotation).unwrap_or(0),
             next_due: None,
-            encryption: target.encryption.as_ref().map(|r| {
-                let n = r.len();
-                format!("{n} recipient{}", if n == 1 { "" } else { "s" })
-            }),
+            encryption: target.encryption.as_ref().map(|r| recipients_text(r.len())),
             problem: None,
             target: Some(target),
         }
@@ -233,4 +230,10 @@ impl DiscoveryPlan {
             }
         }
     }
+}
+
+/// `1 recipient`, `2 recipients`: what `capsule plan` says of a target's
+/// own age recipients (a count, never a key).
+pub(crate) fn recipients_text(n: usize) -> String {
+    format!("{n} recipient{}", if n == 1 { "" } else { "s" })
 }
