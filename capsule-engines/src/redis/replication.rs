@@ -1,5 +1,6 @@
 //! Capture by replication: capsule introduces itself as a replica
-//! (`REPLCONF capa eof capa psync2`, `PSYNC ? -1`) and reads the full
+//! (`REPLCONF capa eof capa psync2`, `REPLCONF rdb-only 1` where the server
+//! knows it, `PSYNC ? -1`) and reads the full
 //! resynchronisation payload, the RDB the server produces from a fork, i.e.
 //! a point-in-time snapshot. Both framings are handled: `$<len>` (the
 //! server wrote the RDB to its disk first) and `$EOF:<40-byte mark>`
@@ -77,6 +78,19 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
         Err(e) => return refused("REPLCONF", e.to_string()),
         Ok(_) => {}
     }
+    // Redis 7+: a replica that wants the RDB only. The server neither keeps
+    // a replication buffer for it during the transfer (no output-buffer
+    // growth on a busy primary, no `client-output-buffer-limit replica`
+    // disconnect of a long capture) nor streams commands after it; it
+    // closes the link. Older servers answer an error: they keep the buffer,
+    // as for any replica, until the link closes.
+    match client.raw_call(&[b"REPLCONF", b"rdb-only", b"1"]).await {
+        Ok(Reply::Error(e)) => {
+            tracing::debug!(%endpoint, reason = %e, "the server does not know REPLCONF rdb-only");
+        }
+        Err(e) => return refused("REPLCONF rdb-only", e.to_string()),
+        Ok(_) => {}
+    }
     let (replid, offset) = match client.raw_call(&[b"PSYNC", b"?", b"-1"]).await {
         Ok(Reply::Simple(s)) if s.starts_with("FULLRESYNC") => {
             let mut parts = s.split_whitespace().skip(1);
@@ -119,8 +133,8 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
             Framing::Diskless,
             Mode::Mark {
                 mark,
-                held: Vec::with_capacity(128 * 1024),
-                out: 0,
+                tail: [0; MARK_LEN],
+                tail_len: 0,
                 done: false,
             },
         )
@@ -143,7 +157,7 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     Ok(Handshake::Streaming(
         RdbPayload {
             reader,
-            _writer: writer,
+            _writer: Some(writer),
             mode,
         },
         Started {
@@ -161,28 +175,30 @@ enum Mode {
     },
     Mark {
         mark: [u8; MARK_LEN],
-        /// Bytes read and not yet handed out; the last 40 are held back
-        /// until more arrive (they may be the mark).
-        held: Vec<u8>,
-        /// How much of `held` was handed out.
-        out: usize,
+        /// The last bytes read, held back until more arrive: they may be
+        /// (the start of) the mark.
+        tail: [u8; MARK_LEN],
+        tail_len: usize,
         done: bool,
     },
 }
 
 /// The RDB of a full resynchronisation, without its framing.
-pub(crate) struct RdbPayload {
-    reader: Reader,
+pub(crate) struct RdbPayload<R = Reader> {
+    reader: R,
     /// Kept open until the RDB is read.
-    _writer: super::client::Writer,
+    _writer: Option<super::client::Writer>,
     mode: Mode,
 }
+
+/// The error of a link closed before the diskless transfer's end mark.
+const MARK_EOF: &str = "the server closed the replication link before the end of the RDB";
 
 fn closed(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, what)
 }
 
-impl AsyncRead for RdbPayload {
+impl<R: AsyncRead + Unpin> AsyncRead for RdbPayload<R> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -210,44 +226,180 @@ impl AsyncRead for RdbPayload {
             }
             Mode::Mark {
                 mark,
-                held,
-                out,
+                tail,
+                tail_len,
                 done,
             } => loop {
-                let releasable = if *done {
-                    held.len()
-                } else {
-                    held.len().saturating_sub(MARK_LEN)
-                };
-                if *out < releasable {
-                    let n = (releasable - *out).min(buf.remaining());
-                    buf.put_slice(&held[*out..*out + n]);
-                    *out += n;
+                if *done || buf.remaining() == 0 {
                     return Poll::Ready(Ok(()));
                 }
-                if *done {
-                    return Poll::Ready(Ok(()));
+                if buf.remaining() <= MARK_LEN {
+                    // Too small to take the tail and read past it: read at
+                    // most as many bytes as fit, so what is surely not the
+                    // mark (all but the last 40) fits in `buf`.
+                    let room = buf.remaining();
+                    let held = *tail_len;
+                    let mut small = [0u8; 2 * MARK_LEN];
+                    small[..held].copy_from_slice(&tail[..held]);
+                    let mut sub = ReadBuf::new(&mut small[held..held + room]);
+                    ready!(Pin::new(&mut this.reader).poll_read(cx, &mut sub))?;
+                    let n = sub.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Err(closed(MARK_EOF.into())));
+                    }
+                    let total = held + n;
+                    if total >= MARK_LEN && small[total - MARK_LEN..total] == mark[..] {
+                        *done = true;
+                        *tail_len = 0;
+                        buf.put_slice(&small[..total - MARK_LEN]);
+                        return Poll::Ready(Ok(()));
+                    }
+                    let keep = total.min(MARK_LEN);
+                    buf.put_slice(&small[..total - keep]);
+                    tail[..keep].copy_from_slice(&small[total - keep..total]);
+                    *tail_len = keep;
+                    if total > keep {
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
                 }
-                // Drop what was handed out, keep the held-back tail.
-                held.drain(..*out);
-                *out = 0;
-                let at = held.len();
-                held.resize(at + 64 * 1024, 0);
-                let mut sub = ReadBuf::new(&mut held[at..]);
-                let polled = Pin::new(&mut this.reader).poll_read(cx, &mut sub);
-                let n = sub.filled().len();
-                held.truncate(at + n);
-                ready!(polled)?;
-                if n == 0 {
-                    return Poll::Ready(Err(closed(
-                        "the server closed the replication link before the end of the RDB".into(),
-                    )));
+                // The held-back tail goes first, then the reader appends
+                // straight into the caller's buffer (a large one bypasses
+                // the BufReader's too); the new last bytes are taken back.
+                let before = buf.filled().len();
+                let held = *tail_len;
+                buf.put_slice(&tail[..held]);
+                let polled = Pin::new(&mut this.reader).poll_read(cx, buf);
+                let total = buf.filled().len() - before;
+                if let Poll::Pending | Poll::Ready(Err(_)) = polled {
+                    buf.set_filled(before);
+                    return polled;
                 }
-                if held.len() >= MARK_LEN && held[held.len() - MARK_LEN..] == mark[..] {
-                    held.truncate(held.len() - MARK_LEN);
+                if total == held {
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(closed(MARK_EOF.into())));
+                }
+                let data = &buf.filled()[before..];
+                if total >= MARK_LEN && data[total - MARK_LEN..] == mark[..] {
                     *done = true;
+                    *tail_len = 0;
+                    buf.set_filled(before + total - MARK_LEN);
+                    return Poll::Ready(Ok(()));
+                }
+                let keep = total.min(MARK_LEN);
+                tail[..keep].copy_from_slice(&data[total - keep..]);
+                *tail_len = keep;
+                buf.set_filled(before + total - keep);
+                if total > keep {
+                    return Poll::Ready(Ok(()));
                 }
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A reader handing out `data` in pieces of the given sizes (cycled),
+    /// saying "not yet" before every other piece.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+        pending: bool,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.pending = !self.pending;
+            if self.pending {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let size = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const MARK: [u8; MARK_LEN] = *b"0123456789abcdef0123456789abcdef01234567";
+
+    /// Reads a diskless payload framed from `wire` with reads of `reads`
+    /// bytes (cycled); the RDB or the error.
+    fn read_diskless(wire: Vec<u8>, pieces: Vec<usize>, reads: &[usize]) -> io::Result<Vec<u8>> {
+        let mut payload = RdbPayload {
+            reader: Pieces {
+                data: wire,
+                at: 0,
+                sizes: pieces,
+                turn: 0,
+                pending: false,
+            },
+            _writer: None,
+            mode: Mode::Mark {
+                mark: MARK,
+                tail: [0; MARK_LEN],
+                tail_len: 0,
+                done: false,
+            },
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut out = Vec::new();
+            for turn in 0.. {
+                let mut chunk = vec![0u8; reads[turn % reads.len()]];
+                let n = payload.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&chunk[..n]);
+            }
+            Ok(out)
+        })
+    }
+
+    proptest! {
+        /// Whatever the network's and the caller's read sizes, the RDB
+        /// comes out whole, without the mark.
+        #[test]
+        fn the_diskless_payload_ends_at_the_mark(
+            rdb in proptest::collection::vec(any::<u8>(), 0..3000),
+            pieces in proptest::collection::vec(1usize..600, 1..6),
+            reads in proptest::collection::vec(prop_oneof![1usize..60, 60usize..5000], 1..6),
+        ) {
+            let mut wire = rdb.clone();
+            wire.extend_from_slice(&MARK);
+            prop_assert_eq!(read_diskless(wire, pieces, &reads).expect("payload"), rdb);
+        }
+
+        /// A link closed before the mark is an error, never a clean end,
+        /// even when the RDB's last bytes look like part of the mark.
+        #[test]
+        fn a_payload_without_its_mark_is_an_error(
+            rdb in proptest::collection::vec(any::<u8>(), 0..3000),
+            partial_mark in 0usize..MARK_LEN,
+            pieces in proptest::collection::vec(1usize..600, 1..6),
+            reads in proptest::collection::vec(prop_oneof![1usize..60, 60usize..5000], 1..6),
+        ) {
+            let mut wire = rdb;
+            wire.extend_from_slice(&MARK[..partial_mark]);
+            let err = read_diskless(wire, pieces, &reads).expect_err("truncated payload");
+            prop_assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         }
     }
 }

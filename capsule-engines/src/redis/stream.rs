@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use capsule_core::ByteStream;
 use tokio::io::{AsyncRead, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
@@ -24,6 +24,13 @@ use tokio_util::sync::PollSender;
 
 /// Chunks buffered between the async side and the parser thread.
 pub(crate) const CHANNEL_DEPTH: usize = 8;
+
+/// Bytes a [`Tee`] gathers before it hands them to the verifier. A socket
+/// read returns what arrived since the last one (about 20 KiB while the
+/// server is the slower side); waking the verifier thread for each cost
+/// thousands of context switches per capture, which on a small machine
+/// are taken from the server producing the RDB.
+const TEE_BATCH: usize = 256 * 1024;
 
 /// The blocking reading end of a chunk channel.
 pub(crate) struct ChannelRead {
@@ -63,6 +70,9 @@ pub(crate) type Verdict<T> = Arc<Mutex<Option<T>>>;
 pub(crate) struct Tee<T> {
     inner: ByteStream,
     tx: Option<PollSender<Bytes>>,
+    /// Bytes read and not yet handed to the verifier.
+    gathered: BytesMut,
+    /// A full batch waiting for room in the channel.
     pending: Option<Bytes>,
     verifier: Option<JoinHandle<Result<T, String>>>,
     verdict: Verdict<T>,
@@ -81,6 +91,7 @@ where
     let tee = Tee {
         inner,
         tx: Some(PollSender::new(tx)),
+        gathered: BytesMut::new(),
         pending: None,
         verifier: Some(verifier),
         verdict: verdict.clone(),
@@ -108,6 +119,24 @@ impl<T: Send + 'static> Tee<T> {
             Err(e) => Poll::Ready(Err(io::Error::other(format!("RDB verifier failed: {e}")))),
         }
     }
+
+    /// Sends the pending batch; `Ready(false)` when the verifier stopped
+    /// (it found a fault).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Poll::Ready(false);
+        };
+        if self.pending.is_some() {
+            if ready!(tx.poll_reserve(cx)).is_err() {
+                return Poll::Ready(false);
+            }
+            let batch = self.pending.take().expect("pending batch");
+            if tx.send_item(batch).is_err() {
+                return Poll::Ready(false);
+            }
+        }
+        Poll::Ready(true)
+    }
 }
 
 impl<T: Send + 'static> AsyncRead for Tee<T> {
@@ -117,29 +146,30 @@ impl<T: Send + 'static> AsyncRead for Tee<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pending.is_some() {
-            let Some(tx) = this.tx.as_mut() else {
-                return this.poll_verdict(cx);
-            };
-            if ready!(tx.poll_reserve(cx)).is_err() {
-                // The verifier stopped early: it found a fault.
-                return this.poll_verdict(cx);
-            }
-            let chunk = this.pending.take().expect("pending chunk");
-            if tx.send_item(chunk).is_err() {
-                return this.poll_verdict(cx);
-            }
-        }
-        if this.tx.is_none() {
+        if !ready!(this.poll_send(cx)) {
             return this.poll_verdict(cx);
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if buf.filled().len() > before {
-            this.pending = Some(Bytes::copy_from_slice(&buf.filled()[before..]));
+            let read = &buf.filled()[before..];
+            if this.gathered.is_empty() {
+                this.gathered.reserve(TEE_BATCH.max(read.len()));
+            }
+            this.gathered.extend_from_slice(read);
+            if this.gathered.len() >= TEE_BATCH {
+                this.pending = Some(this.gathered.split().freeze());
+            }
             return Poll::Ready(Ok(()));
         }
-        // EOF: let the verifier finish, and report its verdict.
+        // EOF: hand over the last bytes, let the verifier finish, and
+        // report its verdict.
+        if !this.gathered.is_empty() {
+            this.pending = Some(this.gathered.split().freeze());
+            if !ready!(this.poll_send(cx)) {
+                return this.poll_verdict(cx);
+            }
+        }
         this.poll_verdict(cx)
     }
 }
@@ -195,5 +225,63 @@ impl AsyncRead for TaskReader {
             Ok(Err(e)) => Poll::Ready(Err(io::Error::other(e.to_string()))),
             Err(e) => Poll::Ready(Err(io::Error::other(format!("capture task failed: {e}")))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A stream of `len` patterned bytes, read through a small duplex pipe
+    /// so it arrives in many short reads, as from a socket.
+    fn patterned(len: usize) -> (ByteStream, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let (mut w, r) = tokio::io::duplex(7 * 1024);
+        let sent = data.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            w.write_all(&sent).await.expect("write");
+        });
+        (Box::new(r), data)
+    }
+
+    #[tokio::test]
+    async fn the_pipeline_and_the_verifier_see_the_same_bytes() {
+        for len in [
+            0,
+            1,
+            TEE_BATCH - 1,
+            TEE_BATCH,
+            TEE_BATCH + 1,
+            3 * TEE_BATCH + 12_345,
+        ] {
+            let (stream, data) = patterned(len);
+            let (mut tee, verdict) = tee(stream, |mut r: ChannelRead| {
+                let mut seen = Vec::new();
+                r.read_to_end(&mut seen).map_err(|e| e.to_string())?;
+                Ok(seen)
+            });
+            let mut passed = Vec::new();
+            tee.read_to_end(&mut passed).await.expect("tee");
+            assert_eq!(passed, data, "pipeline side, {len} bytes");
+            let seen = verdict.lock().unwrap().take().expect("verdict at EOF");
+            assert_eq!(seen, data, "verifier side, {len} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fault_the_verifier_finds_fails_the_stream() {
+        let (stream, _) = patterned(3 * TEE_BATCH);
+        let (mut tee, verdict) = tee(stream, |mut r: ChannelRead| -> Result<(), String> {
+            let mut first = [0u8; 10];
+            r.read_exact(&mut first).map_err(|e| e.to_string())?;
+            Err("bad RDB at offset 10".into())
+        });
+        let mut passed = Vec::new();
+        let err = tee.read_to_end(&mut passed).await.expect_err("fault");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("bad RDB at offset 10"), "{err}");
+        assert!(verdict.lock().unwrap().is_none());
     }
 }
