@@ -273,7 +273,7 @@ impl Drop for Upload {
                 handle.spawn(async move {
                     if let Err(e) = inner.abort().await {
                         let error = redactor.redact(&crate::error::chain_text(&e));
-                        tracing::warn!(%store, %key, %error, "aborting a dropped upload failed");
+                        tracing::warn!(%store, object = %key, %error, "aborting a dropped upload failed");
                     }
                 });
             }

@@ -82,7 +82,7 @@ pub(crate) async fn backup(
             message: "the RDB was stored but its verification did not report".into(),
         })?;
     tracing::info!(
-        server = %engine, key_count = summary.keys.values().sum::<u64>(), bytes = summary.bytes,
+        server = %engine, dbsize = summary.keys.values().sum::<u64>(), bytes = summary.bytes,
         rdb_version = summary.version, "RDB captured and verified"
     );
     summary.details(&mut details);

@@ -138,7 +138,7 @@ pub(crate) async fn capture(
             }
             cursor = next;
         }
-        tracing::debug!(%endpoint, db, key_count = seen.len(), "database scanned");
+        tracing::debug!(%endpoint, db, dbsize = seen.len(), "database scanned");
     }
     let writer = w.get(0)?;
     writer.finish();
