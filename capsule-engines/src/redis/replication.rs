@@ -129,15 +129,7 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     };
     let (framing, mode) = if let Some(mark) = header.strip_prefix(b"$EOF:") {
         let mark: [u8; MARK_LEN] = mark.try_into().map_err(|_| bad_header())?;
-        (
-            Framing::Diskless,
-            Mode::Mark {
-                mark,
-                tail: [0; MARK_LEN],
-                tail_len: 0,
-                done: false,
-            },
-        )
+        (Framing::Diskless, Mode::Mark(MarkState::new(mark)))
     } else if let Some(len) = header.strip_prefix(b"$") {
         let len: u64 = std::str::from_utf8(len)
             .ok()
@@ -169,18 +161,45 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
 }
 
 enum Mode {
-    Len {
-        left: u64,
-        total: u64,
-    },
-    Mark {
-        mark: [u8; MARK_LEN],
-        /// The last bytes read, held back until more arrive: they may be
-        /// (the start of) the mark.
-        tail: [u8; MARK_LEN],
-        tail_len: usize,
-        done: bool,
-    },
+    Len { left: u64, total: u64 },
+    Mark(MarkState),
+}
+
+/// Where a diskless transfer stands: the mark to look for, and the last
+/// bytes read, held back until more arrive (they may be the mark's start).
+struct MarkState {
+    mark: [u8; MARK_LEN],
+    tail: [u8; MARK_LEN],
+    tail_len: usize,
+    done: bool,
+}
+
+impl MarkState {
+    fn new(mark: [u8; MARK_LEN]) -> Self {
+        MarkState {
+            mark,
+            tail: [0; MARK_LEN],
+            tail_len: 0,
+            done: false,
+        }
+    }
+
+    /// Takes `data`, the held-back tail followed by the bytes just read:
+    /// if it ends with the mark the transfer is done, else its last 40
+    /// bytes become the new tail. Returns how many leading bytes of `data`
+    /// are RDB, to hand out.
+    fn settle(&mut self, data: &[u8]) -> usize {
+        let total = data.len();
+        if total >= MARK_LEN && data[total - MARK_LEN..] == self.mark[..] {
+            self.done = true;
+            self.tail_len = 0;
+            return total - MARK_LEN;
+        }
+        let release = total.saturating_sub(MARK_LEN);
+        self.tail_len = total - release;
+        self.tail[..self.tail_len].copy_from_slice(&data[release..]);
+        release
+    }
 }
 
 /// The RDB of a full resynchronisation, without its framing.
@@ -224,73 +243,49 @@ impl<R: AsyncRead + Unpin> AsyncRead for RdbPayload<R> {
                 *left -= n as u64;
                 Poll::Ready(Ok(()))
             }
-            Mode::Mark {
-                mark,
-                tail,
-                tail_len,
-                done,
-            } => loop {
-                if *done || buf.remaining() == 0 {
+            Mode::Mark(state) => loop {
+                if state.done || buf.remaining() == 0 {
                     return Poll::Ready(Ok(()));
                 }
-                if buf.remaining() <= MARK_LEN {
+                let held = state.tail_len;
+                let release = if buf.remaining() <= MARK_LEN {
                     // Too small to take the tail and read past it: read at
                     // most as many bytes as fit, so what is surely not the
                     // mark (all but the last 40) fits in `buf`.
                     let room = buf.remaining();
-                    let held = *tail_len;
                     let mut small = [0u8; 2 * MARK_LEN];
-                    small[..held].copy_from_slice(&tail[..held]);
+                    small[..held].copy_from_slice(&state.tail[..held]);
                     let mut sub = ReadBuf::new(&mut small[held..held + room]);
                     ready!(Pin::new(&mut this.reader).poll_read(cx, &mut sub))?;
-                    let n = sub.filled().len();
-                    if n == 0 {
+                    let total = held + sub.filled().len();
+                    if total == held {
                         return Poll::Ready(Err(closed(MARK_EOF.into())));
                     }
-                    let total = held + n;
-                    if total >= MARK_LEN && small[total - MARK_LEN..total] == mark[..] {
-                        *done = true;
-                        *tail_len = 0;
-                        buf.put_slice(&small[..total - MARK_LEN]);
-                        return Poll::Ready(Ok(()));
+                    let release = state.settle(&small[..total]);
+                    buf.put_slice(&small[..release]);
+                    release
+                } else {
+                    // The held-back tail goes first, then the reader
+                    // appends straight into the caller's buffer (a large
+                    // one bypasses the BufReader's too); the new last
+                    // bytes are taken back.
+                    let before = buf.filled().len();
+                    buf.put_slice(&state.tail[..held]);
+                    let polled = Pin::new(&mut this.reader).poll_read(cx, buf);
+                    let total = buf.filled().len() - before;
+                    if let Poll::Pending | Poll::Ready(Err(_)) = polled {
+                        buf.set_filled(before);
+                        return polled;
                     }
-                    let keep = total.min(MARK_LEN);
-                    buf.put_slice(&small[..total - keep]);
-                    tail[..keep].copy_from_slice(&small[total - keep..total]);
-                    *tail_len = keep;
-                    if total > keep {
-                        return Poll::Ready(Ok(()));
+                    if total == held {
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(closed(MARK_EOF.into())));
                     }
-                    continue;
-                }
-                // The held-back tail goes first, then the reader appends
-                // straight into the caller's buffer (a large one bypasses
-                // the BufReader's too); the new last bytes are taken back.
-                let before = buf.filled().len();
-                let held = *tail_len;
-                buf.put_slice(&tail[..held]);
-                let polled = Pin::new(&mut this.reader).poll_read(cx, buf);
-                let total = buf.filled().len() - before;
-                if let Poll::Pending | Poll::Ready(Err(_)) = polled {
-                    buf.set_filled(before);
-                    return polled;
-                }
-                if total == held {
-                    buf.set_filled(before);
-                    return Poll::Ready(Err(closed(MARK_EOF.into())));
-                }
-                let data = &buf.filled()[before..];
-                if total >= MARK_LEN && data[total - MARK_LEN..] == mark[..] {
-                    *done = true;
-                    *tail_len = 0;
-                    buf.set_filled(before + total - MARK_LEN);
-                    return Poll::Ready(Ok(()));
-                }
-                let keep = total.min(MARK_LEN);
-                tail[..keep].copy_from_slice(&data[total - keep..]);
-                *tail_len = keep;
-                buf.set_filled(before + total - keep);
-                if total > keep {
+                    let release = state.settle(&buf.filled()[before..]);
+                    buf.set_filled(before + release);
+                    release
+                };
+                if release > 0 {
                     return Poll::Ready(Ok(()));
                 }
             },
@@ -349,12 +344,7 @@ mod tests {
                 pending: false,
             },
             _writer: None,
-            mode: Mode::Mark {
-                mark: MARK,
-                tail: [0; MARK_LEN],
-                tail_len: 0,
-                done: false,
-            },
+            mode: Mode::Mark(MarkState::new(MARK)),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -166,10 +166,10 @@ impl<T: Send + 'static> AsyncRead for Tee<T> {
         // report its verdict.
         if !this.gathered.is_empty() {
             this.pending = Some(this.gathered.split().freeze());
-            if !ready!(this.poll_send(cx)) {
-                return this.poll_verdict(cx);
-            }
         }
+        // Sent or not (a verifier that stopped has its reason), the
+        // verdict comes next.
+        ready!(this.poll_send(cx));
         this.poll_verdict(cx)
     }
 }
