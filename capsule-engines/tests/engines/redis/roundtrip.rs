@@ -83,6 +83,34 @@ async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
     );
 }
 
+/// `repl-diskless-sync no`: the server writes the RDB to its disk and sends
+/// it framed `$<length>`, not `$EOF:<mark>`.
+#[tokio::test]
+async fn a_disk_based_transfer_round_trips() {
+    let redis =
+        Redis::start_with(RedisConfig::default().with_args(&["--repl-diskless-sync", "no"]));
+    fill_every_type(&redis);
+    let digest = redis.digest();
+    let keyspace = redis.keyspace();
+
+    let fc = FileCatalog::new();
+    let engine = engine(&redis.url());
+    let report = backup(&fc.catalog, &engine).await.unwrap();
+    let info = report.statefile.engine.as_ref().unwrap();
+    assert_eq!(info.details["capture"], "replication");
+    assert_eq!(info.details["framing"], "disk");
+    assert_eq!(info.details["rdbChecksumVerified"], true);
+    let id = report.statefile.backup_id.to_string();
+
+    wipe(&redis);
+    let ctx = JobContext::new(&NoProgress);
+    run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(redis.digest(), digest);
+    assert_eq!(redis.keyspace(), keyspace);
+}
+
 #[tokio::test]
 async fn restores_into_another_server_through_seaweedfs() {
     let source = Redis::start();
