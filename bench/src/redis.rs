@@ -4,7 +4,8 @@
 //!   SeaweedFS, with the RDB verified on the way) against
 //!   `redis-cli --rdb <file>`, both with `repl-diskless-sync-delay 0`;
 //!   target ≤ 1.1× its wall time;
-//! - restore: capsule (download → verify → parse → pipelined `RESTORE`)
+//! - restore: capsule (download → verify → parse → pipelined `RESTORE`),
+//!   and capsule `--flush` (the target replicates the RDB from capsule),
 //!   against `redis-cli --pipe` of the same `RESTORE` commands read from a
 //!   file; target ≤ 1.0×;
 //! - the cold start of a `redis-server` loading that RDB, for scale;
@@ -50,7 +51,7 @@ pub struct RedisArgs {
     #[arg(long, default_value_t = 4_000_000)]
     pub rss_keys: u64,
     /// Internal: run one capsule backup or restore and print a JSON line.
-    #[arg(long, hide = true, value_name = "backup|restore")]
+    #[arg(long, hide = true, value_name = "backup|restore|restore-flush")]
     pub child: Option<String>,
 }
 
@@ -143,6 +144,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     let commands = work.path().join("restore.resp");
     write_restore_commands(&rdb, &commands)?;
     let (mut pipe_secs, mut restore_file, mut restore_s3) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut flush_file, mut flush_s3) = (Vec::new(), Vec::new());
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
         eprintln!("restore run {}/{runs}…", run + 1);
@@ -161,6 +163,18 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ensure!(
             target.digest() == source.digest(),
             "the restored server differs from the source"
+        );
+        flush(&target)?;
+        flush_file.push(child("restore-flush", &target.url(), &file_store, Some(&ids.0))?.0);
+        ensure!(
+            target.digest() == source.digest(),
+            "the server restored by replication differs from the source"
+        );
+        flush(&target)?;
+        flush_s3.push(child("restore-flush", &target.url(), &s3_store, Some(&ids.1))?.0);
+        ensure!(
+            target.digest() == source.digest(),
+            "the server restored by replication differs from the source"
         );
     }
     let reference = median(&pipe_secs);
@@ -185,8 +199,10 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         "".into(),
     ]);
     for (name, r) in [
-        ("capsule ← file://", &restore_file),
-        ("capsule ← SeaweedFS", &restore_s3),
+        ("capsule ← file:// (RESTORE commands)", &restore_file),
+        ("capsule ← SeaweedFS (RESTORE commands)", &restore_s3),
+        ("capsule --flush ← file:// (replication)", &flush_file),
+        ("capsule --flush ← SeaweedFS (replication)", &flush_s3),
     ] {
         let secs = median(&r.iter().map(|x| x.secs).collect::<Vec<_>>());
         let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
@@ -203,6 +219,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ]);
     }
     restore.note("capsule's time includes verifying the stored SHA-256 first, downloading, decompressing and parsing; the target is empty before each run");
+    restore.note("RESTORE commands: the default restore, which keeps the target's other keys; --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
     let cold = cold_start(&rdb)?;
     restore.note(format!(
         "for scale: a cold redis-server start loading the same RDB takes {cold:.2} s"
@@ -216,6 +233,8 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         let (b, id) = child("backup", &source.url(), &file_store, None)?;
         flush(&target)?;
         let (r, _) = child("restore", &target.url(), &file_store, Some(&id))?;
+        flush(&target)?;
+        let (rf, _) = child("restore-flush", &target.url(), &file_store, Some(&id))?;
         let mut t = Table::new(
             "Redis peak RSS of capsule",
             &["keys", "backup MiB", "restore MiB", "target", "result"],
@@ -223,11 +242,14 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         let peak = |rs: &[ChildRun]| rs.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
         let main = (
             peak(&file).max(peak(&seaweed)),
-            peak(&restore_file).max(peak(&restore_s3)),
+            peak(&restore_file)
+                .max(peak(&restore_s3))
+                .max(peak(&flush_file))
+                .max(peak(&flush_s3)),
         );
         for (keys, bk, rs) in [
             (args.keys, main.0, main.1),
-            (args.rss_keys, b.peak_mib, r.peak_mib),
+            (args.rss_keys, b.peak_mib, r.peak_mib.max(rf.peak_mib)),
         ] {
             t.row(vec![
                 keys.to_string(),
@@ -237,7 +259,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
                 verdict(bk <= RSS_TARGET_MIB && rs <= RSS_TARGET_MIB),
             ]);
         }
-        t.note("VmHWM of the child process doing one backup (replication capture to file://) or one restore (from file://)");
+        t.note("VmHWM of the child process doing one backup (replication capture to file://) or one restore (from file://, with RESTORE commands and by replication)");
         tables.push(t);
     }
     Ok(tables)
@@ -292,7 +314,9 @@ fn child(what: &str, redis: &str, store: &str, id: Option<&str>) -> Result<(Chil
 pub async fn child_main(args: &RedisArgs) -> Result<()> {
     let env = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
     let catalog = Catalog::new(Store::from_url(&env(STORE_ENV)?)?.with_prefix(PREFIX)?);
-    let engine = RedisEngine::new(RedisOptions::from_url(&env(REDIS_ENV)?)?);
+    let options = RedisOptions::from_url(&env(REDIS_ENV)?)?
+        .with_flush(args.child.as_deref() == Some("restore-flush"));
+    let engine = RedisEngine::new(options);
     let ctx = JobContext::new(&NoProgress);
     let start = Instant::now();
     let id = match args.child.as_deref() {
@@ -301,7 +325,7 @@ pub async fn child_main(args: &RedisArgs) -> Result<()> {
             .statefile
             .backup_id
             .to_string(),
-        Some("restore") => {
+        Some("restore" | "restore-flush") => {
             let id = env(ID_ENV)?;
             run_restore(&catalog, &engine, &id, RestoreOptions::default(), &ctx).await?;
             id

@@ -1242,6 +1242,32 @@ mod redis {
             "{run:#?}"
         );
         assert_eq!(redis.digest(), digest);
+        // A --flush restore loads by replication where it can; --redis-load
+        // commands sends RESTOREs.
+        let flush_restore = |load: &[&str]| -> Vec<String> {
+            ["redis", "--restore", "--id", &id, "--flush", "--yes"]
+                .into_iter()
+                .chain(["--redis-url", &url])
+                .chain(load.iter().copied())
+                .map(String::from)
+                .collect()
+        };
+        for (load, logged) in [
+            (&[][..], "load=replication"),
+            (&["--redis-load", "commands"][..], "load=commands"),
+        ] {
+            redis.cmd(&[b"SET", b"stray", b"key"]);
+            let args = flush_restore(load);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = t.run_traced(&args).ok();
+            assert!(run.stderr.contains(logged), "{run:#?}");
+            assert_no_secrets(&run, &secrets);
+            assert_eq!(redis.digest(), digest);
+        }
+        let args = flush_restore(&["--redis-load", "sideways"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = t.run(&args).fails_with(2);
+        assert!(error(&run).contains("--redis-load"), "{run:#?}");
 
         // Verify: a drill on a redis-server capsule starts itself.
         let run = t

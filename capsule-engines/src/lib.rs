@@ -61,4 +61,6 @@ pub use elasticsearch::{EsConnection, EsEngine, EsOptions, EsRename, EsRestoreRe
 
 pub mod redis;
 
-pub use redis::{RedisCapture, RedisConnection, RedisEngine, RedisOptions, RedisRestoreReport};
+pub use redis::{
+    RedisCapture, RedisConnection, RedisEngine, RedisLoad, RedisOptions, RedisRestoreReport,
+};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use capsule_engines::{RedisCapture, RedisConnection, RedisOptions};
+use capsule_engines::{RedisCapture, RedisConnection, RedisLoad, RedisOptions};
 use clap::Args;
 
 use crate::exit::UsageError;
@@ -41,6 +41,12 @@ pub struct RedisEngineArgs {
     /// the backup replace theirs and other keys stay.
     #[arg(long)]
     pub flush: bool,
+    /// How --restore --flush and --verify load the target: auto
+    /// (replication where the target allows it, else RESTORE commands),
+    /// replication (the target replicates the RDB from capsule, which it
+    /// must be able to connect to), or commands.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub redis_load: String,
     /// A scratch Redis for --verify, flushed before and after (default: a
     /// redis-server started on a free loopback port).
     #[arg(
@@ -89,9 +95,14 @@ impl RedisEngineArgs {
             .redis_capture
             .parse()
             .map_err(|e| UsageError::new(format!("--redis-capture: {e}")))?;
+        let load: RedisLoad = self
+            .redis_load
+            .parse()
+            .map_err(|e| UsageError::new(format!("--redis-load: {e}")))?;
         let mut options = RedisOptions::new(connection)
             .with_capture(capture)
-            .with_flush(self.flush);
+            .with_flush(self.flush)
+            .with_load(load);
         if let Some(v) = &self.verify_url {
             let scratch = RedisConnection::from_url(v)
                 .map_err(|e| UsageError::new(format!("--verify-url: {e}")))?;

@@ -4,7 +4,8 @@
 //! restore may leave some of the backup's keys (the mode says so); it must
 //! never touch a key the backup does not hold, nor add a foreign one.
 //!
-//! The destructive mode (`--flush`) empties the live server first: a
+//! The destructive mode (`--flush`) empties the live server first (it
+//! loads by replication, the direct link to capsule outside the proxy): a
 //! finished restore leaves it holding exactly the source's data; a failed
 //! one may leave it emptied and partly restored only if its error says
 //! so, and never with a foreign key.
@@ -252,6 +253,28 @@ impl Subject for RedisSubject {
         let t = &self.target;
         let mut wrong = Vec::new();
         let mut notes = Vec::new();
+        // `--flush` loads by replication: capsule detaches the server on
+        // every outcome it lives to see; only `kill -9` leaves it a replica.
+        let role = t.cmd(&[b"INFO", b"replication"]).text();
+        if role.lines().any(|l| l == "role:slave") {
+            match (restored, error) {
+                (false, None) => notes.push(
+                    "killed during a load by replication: the live server was left a replica \
+                     of capsule (documented; REPLICAOF NO ONE detached it)"
+                        .into(),
+                ),
+                _ => wrong.push("capsule ended and left the live server a replica".into()),
+            }
+            // It may still be loading the RDB it was sent.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while t.cmd(&[b"REPLICAOF", b"NO", b"ONE"]).text() != "OK" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "REPLICAOF NO ONE failed for 60 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         // `--flush` empties the server: the keys the backup lacks go.
         if mode == Mode::Default && digest_values(t) != self.live_only {
             wrong.push("a restore changed keys the backup does not hold".into());

@@ -74,6 +74,9 @@ pub(crate) struct Client {
     pub(crate) writer: Writer,
     /// `host:port`, for messages.
     pub(crate) endpoint: String,
+    /// This end's address of the TCP connection: the address the server
+    /// reaches capsule at (a restore by replication listens on it).
+    pub(crate) local_addr: Option<std::net::SocketAddr>,
     out: Vec<u8>,
 }
 
@@ -140,6 +143,7 @@ impl Client {
                 })?
                 .map_err(|e| engine_error(&endpoint, "connect", e))?;
         let _ = tcp.set_nodelay(true);
+        let local_addr = tcp.local_addr().ok();
         let stream = if conn.tls {
             let config = tls_config(conn)?;
             let name = ServerName::try_from(conn.host.clone())
@@ -160,6 +164,7 @@ impl Client {
             reader: BufReader::with_capacity(256 * 1024, r),
             writer: w,
             endpoint,
+            local_addr,
             out: Vec::with_capacity(4096),
         };
         if let Some(password) = &conn.password {

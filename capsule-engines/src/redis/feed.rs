@@ -68,8 +68,12 @@ pub(crate) struct FeedStats {
     pub(crate) expired: BTreeMap<u64, u64>,
     /// Sent keys expiring within a day, by (database, second).
     pub(crate) expiring: BTreeMap<(u64, i64), u64>,
+    /// Function libraries.
+    pub(crate) functions: u64,
     /// Module aux records skipped.
     pub(crate) module_aux: u64,
+    /// The RDB's version.
+    pub(crate) version: u32,
     /// Bytes of RDB read.
     pub(crate) bytes: u64,
     /// Whether the parser reached the end of the RDB.
@@ -84,6 +88,62 @@ impl FeedStats {
             .map(|(_, n)| n)
             .sum()
     }
+}
+
+impl FeedStats {
+    /// The RDB's keys per database (`db0`…), live and expired: what its
+    /// fingerprint counted at backup.
+    pub(crate) fn streamed(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for (db, n) in self.sent.iter().chain(self.expired.iter()) {
+            *out.entry(format!("db{db}")).or_default() += n;
+        }
+        out
+    }
+
+    /// Counts a key of `db` expiring at `expire_ms`: expired by `now_ms`
+    /// (false: it is skipped), or live (true), tracked by the second when
+    /// it expires within a day of `start_ms`.
+    fn account(&mut self, db: u64, expire_ms: Option<i64>, now_ms: i64, start_ms: i64) -> bool {
+        if expire_ms.is_some_and(|ms| ms <= now_ms) {
+            *self.expired.entry(db).or_default() += 1;
+            return false;
+        }
+        if let Some(ms) = expire_ms.filter(|ms| *ms <= start_ms + EXPIRY_WINDOW_MS) {
+            *self.expiring.entry((db, ms / 1000)).or_default() += 1;
+        }
+        *self.sent.entry(db).or_default() += 1;
+        true
+    }
+}
+
+/// Reads a whole RDB from `reader` and counts it as [`produce`] would
+/// send it (keys live and expired by now per database, module aux
+/// records), without encoding anything: the accounting of a restore by
+/// replication, where the target loads the RDB itself. Blocking.
+///
+/// # Errors
+/// The parser's error for a corrupt, truncated or unsupported RDB.
+pub(crate) fn census(reader: impl std::io::Read) -> Result<FeedStats, RdbError> {
+    let mut parser = RdbParser::new(reader, ParseOptions::default())?;
+    let mut stats = FeedStats {
+        version: parser.version(),
+        ..FeedStats::default()
+    };
+    let start_ms = chrono::Utc::now().timestamp_millis();
+    while let Some(item) = parser.next_item()? {
+        match item {
+            RdbItem::Entry(e) => {
+                stats.account(e.db, e.expire_ms, start_ms, start_ms);
+            }
+            RdbItem::Function { .. } => stats.functions += 1,
+            RdbItem::ModuleAux { .. } => stats.module_aux += 1,
+            _ => {}
+        }
+    }
+    stats.bytes = parser.offset();
+    stats.complete = true;
+    Ok(stats)
 }
 
 /// Copies `stream` into a chunk channel; the task's result says whether
@@ -269,14 +329,9 @@ pub(crate) fn produce(
         match item {
             RdbItem::SelectDb(db) => out.select(db),
             RdbItem::Entry(e) => {
-                if e.expire_ms.is_some_and(|ms| ms <= now) {
-                    *stats.expired.entry(e.db).or_default() += 1;
+                if !stats.account(e.db, e.expire_ms, now, start_ms) {
                     continue;
                 }
-                if let Some(ms) = e.expire_ms.filter(|ms| *ms <= start_ms + EXPIRY_WINDOW_MS) {
-                    *stats.expiring.entry((e.db, ms / 1000)).or_default() += 1;
-                }
-                *stats.sent.entry(e.db).or_default() += 1;
                 let args = RestoreArgs {
                     expire_ms: e.expire_ms,
                     lru_idle: e.lru_idle,
@@ -284,7 +339,10 @@ pub(crate) fn produce(
                 };
                 out.restore(e.db, &e.key, &args, e.value.as_deref().unwrap_or_default());
             }
-            RdbItem::Function { raw } => out.function(raw.as_deref().unwrap_or_default()),
+            RdbItem::Function { raw } => {
+                stats.functions += 1;
+                out.function(raw.as_deref().unwrap_or_default())
+            }
             RdbItem::ModuleAux { module_id } => {
                 tracing::warn!(
                     module_id,

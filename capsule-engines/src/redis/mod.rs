@@ -18,7 +18,11 @@
 //!   ABSTTL REPLACE` (the payload is the value's raw RDB encoding plus the
 //!   version and CRC-64, so nothing is decoded), with bounded bytes in
 //!   flight. Keys that have expired by now are skipped and counted.
-//!   [`RedisOptions::flush`] empties the target first.
+//!   [`RedisOptions::flush`] empties the target first; such a restore
+//!   (and every drill) instead has the target replicate the RDB from
+//!   capsule (`REPLICAOF`) where it can, so it loads at RDB speed
+//!   ([`RedisLoad`]); nothing is committed before the whole RDB checked
+//!   out, and the target is detached in every case.
 //! - **Verify**: [`capsule_core::run_verify`] restores into a scratch
 //!   server and compares its key counts with the fingerprint.
 //!
@@ -29,6 +33,7 @@ mod client;
 mod connection;
 mod feed;
 mod options;
+mod primary;
 pub mod rdb;
 mod replication;
 mod resp;
@@ -49,7 +54,7 @@ use capsule_core::{
 
 pub use backup::{DUMP_ARTIFACT, FORMAT_RDB};
 pub use connection::{DEFAULT_PORT, RedisConnection};
-pub use options::{RedisCapture, RedisOptions};
+pub use options::{RedisCapture, RedisLoad, RedisOptions};
 pub use restore::RedisRestoreReport;
 
 use restore::Target;

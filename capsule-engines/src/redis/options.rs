@@ -52,6 +52,51 @@ impl std::str::FromStr for RedisCapture {
     }
 }
 
+/// How a restore that empties its target (`--flush`, drills) loads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RedisLoad {
+    /// Replication where the target allows it, else `RESTORE` commands
+    /// (the default).
+    #[default]
+    Auto,
+    /// Only replication: capsule serves the RDB as a primary the target
+    /// replicates from (`REPLICAOF`), so the target loads it at RDB speed;
+    /// fails when the target cannot (see `docs/redis.md`).
+    Replication,
+    /// Only pipelined `RESTORE` commands, as a restore that keeps the
+    /// target's other keys always does.
+    Commands,
+}
+
+impl RedisLoad {
+    /// `auto`, `replication` or `commands`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisLoad::Auto => "auto",
+            RedisLoad::Replication => "replication",
+            RedisLoad::Commands => "commands",
+        }
+    }
+}
+
+impl std::str::FromStr for RedisLoad {
+    type Err = capsule_core::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(RedisLoad::Auto),
+            "replication" | "replicaof" => Ok(RedisLoad::Replication),
+            "commands" | "restore" => Ok(RedisLoad::Commands),
+            other => Err(capsule_core::Error::invalid(
+                "redis load",
+                format!("unknown load {other:?} (expected auto, replication or commands)"),
+            )),
+        }
+    }
+}
+
 /// Everything the Redis engine needs: plain data with chainable setters;
 /// build the engine with [`RedisEngine::new`](super::RedisEngine::new).
 #[derive(Clone, Debug, Deserialize)]
@@ -65,6 +110,10 @@ pub struct RedisOptions {
     /// Empty the target (`FLUSHALL`) before a restore (default false:
     /// keys in the backup replace theirs, other keys stay).
     pub flush: bool,
+    /// How a restore that empties the target loads it (default
+    /// [`RedisLoad::Auto`]); a restore that keeps other keys always sends
+    /// `RESTORE` commands.
+    pub load: RedisLoad,
     /// The scratch server restore drills restore into (it is flushed before
     /// and after). Default: a `redis-server` started on a free loopback
     /// port for the drill.
@@ -91,6 +140,7 @@ impl Default for RedisOptions {
             connection: RedisConnection::default(),
             capture: RedisCapture::Auto,
             flush: false,
+            load: RedisLoad::Auto,
             verify_connection: None,
             redis_server: None,
             max_inflight_bytes: 16 << 20,
@@ -126,6 +176,11 @@ impl RedisOptions {
     /// Flushes (or not) the target before restoring.
     pub fn with_flush(mut self, flush: bool) -> Self {
         self.flush = flush;
+        self
+    }
+    /// Sets how a restore that empties the target loads it.
+    pub fn with_load(mut self, load: RedisLoad) -> Self {
+        self.load = load;
         self
     }
     /// Runs restore drills on this scratch server.

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use capsule_core::{ArtifactSource, Error, Fingerprint, Result};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::RedisEngine;
 use super::backup::FORMAT_RDB;
 use super::client::{Client, ServerInfo, engine_error};
 use super::connection::RedisConnection;
 use super::feed::{self, FeedStats, Op};
+use super::primary::{self, Attempt};
+use super::resp::Reply;
 use super::sender;
 use super::stream::CHANNEL_DEPTH;
+use super::{RedisEngine, RedisLoad};
 
 /// What a restore did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub struct RedisRestoreReport {
     pub skipped_expired: BTreeMap<String, u64>,
     /// Function libraries restored.
     pub functions: u64,
+    /// How the target was loaded: `replication` (it replicated the RDB
+    /// from capsule) or `commands` (pipelined `RESTORE`s).
+    pub load: String,
     /// The fingerprint of the target after the restore, comparable with
     /// the one recorded at backup (only when the target was emptied first:
     /// keys per database, counting the skipped and since-expired keys).
@@ -88,6 +93,13 @@ pub(crate) async fn restore(
         )));
     }
     let name = artifact.name.clone();
+    let load = engine.options.load;
+    if target == Target::Replace && load == RedisLoad::Replication {
+        return Err(Error::invalid(
+            "redis load",
+            "a load by replication replaces the whole target: it needs --flush",
+        ));
+    }
     let recorded = sf.engine.as_ref().and_then(|e| e.fingerprint.clone());
     let recorded_version = sf
         .engine
@@ -137,6 +149,36 @@ pub(crate) async fn restore(
         client.call(&[b"SELECT", b"0"]).await?;
     }
 
+    if target != Target::Replace && load != RedisLoad::Commands {
+        match primary::load(conn, source, &name, &check_version, recorded.as_ref()).await? {
+            Attempt::Loaded(stats) => {
+                let report = finish(conn, target, &stats, None, recorded.as_ref(), &id, started)
+                    .await
+                    .map_err(|e| touched_error(e, &endpoint, target))?;
+                log_report(&id, &report);
+                return Ok(report);
+            }
+            Attempt::Declined(reason) if load == RedisLoad::Auto => {
+                tracing::info!(target = %endpoint, %reason, "not loading by replication; restoring with RESTORE commands");
+            }
+            Attempt::Failed(reason) if load == RedisLoad::Auto => {
+                tracing::warn!(target = %endpoint, %reason, "the load by replication failed; emptying the target and restoring with RESTORE commands");
+            }
+            Attempt::Declined(reason) => {
+                return Err(engine_error(&endpoint, "restore by replication", reason));
+            }
+            Attempt::Failed(reason) => {
+                return Err(engine_error(
+                    &endpoint,
+                    "restore by replication",
+                    format!("{reason}; the target may have been emptied"),
+                ));
+            }
+        }
+        // The target replicated for a while; start afresh.
+        client = Client::connect(conn).await?;
+    }
+
     let stream = source.open(&name).await?;
     let (chunks, pump) = feed::pump(stream);
     let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
@@ -160,9 +202,20 @@ pub(crate) async fn restore(
             Some(Op::Header(v)) => check_version(v)?,
             _ => return Ok(None), // the producer failed; its error follows
         }
+        // A FLUSHALL cut off may have run; one the server refused did not.
         touched = true;
         if target != Target::Replace {
-            client.call(&[b"FLUSHALL"]).await?;
+            if let Reply::Error(e) = client.raw_call(&[b"FLUSHALL"]).await? {
+                touched = false;
+                let hint = if e.starts_with("READONLY") {
+                    ": the target is a read-only replica; restore into its primary, or, if \
+                     capsule was killed while the target loaded by replication, run REPLICAOF \
+                     NO ONE on it first"
+                } else {
+                    ""
+                };
+                return Err(engine_error(&endpoint, "FLUSHALL", format!("{e}{hint}")));
+            }
             tracing::info!(target = %endpoint, "target flushed");
         }
         sender::send(client, ops).await.map(Some)
@@ -198,7 +251,7 @@ pub(crate) async fn restore(
             conn,
             target,
             &produced,
-            &stats,
+            Some(&stats),
             recorded.as_ref(),
             &id,
             started,
@@ -210,13 +263,17 @@ pub(crate) async fn restore(
         true => touched_error(e, &endpoint, target),
         false => e,
     })?;
+    log_report(&id, &report);
+    Ok(report)
+}
+
+fn log_report(id: &str, report: &RedisRestoreReport) {
     tracing::info!(
-        backup = %id, target = %report.target,
+        backup = %id, target = %report.target, load = %report.load,
         restored = report.restored.values().sum::<u64>(),
         skipped_expired = report.skipped_expired.values().sum::<u64>(),
         functions = report.functions, "restore complete"
     );
-    Ok(report)
 }
 
 /// `e`, saying what a restore that failed after it began to write left on
@@ -250,43 +307,55 @@ fn touched_error(e: Error, endpoint: &str, target: Target) -> Error {
     }
 }
 
-/// Checks the counts and builds the report.
+/// The RDB's own counts (live plus expired keys per database) must be the
+/// fingerprint recorded at backup.
+pub(crate) fn check_streamed(
+    produced: &FeedStats,
+    recorded: Option<&Fingerprint>,
+    id: &str,
+) -> Result<()> {
+    let Some(want) = recorded else {
+        return Ok(());
+    };
+    let mismatches = want.compare(&Fingerprint {
+        counts: produced.streamed(),
+        values: Default::default(),
+    });
+    if mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::VerificationFailed {
+            id: id.to_string(),
+            mismatches,
+        })
+    }
+}
+
+/// Checks the counts and builds the report. `sent` holds the replies to
+/// the `RESTORE` commands; `None` when the target loaded the RDB by
+/// replication (and holds the expired keys until it expires them).
 async fn finish(
     conn: &RedisConnection,
     target: Target,
     produced: &FeedStats,
-    stats: &sender::SendStats,
+    sent: Option<&sender::SendStats>,
     recorded: Option<&Fingerprint>,
     id: &str,
     started: Instant,
 ) -> Result<RedisRestoreReport> {
-    for (db, sent) in &produced.sent {
-        let acked = stats.restored.get(db).copied().unwrap_or(0);
-        if acked != *sent {
-            return Err(engine_error(
-                &conn.endpoint(),
-                "restore",
-                format!("db {db}: {sent} keys sent, {acked} acknowledged"),
-            ));
+    if let Some(stats) = sent {
+        for (db, n) in &produced.sent {
+            let acked = stats.restored.get(db).copied().unwrap_or(0);
+            if acked != *n {
+                return Err(engine_error(
+                    &conn.endpoint(),
+                    "restore",
+                    format!("db {db}: {n} keys sent, {acked} acknowledged"),
+                ));
+            }
         }
     }
-    // The RDB's own counts (restored + expired) must be the fingerprint's.
-    let mut streamed: BTreeMap<String, u64> = BTreeMap::new();
-    for (db, n) in produced.sent.iter().chain(produced.expired.iter()) {
-        *streamed.entry(db_name(*db)).or_default() += n;
-    }
-    if let Some(want) = recorded {
-        let mismatches = want.compare(&Fingerprint {
-            counts: streamed.clone(),
-            values: Default::default(),
-        });
-        if !mismatches.is_empty() {
-            return Err(Error::VerificationFailed {
-                id: id.to_string(),
-                mismatches,
-            });
-        }
-    }
+    check_streamed(produced, recorded, id)?;
     let fingerprint = if target == Target::Replace {
         None
     } else {
@@ -302,36 +371,44 @@ async fn finish(
             .collect();
         for db in dbs {
             let present = live.get(&db).copied().unwrap_or(0);
-            let sent = produced.sent.get(&db).copied().unwrap_or(0);
+            let live_keys = produced.sent.get(&db).copied().unwrap_or(0);
             let expired = produced.expired.get(&db).copied().unwrap_or(0);
-            // Keys that expired since they were restored are not missing.
-            let gone = sent.saturating_sub(present);
-            let since = if gone <= produced.expiring_by(db, now) {
-                gone
+            // Keys that expired since the restore began are not missing;
+            // a target that loaded the RDB itself may still hold the keys
+            // that had expired before (until it gets to expire them).
+            let low = live_keys.saturating_sub(produced.expiring_by(db, now));
+            let high = if sent.is_some() {
+                live_keys
             } else {
-                0
+                live_keys + expired
             };
-            counts.insert(db_name(db), present + expired + since);
+            let count = if (low..=high).contains(&present) {
+                live_keys + expired
+            } else {
+                present + if sent.is_some() { expired } else { 0 }
+            };
+            counts.insert(db_name(db), count);
         }
         Some(Fingerprint {
             counts,
             values: Default::default(),
         })
     };
+    let (restored, functions, load) = match sent {
+        Some(stats) => (&stats.restored, stats.functions, "commands"),
+        None => (&produced.sent, produced.functions, "replication"),
+    };
     Ok(RedisRestoreReport {
         target: conn.endpoint(),
         mode: target.as_str().to_string(),
-        restored: stats
-            .restored
-            .iter()
-            .map(|(db, n)| (db_name(*db), *n))
-            .collect(),
+        restored: restored.iter().map(|(db, n)| (db_name(*db), *n)).collect(),
         skipped_expired: produced
             .expired
             .iter()
             .map(|(db, n)| (db_name(*db), *n))
             .collect(),
-        functions: stats.functions,
+        functions,
+        load: load.to_string(),
         fingerprint,
         rdb_bytes: produced.bytes,
         duration: started.elapsed(),

@@ -5,6 +5,7 @@
 
 mod capture;
 mod failures;
+mod load;
 mod restore;
 mod roundtrip;
 mod support;

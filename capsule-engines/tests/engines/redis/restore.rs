@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use capsule_core::{JobContext, NoProgress, VerificationStatus, run_verify};
-use capsule_engines::{RedisConnection, RedisEngine, RedisOptions};
+use capsule_engines::{RedisConnection, RedisEngine, RedisLoad, RedisOptions};
 use test_support::redis::Redis;
 
 use super::support::*;
@@ -14,12 +14,7 @@ async fn without_flush_only_the_backups_keys_are_replaced() {
     source.cmd(&[b"SET", b"shared", b"from-backup"]);
     source.cmd(&[b"RPUSH", b"list", b"a", b"b"]);
     let fc = FileCatalog::new();
-    let id = backup(&fc.catalog, &engine(&source.url()))
-        .await
-        .unwrap()
-        .statefile
-        .backup_id
-        .to_string();
+    let id = backup_id(&fc, &source).await;
     let src = fc.catalog.artifact_source(&id).await.unwrap();
 
     let target = Redis::start();
@@ -51,27 +46,8 @@ async fn keys_expired_by_now_are_skipped_and_counted() {
     source.cmd(&[b"SET", b"lasting", b"v"]);
     source.cmd(&[b"SET", b"brief", b"v", b"PX", b"1500"]);
     let fc = FileCatalog::new();
-    let id = backup(&fc.catalog, &engine(&source.url()))
-        .await
-        .unwrap()
-        .statefile
-        .backup_id
-        .to_string();
+    let id = backup_id(&fc, &source).await;
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let target = Redis::start();
-    let engine = RedisEngine::new(
-        RedisOptions::from_url(&target.url())
-            .unwrap()
-            .with_flush(true),
-    );
-    let report = engine
-        .restore_with_report(&fc.catalog.artifact_source(&id).await.unwrap())
-        .await
-        .unwrap();
-    assert_eq!(report.restored["db0"], 1);
-    assert_eq!(report.skipped_expired["db0"], 1);
-    assert_eq!(target.keyspace(), vec![(0, 1)]);
-    // The count still agrees with the fingerprint: skipped keys are counted.
     let recorded = fc
         .catalog
         .describe(&id)
@@ -81,10 +57,31 @@ async fn keys_expired_by_now_are_skipped_and_counted() {
         .unwrap()
         .fingerprint
         .unwrap();
-    assert_eq!(
-        recorded.compare(&report.fingerprint.unwrap()),
-        Vec::<String>::new()
-    );
+    for load in [RedisLoad::Commands, RedisLoad::Replication] {
+        let target = Redis::start();
+        let engine = RedisEngine::new(
+            RedisOptions::from_url(&target.url())
+                .unwrap()
+                .with_flush(true)
+                .with_load(load),
+        );
+        let report = engine
+            .restore_with_report(&fc.catalog.artifact_source(&id).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(report.load, load.as_str(), "{load:?}");
+        assert_eq!(report.restored["db0"], 1, "{load:?}");
+        assert_eq!(report.skipped_expired["db0"], 1, "{load:?}");
+        assert_eq!(target.cmd(&[b"GET", b"lasting"]).text(), "v");
+        assert_eq!(target.cmd(&[b"EXISTS", b"brief"]).text(), "0", "{load:?}");
+        assert_eq!(target.keyspace(), vec![(0, 1)], "{load:?}");
+        // The count still agrees with the fingerprint: skipped keys are counted.
+        assert_eq!(
+            recorded.compare(report.fingerprint.as_ref().unwrap()),
+            Vec::<String>::new(),
+            "{load:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -92,12 +89,7 @@ async fn drills_pass_on_a_started_server_and_on_a_given_scratch_server() {
     let source = Redis::start();
     fill_every_type(&source);
     let fc = FileCatalog::new();
-    let id = backup(&fc.catalog, &engine(&source.url()))
-        .await
-        .unwrap()
-        .statefile
-        .backup_id
-        .to_string();
+    let id = backup_id(&fc, &source).await;
     let ctx = JobContext::new(&NoProgress);
 
     let own = engine(&source.url());

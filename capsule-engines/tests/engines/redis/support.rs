@@ -24,6 +24,16 @@ pub fn pipeline(c: &mut RedisClient, cmds: &[Vec<Vec<u8>>]) {
     }
 }
 
+/// Backs `redis` up into `fc` with default options; the backup's id.
+pub async fn backup_id(fc: &FileCatalog, redis: &Redis) -> String {
+    backup(&fc.catalog, &engine(&redis.url()))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string()
+}
+
 /// `args` as owned byte vectors.
 pub fn cmd(args: &[&[u8]]) -> Vec<Vec<u8>> {
     args.iter().map(|a| a.to_vec()).collect()

@@ -1,0 +1,350 @@
+//! Restore by replication (`--flush`, drills): the target replicates the
+//! RDB from capsule. It must give the source's digest, fall back to
+//! `RESTORE` commands where the target cannot replicate, and leave the
+//! target as it was, a writable primary with its data, whenever the
+//! restore fails or is interrupted before the RDB was complete.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use capsule_core::{ArtifactSource, ByteStream, Error, Statefile};
+use capsule_engines::{RedisEngine, RedisLoad, RedisOptions};
+use test_support::redis::{Redis, RedisConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use super::support::*;
+
+fn flush_engine(redis: &Redis, load: RedisLoad) -> RedisEngine {
+    RedisEngine::new(
+        RedisOptions::from_url(&redis.url())
+            .unwrap()
+            .with_flush(true)
+            .with_load(load),
+    )
+}
+
+fn role(redis: &Redis) -> String {
+    info_field(redis, "role")
+}
+
+fn info_field(redis: &Redis, field: &str) -> String {
+    redis
+        .cmd(&[b"INFO", b"replication"])
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A target holding data of its own, which a failed restore must keep.
+fn target_with_data(config: RedisConfig) -> Redis {
+    let target = Redis::start_with(config);
+    target.cmd(&[b"SET", b"sentinel", b"untouched"]);
+    target
+}
+
+fn assert_untouched(target: &Redis) {
+    assert_eq!(role(target), "master", "the target was left a replica");
+    assert_eq!(target.cmd(&[b"GET", b"sentinel"]).text(), "untouched");
+    assert_eq!(target.keyspace(), vec![(0, 1)]);
+    // and it takes writes again
+    assert_eq!(target.cmd(&[b"SET", b"w", b"1"]).text(), "OK");
+}
+
+/// A backup of every type (plus 20k small keys, so the RDB spans many
+/// reads) in a file catalog.
+async fn every_type_backup() -> (Redis, FileCatalog, String) {
+    let source = Redis::start();
+    fill_every_type(&source);
+    let mut c = source.client();
+    // Incompressible values: an RDB of about 2 MB.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..20_000u32 {
+        let value: Vec<u8> = (0..8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        c.send(&[b"SET", format!("bulk:{i}").as_bytes(), &value]);
+    }
+    c.flush();
+    for _ in 0..20_000 {
+        c.read();
+    }
+    let fc = FileCatalog::new();
+    let id = backup_id(&fc, &source).await;
+    (source, fc, id)
+}
+
+#[tokio::test]
+async fn a_flush_restore_loads_by_replication_with_a_password_and_matches_the_source() {
+    let (source, fc, id) = every_type_backup().await;
+    let target = Redis::start_with(RedisConfig::default().with_password("s3cret"));
+    target.cmd(&[b"SET", b"stray", b"key"]);
+    let engine = RedisEngine::new(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_flush(true),
+    );
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+    let report = engine.restore_with_report(&src).await.unwrap();
+    assert_eq!(report.load, "replication");
+    assert_eq!(report.mode, "flush");
+    assert_eq!(report.functions, 1);
+    assert_eq!(target.digest(), source.digest());
+    assert_eq!(target.keyspace(), source.keyspace());
+    assert_eq!(role(&target), "master");
+    assert_eq!(target.cmd(&[b"SET", b"after", b"1"]).text(), "OK");
+    let recorded = src.statefile().engine.clone().unwrap().fingerprint.unwrap();
+    assert_eq!(
+        recorded.compare(report.fingerprint.as_ref().unwrap()),
+        Vec::<String>::new()
+    );
+
+    // The same restore with RESTORE commands gives the same server.
+    target.cmd(&[b"SET", b"stray", b"key"]);
+    restores_with(&target, RedisLoad::Commands, &src, "commands", &source).await;
+}
+
+/// Restores `src` into `target` with `load`, which must load it `how` and
+/// leave `target` holding `source`'s data.
+async fn restores_with(
+    target: &Redis,
+    load: RedisLoad,
+    src: &dyn ArtifactSource,
+    how: &str,
+    source: &Redis,
+) {
+    let report = flush_engine(target, load)
+        .restore_with_report(src)
+        .await
+        .unwrap();
+    assert_eq!(report.load, how);
+    assert_eq!(target.digest(), source.digest());
+}
+
+#[tokio::test]
+async fn a_target_refusing_replicaof_is_restored_with_commands_or_refused_untouched() {
+    let (source, fc, id) = every_type_backup().await;
+    let target = target_with_data(RedisConfig::default().with_args(&[
+        "--rename-command",
+        "REPLICAOF",
+        "",
+        "--rename-command",
+        "SLAVEOF",
+        "",
+    ]));
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+
+    let e = flush_engine(&target, RedisLoad::Replication)
+        .restore_with_report(&src)
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("REPLICAOF"), "{msg}");
+    assert_untouched(&target);
+
+    restores_with(&target, RedisLoad::Auto, &src, "commands", &source).await;
+
+    // Without --flush, a load by replication is a usage error.
+    let e = RedisEngine::new(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_load(RedisLoad::Replication),
+    )
+    .restore_with_report(&src)
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("--flush"), "{e}");
+}
+
+#[tokio::test]
+async fn a_target_with_replicas_is_restored_with_commands() {
+    let (source, fc, id) = every_type_backup().await;
+    let target = Redis::start();
+    let port = target.port.to_string();
+    let _replica =
+        Redis::start_with(RedisConfig::default().with_args(&["--replicaof", "127.0.0.1", &port]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while info_field(&target, "connected_slaves") != "1" {
+        assert!(Instant::now() < deadline, "the replica did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+    restores_with(&target, RedisLoad::Auto, &src, "commands", &source).await;
+    assert_eq!(info_field(&target, "connected_slaves"), "1");
+}
+
+/// The target receives the whole RDB and fails to load it: here its
+/// `dump.rdb` is a directory, so the rename of the received file fails.
+/// `auto` empties the target and restores with commands; `replication`
+/// fails, saying the target may have been emptied.
+#[tokio::test]
+async fn a_target_failing_to_load_the_transfer_is_restored_with_commands() {
+    let (source, fc, id) = every_type_backup().await;
+    let target = Redis::start();
+    std::fs::create_dir(target.dir().join("dump.rdb")).unwrap();
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+
+    let e = flush_engine(&target, RedisLoad::Replication)
+        .restore_with_report(&src)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("may have been emptied"), "{e}");
+    assert_eq!(role(&target), "master");
+
+    restores_with(&target, RedisLoad::Auto, &src, "commands", &source).await;
+}
+
+/// What the wrapped source's stream does after its first `after` bytes.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Fails, as a checksum mismatch or a broken download does.
+    Error,
+    /// Stalls until dropped.
+    Stall,
+}
+
+/// A catalog's artifact source whose stream fails or stalls part way, or
+/// (without a fault) whose statefile was edited.
+struct Faulty {
+    inner: Box<dyn ArtifactSource>,
+    statefile: Statefile,
+    after: usize,
+    fault: Option<Fault>,
+}
+
+#[async_trait]
+impl ArtifactSource for Faulty {
+    fn statefile(&self) -> &Statefile {
+        &self.statefile
+    }
+    async fn verify(&self, name: &str) -> capsule_core::Result<()> {
+        self.inner.verify(name).await
+    }
+    async fn open(&self, name: &str) -> capsule_core::Result<ByteStream> {
+        let Some(fault) = self.fault else {
+            return self.inner.open(name).await;
+        };
+        let mut head = vec![0u8; self.after];
+        self.inner
+            .open(name)
+            .await?
+            .read_exact(&mut head)
+            .await
+            .unwrap();
+        Ok(Box::new(FaultyStream {
+            head: std::io::Cursor::new(head),
+            fault,
+        }))
+    }
+}
+
+struct FaultyStream {
+    head: std::io::Cursor<Vec<u8>>,
+    fault: Fault,
+}
+
+impl AsyncRead for FaultyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if (self.head.position() as usize) < self.head.get_ref().len() {
+            return std::pin::Pin::new(&mut self.head).poll_read(cx, buf);
+        }
+        match self.fault {
+            Fault::Error => {
+                std::task::Poll::Ready(Err(std::io::Error::other("checksum mismatch (injected)")))
+            }
+            Fault::Stall => std::task::Poll::Pending,
+        }
+    }
+}
+
+async fn faulty(fc: &FileCatalog, id: &str, fault: Option<Fault>) -> Faulty {
+    let inner = fc.catalog.artifact_source(id).await.unwrap();
+    Faulty {
+        statefile: inner.statefile().clone(),
+        inner: Box::new(inner),
+        // Past the chunks capsule has sent to the target, into the one it
+        // holds back (256 KiB each).
+        after: 768 << 10,
+        fault,
+    }
+}
+
+#[tokio::test]
+async fn a_stream_failing_mid_transfer_leaves_the_target_as_it_was() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = target_with_data(RedisConfig::default());
+    let src = faulty(&fc, &id, Some(Fault::Error)).await;
+    let e = flush_engine(&target, RedisLoad::Replication)
+        .restore_with_report(&src)
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Corrupt { object, reason, .. } => {
+            assert_eq!(object, "dump.rdb.zst");
+            assert!(reason.contains("injected"), "{reason}");
+            assert!(!reason.contains("emptied"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_untouched(&target);
+}
+
+#[tokio::test]
+async fn an_interrupted_restore_detaches_the_target_with_its_data() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = target_with_data(RedisConfig::default());
+    let src = faulty(&fc, &id, Some(Fault::Stall)).await;
+    let engine = flush_engine(&target, RedisLoad::Replication);
+    let restore = tokio::spawn(async move { engine.restore_with_report(&src).await });
+    // Wait until the target replicates from capsule and the transfer began.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(role(&target) == "slave" && info_field(&target, "master_sync_in_progress") == "1") {
+        assert!(
+            Instant::now() < deadline,
+            "the target did not start syncing"
+        );
+        if restore.is_finished() {
+            panic!("the restore ended: {:?}", restore.await.unwrap().err());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ctrl-C drops the restore.
+    restore.abort();
+    assert!(restore.await.unwrap_err().is_cancelled());
+    assert_untouched(&target);
+}
+
+/// The RDB's key counts are checked against the recorded fingerprint
+/// before the target is committed: a mismatch fails with the target as it
+/// was.
+#[tokio::test]
+async fn counts_differing_from_the_fingerprint_are_refused_before_the_target_changes() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = target_with_data(RedisConfig::default());
+    let mut src = faulty(&fc, &id, None).await;
+    let fp = src
+        .statefile
+        .engine
+        .as_mut()
+        .unwrap()
+        .fingerprint
+        .as_mut()
+        .unwrap();
+    *fp.counts.get_mut("db0").unwrap() += 1;
+    let e = flush_engine(&target, RedisLoad::Replication)
+        .restore_with_report(&src)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::VerificationFailed { .. }), "{e:?}");
+    assert!(e.to_string().contains("db0"), "{e}");
+    assert_untouched(&target);
+}
