@@ -19,6 +19,12 @@
 //! a killed capsule leaves it a replica of a primary that is gone; the log
 //! says so and how to detach it by hand.
 //!
+//! Only the target is served: a primary told `REPLICAOF` asks for a
+//! partial resynchronisation from its own history (`PSYNC <its
+//! master_replid> <offset>`), so a connection naming another replication
+//! id (a server left a replica of an earlier capsule that was killed, and
+//! retrying an address and port this one now uses) is refused.
+//!
 //! The attempt is declined, before anything is asked of the target, when
 //! the target is itself a replica, has replicas (they would resynchronise
 //! from it), or is reached over TLS; and, after `REPLICAOF`, when the
@@ -135,7 +141,18 @@ pub(crate) async fn load(
         target = %endpoint, primary = %addr,
         "the target replicates from capsule until it has loaded the RDB; it refuses writes meanwhile"
     );
-    let served = serve(listener, addr, source, name, check_version, recorded).await;
+    // A primary asks for a partial resynchronisation from its own history.
+    let target_replid = info.get("master_replid").filter(|id| id.len() == 40);
+    let served = serve(
+        listener,
+        addr,
+        target_replid.map(String::as_str),
+        source,
+        name,
+        check_version,
+        recorded,
+    )
+    .await;
     let detached = detach(conn).await;
     guard.disarm();
     if let Err(e) = detached {
@@ -156,38 +173,55 @@ pub(crate) async fn load(
 async fn serve(
     listener: TcpListener,
     addr: SocketAddr,
+    target_replid: Option<&str>,
     source: &dyn ArtifactSource,
     name: &str,
     check_version: &(dyn Fn(u32) -> Result<()> + Sync),
     recorded: Option<&Fingerprint>,
 ) -> Result<Attempt> {
-    let socket = match tokio::time::timeout(ACCEPT, listener.accept()).await {
-        Ok(Ok((socket, _))) => socket,
-        Ok(Err(e)) => return Ok(Attempt::Declined(format!("accepting on {addr}: {e}"))),
-        Err(_) => {
-            return Ok(Attempt::Declined(format!(
-                "the target did not connect to capsule at {addr} within {ACCEPT:?} \
-                 (a firewall or network policy between them?)"
-            )));
+    // The first connection whose `PSYNC` names the target's own
+    // replication id: a server left a replica of an earlier capsule (one
+    // killed mid-load) that happens to retry this address and port is
+    // not served the RDB.
+    let deadline = tokio::time::Instant::now() + ACCEPT;
+    let (mut r, mut w) = loop {
+        let socket = match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Ok(Ok((socket, _))) => socket,
+            Ok(Err(e)) => return Ok(Attempt::Declined(format!("accepting on {addr}: {e}"))),
+            Err(_) => {
+                return Ok(Attempt::Declined(format!(
+                    "the target did not connect to capsule at {addr} within {ACCEPT:?} \
+                     (a firewall or network policy between them?)"
+                )));
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let (r, mut w) = socket.into_split();
+        let mut r = BufReader::new(r);
+        let hello = tokio::time::timeout(HANDSHAKE, handshake(&mut r, &mut w)).await;
+        match hello {
+            Ok(Ok(h)) if target_replid.is_some_and(|id| h.replid != id.as_bytes()) => {
+                tracing::warn!(
+                    primary = %addr,
+                    "a server that is not the target connected to capsule's replication port \
+                     (a replica left by an earlier, killed restore?); refused"
+                );
+                let _ = w.write_all(b"-ERR not the restore's target\r\n").await;
+            }
+            Ok(Ok(h)) if !h.eof => {
+                let _ = w
+                    .write_all(b"-ERR capsule sends diskless transfers only\r\n")
+                    .await;
+                return Ok(Attempt::Declined(
+                    "the target does not take diskless transfers (REPLCONF capa eof)".into(),
+                ));
+            }
+            Ok(Ok(_)) => break (r, w),
+            Ok(Err(e)) => return Ok(Attempt::Declined(format!("replication handshake: {e}"))),
+            Err(_) => return Ok(Attempt::Declined("replication handshake timed out".into())),
         }
     };
     drop(listener);
-    let _ = socket.set_nodelay(true);
-    let (r, mut w) = socket.into_split();
-    let mut r = BufReader::new(r);
-    match tokio::time::timeout(HANDSHAKE, handshake(&mut r, &mut w)).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
-            let _ = w
-                .write_all(b"-ERR capsule sends diskless transfers only\r\n")
-                .await;
-            return Ok(Attempt::Declined(
-                "the target does not take diskless transfers (REPLCONF capa eof)".into(),
-            ));
-        }
-        Ok(Err(e)) => return Ok(Attempt::Declined(format!("replication handshake: {e}"))),
-        Err(_) => return Ok(Attempt::Declined("replication handshake timed out".into())),
-    }
     let (replid, mark) = {
         use rand::Rng;
         let mut rng = rand::thread_rng();
@@ -284,15 +318,24 @@ fn corrupt(source: &dyn ArtifactSource, name: &str, reason: impl std::fmt::Displ
     }
 }
 
+/// What a replica said in its handshake.
+struct Hello {
+    /// It announced `capa eof` (takes diskless transfers).
+    eof: bool,
+    /// The replication id of its `PSYNC <replid> <offset>` (`?` when it
+    /// has none; empty for `SYNC`).
+    replid: Vec<u8>,
+}
+
 /// Answers the replica's handshake (`PING`, `AUTH`, `REPLCONF …`) up to
-/// its `PSYNC`; true when it announced `capa eof`.
+/// its `PSYNC`.
 async fn handshake(
     r: &mut BufReader<OwnedReadHalf>,
     w: &mut (impl AsyncWrite + Unpin),
-) -> std::io::Result<bool> {
+) -> std::io::Result<Hello> {
     let mut eof = false;
     loop {
-        let args = command(r).await?;
+        let mut args = command(r).await?;
         let name = args
             .first()
             .map(|a| a.to_ascii_uppercase())
@@ -306,8 +349,18 @@ async fn handshake(
                 });
                 w.write_all(b"+OK\r\n").await?
             }
-            b"PSYNC" => return Ok(eof),
-            b"SYNC" => return Ok(false),
+            b"PSYNC" if args.len() >= 2 => {
+                return Ok(Hello {
+                    eof,
+                    replid: args.swap_remove(1),
+                });
+            }
+            b"SYNC" => {
+                return Ok(Hello {
+                    eof: false,
+                    replid: Vec::new(),
+                });
+            }
             _ => {
                 w.write_all(b"-ERR unexpected during the handshake\r\n")
                     .await?
@@ -461,5 +514,134 @@ fn detach_blocking(conn: &RedisConnection) -> std::io::Result<()> {
         Err(std::io::Error::other(
             String::from_utf8_lossy(last).trim().to_string(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capsule_core::{BackupId, ByteStream, RequestType, ServiceType, Statefile};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::redis::rdb::RdbWriter;
+
+    const TARGET: &str = "1111111111111111111111111111111111111111";
+
+    /// An in-memory backup of `rdb`.
+    struct Memory {
+        statefile: Statefile,
+        rdb: Vec<u8>,
+    }
+
+    #[async_trait::async_trait]
+    impl ArtifactSource for Memory {
+        fn statefile(&self) -> &Statefile {
+            &self.statefile
+        }
+        async fn verify(&self, _name: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn open(&self, _name: &str) -> Result<ByteStream> {
+            Ok(Box::new(std::io::Cursor::new(self.rdb.clone())))
+        }
+    }
+
+    /// An RDB of `keys` strings of 1 KiB (several of capsule's chunks).
+    fn rdb(keys: u32) -> Vec<u8> {
+        let mut w = RdbWriter::new(10);
+        w.select_db(0);
+        for i in 0..keys {
+            let mut value = vec![0u8]; // string type, then its encoding
+            value.extend_from_slice(&[0x44, 0x00]); // 14-bit length 1024
+            value.extend((0..1024).map(|j| (i as usize * 7 + j) as u8));
+            w.entry(format!("k{i}").as_bytes(), None, &value);
+        }
+        w.finish();
+        w.take()
+    }
+
+    /// A replica's handshake, as Redis sends it, naming `replid`.
+    async fn hello(addr: SocketAddr, replid: &str) -> (BufReader<OwnedReadHalf>, impl AsyncWrite) {
+        let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut out = Vec::new();
+        resp::encode(&mut out, &[b"PING"]);
+        resp::encode(&mut out, &[b"REPLCONF", b"listening-port", b"6379"]);
+        resp::encode(
+            &mut out,
+            &[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"],
+        );
+        resp::encode(&mut out, &[b"PSYNC", replid.as_bytes(), b"42"]);
+        w.write_all(&out).await.unwrap();
+        (BufReader::new(r), w)
+    }
+
+    #[tokio::test]
+    async fn only_the_target_is_served_the_rdb_framed_with_the_mark() {
+        let bytes = rdb(1500);
+        assert!(bytes.len() > 3 * CHUNK, "{}", bytes.len());
+        let source = Memory {
+            statefile: Statefile::new(
+                BackupId::generate(ServiceType::Redis),
+                RequestType::Manual,
+                chrono::Utc::now(),
+            ),
+            rdb: bytes.clone(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let check = |_: u32| Ok(());
+        let serving = serve(
+            listener,
+            addr,
+            Some(TARGET),
+            &source,
+            "dump.rdb",
+            &check,
+            None,
+        );
+        let replicas = async {
+            // A server that is not the target is refused and closed.
+            let (mut r, _w) = hello(addr, "2222222222222222222222222222222222222222").await;
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), r.read_to_string(&mut answer))
+                .await
+                .expect("the refused replica was not closed")
+                .unwrap();
+            assert!(
+                answer.ends_with("-ERR not the restore's target\r\n"),
+                "{answer:?}"
+            );
+            // The target is served: +FULLRESYNC, $EOF:<mark>, the RDB, the mark.
+            let (mut r, mut w) = hello(addr, TARGET).await;
+            let mut lines = Vec::new();
+            while lines.len() < 5 {
+                lines.push(resp::read_line(&mut r).await.unwrap());
+            }
+            assert_eq!(
+                lines[..3],
+                [b"+PONG".to_vec(), b"+OK".to_vec(), b"+OK".to_vec()]
+            );
+            assert!(lines[3].starts_with(b"+FULLRESYNC "), "{:?}", lines[3]);
+            let mark = lines[4].strip_prefix(b"$EOF:").unwrap().to_vec();
+            assert_eq!(mark.len(), 40);
+            let mut payload = vec![0u8; bytes.len() + 40];
+            r.read_exact(&mut payload).await.unwrap();
+            assert_eq!(&payload[..bytes.len()], &bytes[..]);
+            assert_eq!(&payload[bytes.len()..], &mark[..]);
+            // Keep-alive newlines while loading, then the acknowledgement.
+            let mut ack = b"\n\n".to_vec();
+            resp::encode(&mut ack, &[b"REPLCONF", b"ACK", b"0"]);
+            w.write_all(&ack).await.unwrap();
+            (r, w)
+        };
+        let (served, _replica) = tokio::join!(serving, replicas);
+        match served.unwrap() {
+            Attempt::Loaded(stats) => {
+                assert_eq!(stats.sent.get(&0), Some(&1500));
+                assert_eq!(stats.bytes, bytes.len() as u64);
+            }
+            Attempt::Declined(r) | Attempt::Failed(r) => panic!("{r}"),
+        }
     }
 }
