@@ -1264,6 +1264,25 @@ mod redis {
             assert_no_secrets(&run, &secrets);
             assert_eq!(redis.digest(), digest);
         }
+        // Without --flush, into an empty server, the log points at --flush.
+        redis.cmd(&[b"FLUSHALL"]);
+        let run = t
+            .run_traced(&[
+                "redis",
+                "--restore",
+                "--id",
+                &id,
+                "--yes",
+                "--redis-url",
+                &url,
+            ])
+            .ok();
+        assert!(
+            run.stderr
+                .contains("with --flush it would load the RDB by replication"),
+            "{run:#?}"
+        );
+        assert_eq!(redis.digest(), digest);
         let args = flush_restore(&["--redis-load", "sideways"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = t.run(&args).fails_with(2);

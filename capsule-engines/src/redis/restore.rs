@@ -149,6 +149,13 @@ pub(crate) async fn restore(
         client.call(&[b"SELECT", b"0"]).await?;
     }
 
+    if target == Target::Replace && load == RedisLoad::Auto && client.keyspace().await?.is_empty() {
+        tracing::info!(
+            target = %endpoint,
+            "the target holds no keys: with --flush it would load the RDB by replication, \
+             about twice as fast"
+        );
+    }
     if target != Target::Replace && load != RedisLoad::Commands {
         match primary::load(conn, source, &name, &check_version, recorded.as_ref()).await? {
             Attempt::Loaded(stats) => {
