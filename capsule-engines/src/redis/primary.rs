@@ -50,8 +50,13 @@ use super::stream::tee;
 
 /// How long the target has to connect to capsule after `REPLICAOF`.
 pub(crate) const ACCEPT: Duration = Duration::from_secs(10);
-/// How long the replication handshake may take once connected.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a loading target may stay silent: it sends a newline at
+/// least every second while it loads.
+const LOAD_IDLE: Duration = Duration::from_secs(120);
+/// How long one `REPLICAOF NO ONE` may take.
+const DETACH_CALL: Duration = Duration::from_secs(10);
+/// How long a dropped restore waits for a loading target to detach it.
+const DETACH_DROPPED: Duration = Duration::from_secs(600);
 /// How long `REPLICAOF NO ONE` is retried while the target cannot be
 /// reached or answers `LOADING`.
 const DETACH: Duration = Duration::from_secs(60);
@@ -129,14 +134,19 @@ pub(crate) async fn load(
         .map_err(|e| Error::io("reading the replication listener's address", e))?;
     let ip = addr.ip().to_string();
     let port = addr.port().to_string();
+    // Armed before the command: a reply lost, or the restore dropped while
+    // it waits for one, may leave the target a replica.
+    let guard = Attached::new(conn);
     match client
         .raw_call(&[b"REPLICAOF", ip.as_bytes(), port.as_bytes()])
         .await?
     {
-        Reply::Error(e) => return Ok(Attempt::Declined(format!("REPLICAOF: {e}"))),
+        Reply::Error(e) => {
+            guard.disarm();
+            return Ok(Attempt::Declined(format!("REPLICAOF: {e}")));
+        }
         _ => drop(client),
     }
-    let guard = Attached::new(conn);
     tracing::info!(
         target = %endpoint, primary = %addr,
         "the target replicates from capsule until it has loaded the RDB; it refuses writes meanwhile"
@@ -156,17 +166,55 @@ pub(crate) async fn load(
     let detached = detach(conn).await;
     guard.disarm();
     if let Err(e) = detached {
+        let data = match &served {
+            Ok(Attempt::Loaded(_)) => "it holds the backup".to_string(),
+            Ok(Attempt::Failed(reason)) => format!("{reason}; it may have been emptied"),
+            Ok(Attempt::Declined(_)) | Err(_) => "its data is as it was".to_string(),
+        };
         return Err(engine_error(
             &endpoint,
             "restore by replication",
             format!(
                 "{e}; the target is still a replica of capsule's {addr}, which is gone: \
-                 run REPLICAOF NO ONE on it"
+                 run REPLICAOF NO ONE on it ({data})"
             ),
         ));
     }
     tracing::debug!(target = %endpoint, "the target is a primary again");
+    if let Ok(Attempt::Loaded(_)) = &served {
+        over_maxmemory(conn).await?;
+    }
     served
+}
+
+/// A replica loads past `maxmemory` (`replica-ignore-maxmemory`), so the
+/// target, a primary again, may now hold more than its limit: with
+/// `noeviction` every write would fail (a restore by `RESTORE` commands
+/// would have failed instead, saying so), so that is an error; with an
+/// eviction policy the target evicts keys of the backup, which is said.
+async fn over_maxmemory(conn: &RedisConnection) -> Result<()> {
+    let mut client = Client::connect(conn).await?;
+    let info = client.info("memory").await?;
+    let number = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (used, max) = (number("used_memory"), number("maxmemory"));
+    if max == 0 || used <= max {
+        return Ok(());
+    }
+    let policy = info.get("maxmemory_policy").map_or("", String::as_str);
+    let what = format!(
+        "the target loaded the backup and holds {used} bytes, over its maxmemory of {max} \
+         ({policy})"
+    );
+    if policy == "noeviction" {
+        Err(engine_error(
+            &client.endpoint,
+            "restore by replication",
+            format!("{what}: every write to it will fail until maxmemory is raised"),
+        ))
+    } else {
+        tracing::warn!(target = %client.endpoint, "{what}: it will evict keys of the backup");
+        Ok(())
+    }
 }
 
 /// Serves the RDB to the first connection on `listener`.
@@ -185,8 +233,8 @@ async fn serve(
     // not served the RDB.
     let deadline = tokio::time::Instant::now() + ACCEPT;
     let (mut r, mut w) = loop {
-        let socket = match tokio::time::timeout_at(deadline, listener.accept()).await {
-            Ok(Ok((socket, _))) => socket,
+        let (socket, peer) = match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Ok(Ok(accepted)) => accepted,
             Ok(Err(e)) => return Ok(Attempt::Declined(format!("accepting on {addr}: {e}"))),
             Err(_) => {
                 return Ok(Attempt::Declined(format!(
@@ -198,28 +246,35 @@ async fn serve(
         let _ = socket.set_nodelay(true);
         let (r, mut w) = socket.into_split();
         let mut r = BufReader::new(r);
-        let hello = tokio::time::timeout(HANDSHAKE, handshake(&mut r, &mut w)).await;
-        match hello {
-            Ok(Ok(h)) if target_replid.is_some_and(|id| h.replid != id.as_bytes()) => {
-                tracing::warn!(
-                    primary = %addr,
-                    "a server that is not the target connected to capsule's replication port \
-                     (a replica left by an earlier, killed restore?); refused"
-                );
-                let _ = w.write_all(b"-ERR not the restore's target\r\n").await;
+        // A connection that stalls or says something else is dropped, and
+        // the target may still come.
+        let hello = match tokio::time::timeout_at(deadline, handshake(&mut r, &mut w)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::warn!(primary = %addr, %peer, error = %e, "a replication handshake failed; waiting for the target");
+                continue;
             }
-            Ok(Ok(h)) if !h.eof => {
-                let _ = w
-                    .write_all(b"-ERR capsule sends diskless transfers only\r\n")
-                    .await;
-                return Ok(Attempt::Declined(
-                    "the target does not take diskless transfers (REPLCONF capa eof)".into(),
-                ));
-            }
-            Ok(Ok(_)) => break (r, w),
-            Ok(Err(e)) => return Ok(Attempt::Declined(format!("replication handshake: {e}"))),
-            Err(_) => return Ok(Attempt::Declined("replication handshake timed out".into())),
+            Err(_) => continue, // the deadline: the next accept says so
+        };
+        if target_replid.is_some_and(|id| hello.replid != id.as_bytes()) {
+            tracing::warn!(
+                primary = %addr, %peer,
+                "a server that is not the target connected to capsule's replication port \
+                 (a replica left by an earlier, killed restore?); refused"
+            );
+            let _ = w.write_all(b"-ERR not the restore's target\r\n").await;
+            continue;
         }
+        if !hello.eof {
+            let _ = w
+                .write_all(b"-ERR capsule sends diskless transfers only\r\n")
+                .await;
+            return Ok(Attempt::Declined(
+                "the target does not take diskless transfers (REPLCONF capa eof)".into(),
+            ));
+        }
+        tracing::debug!(primary = %addr, %peer, "the target connected");
+        break (r, w);
     };
     drop(listener);
     let (replid, mark) = {
@@ -401,10 +456,35 @@ async fn command(r: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<Vec<u8
 }
 
 /// Waits for the replica's first `REPLCONF ACK`, which it sends once it
-/// has loaded the RDB.
+/// has loaded the RDB; fails when it stays silent for [`LOAD_IDLE`] (it
+/// sends newlines while it loads).
 async fn acknowledged(r: &mut BufReader<OwnedReadHalf>) -> std::io::Result<()> {
+    let silent = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the target sent nothing for {LOAD_IDLE:?}"),
+        )
+    };
     loop {
-        let args = command(r).await?;
+        let buf = tokio::time::timeout(LOAD_IDLE, r.fill_buf())
+            .await
+            .map_err(|_| silent())??;
+        match buf.first() {
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the target closed the link",
+                ));
+            }
+            Some(b'\r' | b'\n') => {
+                r.consume(1);
+                continue;
+            }
+            Some(_) => {}
+        }
+        let args = tokio::time::timeout(LOAD_IDLE, command(r))
+            .await
+            .map_err(|_| silent())??;
         if args.len() >= 2
             && args[0].eq_ignore_ascii_case(b"REPLCONF")
             && args[1].eq_ignore_ascii_case(b"ACK")
@@ -414,14 +494,24 @@ async fn acknowledged(r: &mut BufReader<OwnedReadHalf>) -> std::io::Result<()> {
     }
 }
 
-/// `REPLICAOF NO ONE`, retried while the target is still loading.
+/// `REPLICAOF NO ONE`, retried while the target cannot be reached or is
+/// still loading, for up to [`DETACH`].
 async fn detach(conn: &RedisConnection) -> Result<()> {
     let deadline = Instant::now() + DETACH;
     loop {
-        let reply = match Client::connect(conn).await {
-            Ok(mut c) => c.raw_call(&[b"REPLICAOF", b"NO", b"ONE"]).await,
-            Err(e) => Err(e),
+        let attempt = async {
+            let mut c = Client::connect(conn).await?;
+            c.raw_call(&[b"REPLICAOF", b"NO", b"ONE"]).await
         };
+        let reply = tokio::time::timeout(DETACH_CALL, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(engine_error(
+                    &conn.endpoint(),
+                    "REPLICAOF NO ONE",
+                    format!("no answer within {DETACH_CALL:?}"),
+                ))
+            });
         match reply {
             Ok(Reply::Error(e)) if e.starts_with("LOADING") && Instant::now() < deadline => {}
             Ok(Reply::Error(e)) => {
@@ -460,9 +550,24 @@ impl Drop for Attached {
             return;
         };
         let endpoint = conn.endpoint();
-        match detach_blocking(&conn) {
+        // A target loading the RDB answers LOADING until it is done.
+        let deadline = Instant::now() + DETACH_DROPPED;
+        let mut said = false;
+        let result = loop {
+            match detach_blocking(&conn) {
+                Err(e) if e.to_string().starts_with("LOADING") && Instant::now() < deadline => {
+                    if !said {
+                        tracing::warn!(target = %endpoint, "restore interrupted while the target loads the RDB: waiting for it to finish, up to 10 min, to detach it (kill capsule to leave it a replica instead)");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(()) => {
-                tracing::warn!(target = %endpoint, "restore interrupted: the target was detached from capsule (REPLICAOF NO ONE); its data may be the old or the restored")
+                tracing::warn!(target = %endpoint, "restore interrupted: the target was detached from capsule (REPLICAOF NO ONE); it holds its old data, the restored data, or, if a load from the socket was cut, nothing")
             }
             Err(e) => {
                 tracing::error!(target = %endpoint, error = %e, "restore interrupted: the target is still a replica of capsule, which is gone; run REPLICAOF NO ONE on it")
@@ -601,6 +706,8 @@ mod tests {
             None,
         );
         let replicas = async {
+            // A connection that closes during its handshake is dropped.
+            drop(TcpStream::connect(addr).await.unwrap());
             // A server that is not the target is refused and closed.
             let (mut r, _w) = hello(addr, "2222222222222222222222222222222222222222").await;
             let mut answer = String::new();

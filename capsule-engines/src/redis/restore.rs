@@ -156,6 +156,9 @@ pub(crate) async fn restore(
              about twice as fast"
         );
     }
+    // Set once the target may have changed: every error after says so.
+    let mut touched = false;
+    let mut failed_load = false;
     if target != Target::Replace && load != RedisLoad::Commands {
         match primary::load(conn, source, &name, &check_version, recorded.as_ref()).await? {
             Attempt::Loaded(stats) => {
@@ -169,6 +172,7 @@ pub(crate) async fn restore(
                 tracing::info!(target = %endpoint, %reason, "not loading by replication; restoring with RESTORE commands");
             }
             Attempt::Failed(reason) if load == RedisLoad::Auto => {
+                (touched, failed_load) = (true, true);
                 tracing::warn!(target = %endpoint, %reason, "the load by replication failed; emptying the target and restoring with RESTORE commands");
             }
             Attempt::Declined(reason) => {
@@ -182,11 +186,17 @@ pub(crate) async fn restore(
                 ));
             }
         }
-        // The target replicated for a while; start afresh.
-        client = Client::connect(conn).await?;
     }
-
-    let stream = source.open(&name).await?;
+    // After a failed load the target may be empty already: say so.
+    let noted = |e: Error| match failed_load {
+        true => touched_error(e, &endpoint, target),
+        false => e,
+    };
+    if target != Target::Replace && load != RedisLoad::Commands {
+        // The target replicated for a while; start afresh.
+        client = Client::connect(conn).await.map_err(noted)?;
+    }
+    let stream = source.open(&name).await.map_err(noted)?;
     let (chunks, pump) = feed::pump(stream);
     let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
     let max_inflight = engine.options.max_inflight_bytes.max(1);
@@ -202,8 +212,6 @@ pub(crate) async fn restore(
         reason,
     };
 
-    // Set once the target may change: every error after says so.
-    let mut touched = false;
     let sent = async {
         match ops.recv().await {
             Some(Op::Header(v)) => check_version(v)?,
@@ -213,7 +221,7 @@ pub(crate) async fn restore(
         touched = true;
         if target != Target::Replace {
             if let Reply::Error(e) = client.raw_call(&[b"FLUSHALL"]).await? {
-                touched = false;
+                touched = failed_load;
                 let hint = if e.starts_with("READONLY") {
                     ": the target is a read-only replica; restore into its primary, or, if \
                      capsule was killed while the target loaded by replication, run REPLICAOF \

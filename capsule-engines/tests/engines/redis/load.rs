@@ -199,6 +199,29 @@ async fn a_target_failing_to_load_the_transfer_is_restored_with_commands() {
     restores_with(&target, RedisLoad::Auto, &src, "commands", &source).await;
 }
 
+/// A replica loads past `maxmemory`; with `noeviction` the target would
+/// then refuse every write, so the restore fails saying so.
+#[tokio::test]
+async fn a_load_over_maxmemory_with_noeviction_fails_saying_so() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = Redis::start_with(RedisConfig::default().with_args(&[
+        "--maxmemory",
+        "2mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]));
+    let e = flush_engine(&target, RedisLoad::Auto)
+        .restore_with_report(&fc.catalog.artifact_source(&id).await.unwrap())
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("over its maxmemory") && msg.contains("noeviction"),
+        "{msg}"
+    );
+    assert_eq!(role(&target), "master");
+}
+
 /// What the wrapped source's stream does after its first `after` bytes.
 #[derive(Clone, Copy)]
 enum Fault {
