@@ -371,3 +371,33 @@ async fn counts_differing_from_the_fingerprint_are_refused_before_the_target_cha
     assert!(e.to_string().contains("db0"), "{e}");
     assert_untouched(&target);
 }
+
+/// The targets that load straight from the socket: `swapdb` (aside, then
+/// swapped in) and `on-empty-db` (when it holds no keys). Both give the
+/// source's digest; a `swapdb` target keeps its data when the stream
+/// fails mid-transfer.
+#[tokio::test]
+async fn diskless_loading_targets_restore_and_keep_their_data_on_a_failure() {
+    let (source, fc, id) = every_type_backup().await;
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+    for mode in ["swapdb", "on-empty-db"] {
+        let target =
+            Redis::start_with(RedisConfig::default().with_args(&["--repl-diskless-load", mode]));
+        restores_with(
+            &target,
+            RedisLoad::Replication,
+            &src,
+            "replication",
+            &source,
+        )
+        .await;
+    }
+    let target =
+        target_with_data(RedisConfig::default().with_args(&["--repl-diskless-load", "swapdb"]));
+    let e = flush_engine(&target, RedisLoad::Replication)
+        .restore_with_report(&faulty(&fc, &id, Some(Fault::Error)).await)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    assert_untouched(&target);
+}
