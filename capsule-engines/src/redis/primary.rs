@@ -617,7 +617,11 @@ fn detach_blocking(conn: &RedisConnection) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::other(
-            String::from_utf8_lossy(last).trim().to_string(),
+            // The server's error without its `-`: `LOADING …`, `NOAUTH …`.
+            String::from_utf8_lossy(last)
+                .trim()
+                .trim_start_matches('-')
+                .to_string(),
         ))
     }
 }

@@ -401,3 +401,43 @@ async fn diskless_loading_targets_restore_and_keep_their_data_on_a_failure() {
     assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
     assert_untouched(&target);
 }
+
+/// Ctrl-C while the target loads: the target answers `LOADING` until it
+/// is done; the dropped restore waits for that and detaches it, holding
+/// the backup. (`key-load-delay` slows the load to ~2 s.)
+#[tokio::test]
+async fn a_restore_dropped_while_the_target_loads_detaches_it_after_the_load() {
+    let (source, fc, id) = every_type_backup().await;
+    let target = Redis::start_with(RedisConfig::default().with_args(&[
+        "--key-load-delay",
+        "100",
+        // Answer clients while loading every 4 KiB, not every 2 MB.
+        "--loading-process-events-interval-bytes",
+        "4096",
+    ]));
+    let engine = flush_engine(&target, RedisLoad::Replication);
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+    let restore = tokio::spawn(async move { engine.restore_with_report(&src).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let loading = || {
+        target
+            .cmd(&[b"INFO", b"persistence"])
+            .text()
+            .lines()
+            .any(|l| l == "loading:1")
+    };
+    while !loading() {
+        assert!(
+            Instant::now() < deadline,
+            "the target did not start loading"
+        );
+        if restore.is_finished() {
+            panic!("the restore ended: {:?}", restore.await.unwrap().err());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    restore.abort();
+    assert!(restore.await.unwrap_err().is_cancelled());
+    assert_eq!(role(&target), "master");
+    assert_eq!(target.digest(), source.digest());
+}
