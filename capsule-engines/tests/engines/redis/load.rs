@@ -222,6 +222,30 @@ async fn a_load_over_maxmemory_with_noeviction_fails_saying_so() {
     assert_eq!(role(&target), "master");
 }
 
+/// Runs `engine`'s restore of `src` in a task and drops it (as Ctrl-C
+/// does) once `ready` holds, within 20 s, and before the restore ends.
+async fn drop_restore_once(
+    engine: RedisEngine,
+    src: impl ArtifactSource + 'static,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) {
+    let mut restore = tokio::spawn(async move { engine.restore_with_report(&src).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        if restore.is_finished() {
+            panic!(
+                "the restore ended before {what}: {:?}",
+                (&mut restore).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    restore.abort();
+    assert!(restore.await.unwrap_err().is_cancelled());
+}
+
 /// What the wrapped source's stream does after its first `after` bytes.
 #[derive(Clone, Copy)]
 enum Fault {
@@ -327,22 +351,12 @@ async fn an_interrupted_restore_detaches_the_target_with_its_data() {
     let target = target_with_data(RedisConfig::default());
     let src = faulty(&fc, &id, Some(Fault::Stall)).await;
     let engine = flush_engine(&target, RedisLoad::Replication);
-    let restore = tokio::spawn(async move { engine.restore_with_report(&src).await });
-    // Wait until the target replicates from capsule and the transfer began.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(role(&target) == "slave" && info_field(&target, "master_sync_in_progress") == "1") {
-        assert!(
-            Instant::now() < deadline,
-            "the target did not start syncing"
-        );
-        if restore.is_finished() {
-            panic!("the restore ended: {:?}", restore.await.unwrap().err());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Ctrl-C drops the restore.
-    restore.abort();
-    assert!(restore.await.unwrap_err().is_cancelled());
+    // Ctrl-C drops the restore once the target replicates from capsule
+    // and the transfer began.
+    drop_restore_once(engine, src, "the target started syncing", || {
+        role(&target) == "slave" && info_field(&target, "master_sync_in_progress") == "1"
+    })
+    .await;
     assert_untouched(&target);
 }
 
@@ -417,8 +431,6 @@ async fn a_restore_dropped_while_the_target_loads_detaches_it_after_the_load() {
     ]));
     let engine = flush_engine(&target, RedisLoad::Replication);
     let src = fc.catalog.artifact_source(&id).await.unwrap();
-    let restore = tokio::spawn(async move { engine.restore_with_report(&src).await });
-    let deadline = Instant::now() + Duration::from_secs(20);
     let loading = || {
         target
             .cmd(&[b"INFO", b"persistence"])
@@ -426,18 +438,7 @@ async fn a_restore_dropped_while_the_target_loads_detaches_it_after_the_load() {
             .lines()
             .any(|l| l == "loading:1")
     };
-    while !loading() {
-        assert!(
-            Instant::now() < deadline,
-            "the target did not start loading"
-        );
-        if restore.is_finished() {
-            panic!("the restore ended: {:?}", restore.await.unwrap().err());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    restore.abort();
-    assert!(restore.await.unwrap_err().is_cancelled());
+    drop_restore_once(engine, src, "the target is loading", loading).await;
     assert_eq!(role(&target), "master");
     assert_eq!(target.digest(), source.digest());
 }
