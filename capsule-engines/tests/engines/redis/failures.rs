@@ -11,40 +11,53 @@ use capsule_core::{
     ServiceType, run_backup, run_restore,
 };
 use capsule_engines::redis::rdb::{RdbWriter, Value};
-use capsule_engines::{RedisEngine, RedisOptions};
+use capsule_engines::{RedisEngine, RedisLoad, RedisOptions};
 use test_support::redis::{Redis, RedisConfig};
 
 use super::support::*;
 
 #[tokio::test]
 async fn a_corrupt_byte_is_refused_naming_the_object_before_any_write() {
-    let redis = Redis::start();
-    fill_every_type(&redis);
-    let fc = FileCatalog::new();
-    let report = backup(&fc.catalog, &engine(&redis.url())).await.unwrap();
-    let id = report.statefile.backup_id.to_string();
+    // An RDB of about 2 MB of incompressible values: zstd stores them as
+    // raw blocks, where a flipped byte decodes without error and only the
+    // checksums find it.
+    let (_source, fc, id) = every_type_backup().await;
     let path = fc.object_path(&id, "dump.rdb.zst");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
+    let good = std::fs::read(&path).unwrap();
 
     let target = Redis::start();
     target.cmd(&[b"SET", b"sentinel", b"untouched"]);
-    let engine = RedisEngine::new(
-        RedisOptions::from_url(&target.url())
-            .unwrap()
-            .with_flush(true),
-    );
     let ctx = JobContext::new(&NoProgress);
-    let e = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
-    let msg = e.to_string();
-    assert!(msg.contains("dump.rdb.zst") && msg.contains(&id), "{msg}");
-    assert_eq!(target.cmd(&[b"GET", b"sentinel"]).text(), "untouched");
-    assert_eq!(target.keyspace(), vec![(0, 1)]);
+    // By replication (--flush), by commands after FLUSHALL, and by
+    // commands keeping other keys (which verifies while the stream
+    // starts); a byte in the middle, and one near the end, after most of
+    // the RDB would have streamed.
+    for (flush, load) in [
+        (true, RedisLoad::Auto),
+        (true, RedisLoad::Commands),
+        (false, RedisLoad::Auto),
+    ] {
+        for at in [good.len() / 2, good.len() - 64] {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            let engine = RedisEngine::new(
+                RedisOptions::from_url(&target.url())
+                    .unwrap()
+                    .with_flush(flush)
+                    .with_load(load),
+            );
+            let e = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("dump.rdb.zst") && msg.contains(&id), "{msg}");
+            assert!(!msg.contains("may hold part"), "{msg}");
+            assert_eq!(target.cmd(&[b"GET", b"sentinel"]).text(), "untouched");
+            assert_eq!(target.keyspace(), vec![(0, 1)], "flush {flush}, {load:?}");
+        }
+    }
     assert_eq!(fc.statefile_json(&id)["restores"][0]["status"], "failed");
 }
 

@@ -51,34 +51,6 @@ fn assert_untouched(target: &Redis) {
     assert_eq!(target.cmd(&[b"SET", b"w", b"1"]).text(), "OK");
 }
 
-/// A backup of every type (plus 20k small keys, so the RDB spans many
-/// reads) in a file catalog.
-async fn every_type_backup() -> (Redis, FileCatalog, String) {
-    let source = Redis::start();
-    fill_every_type(&source);
-    let mut c = source.client();
-    // Incompressible values: an RDB of about 2 MB.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for i in 0..20_000u32 {
-        let value: Vec<u8> = (0..8)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()
-            })
-            .collect();
-        c.send(&[b"SET", format!("bulk:{i}").as_bytes(), &value]);
-    }
-    c.flush();
-    for _ in 0..20_000 {
-        c.read();
-    }
-    let fc = FileCatalog::new();
-    let id = backup_id(&fc, &source).await;
-    (source, fc, id)
-}
-
 #[tokio::test]
 async fn a_flush_restore_loads_by_replication_with_a_password_and_matches_the_source() {
     let (source, fc, id) = every_type_backup().await;
