@@ -109,23 +109,13 @@ pub(crate) async fn restore(
         .map(|v| v as u32);
 
     // Nothing on the target changes before the artifact is known intact
-    // and the server known able to read it. A load by replication
-    // verifies first; a restore by commands verifies while the stream
-    // starts (the parser reads ahead, bounded by its channel and the
-    // in-flight budget) and sends nothing before it is done.
-    let replicable = target != Target::Replace && load != RedisLoad::Commands;
-    let verify = || async {
-        source.verify(&name).await?;
-        tracing::debug!(
-            artifact = %name,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "artifact checksum verified"
-        );
-        Ok::<(), Error>(())
-    };
-    if replicable {
-        verify().await?;
-    }
+    // and the server known able to read it.
+    source.verify(&name).await?;
+    tracing::debug!(
+        artifact = %name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "artifact checksum verified"
+    );
     let mut client = Client::connect(conn).await?;
     let endpoint = client.endpoint.clone();
     let server = ServerInfo::read(&mut client).await?;
@@ -206,16 +196,7 @@ pub(crate) async fn restore(
         // The target replicated for a while; start afresh.
         client = Client::connect(conn).await.map_err(noted)?;
     }
-    let stream = match source.open(&name).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            // Its verification names the fault better (a wrong key).
-            if !replicable {
-                verify().await?;
-            }
-            return Err(noted(e));
-        }
-    };
+    let stream = source.open(&name).await.map_err(noted)?;
     let (chunks, pump) = feed::pump(stream);
     let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
     let max_inflight = engine.options.max_inflight_bytes.max(1);
@@ -231,14 +212,7 @@ pub(crate) async fn restore(
         reason,
     };
 
-    // Set when the artifact fails its verification: that error, and
-    // nothing was written.
-    let mut refused: Option<Error> = None;
     let sent = async {
-        if !replicable && let Err(e) = verify().await {
-            refused = Some(e);
-            return Ok(None);
-        }
         match ops.recv().await {
             Some(Op::Header(v)) => check_version(v)?,
             _ => return Ok(None), // the producer failed; its error follows
@@ -268,9 +242,6 @@ pub(crate) async fn restore(
             message: format!("the RDB parser failed: {e}"),
         })?;
         let pumped = pump.await;
-        if let Some(e) = refused.take() {
-            return Err(e);
-        }
         // A broken download names the object (checksum/length); prefer it.
         if let Ok(Err(e)) = &pumped {
             return Err(corrupt(e.to_string()));
