@@ -68,7 +68,8 @@ pub(crate) struct FeedStats {
     pub(crate) expired: BTreeMap<u64, u64>,
     /// Sent keys expiring within a day, by (database, second).
     pub(crate) expiring: BTreeMap<(u64, i64), u64>,
-    /// Function libraries.
+    /// Function libraries (counted by [`census`]; a restore by commands
+    /// counts the `FUNCTION RESTORE`s acknowledged).
     pub(crate) functions: u64,
     /// Module aux records skipped.
     pub(crate) module_aux: u64,
@@ -339,10 +340,7 @@ pub(crate) fn produce(
                 };
                 out.restore(e.db, &e.key, &args, e.value.as_deref().unwrap_or_default());
             }
-            RdbItem::Function { raw } => {
-                stats.functions += 1;
-                out.function(raw.as_deref().unwrap_or_default())
-            }
+            RdbItem::Function { raw } => out.function(raw.as_deref().unwrap_or_default()),
             RdbItem::ModuleAux { module_id } => {
                 tracing::warn!(
                     module_id,

@@ -297,7 +297,8 @@ async fn serve(
     // One chunk is held back until the stream has ended cleanly: the
     // target must not see the end of the RDB before capsule has checked
     // all of it.
-    let (mut held, mut next) = (Vec::with_capacity(CHUNK), vec![0u8; CHUNK]);
+    let (mut held, mut next) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut held_len = 0;
     loop {
         let n = stream
             .read(&mut next)
@@ -306,16 +307,15 @@ async fn serve(
         if n == 0 {
             break;
         }
-        if !held.is_empty()
-            && let Err(e) = w.write_all(&held).await
-        {
+        if let Err(e) = w.write_all(&held[..held_len]).await {
             return Ok(Attempt::Declined(format!(
                 "the target closed the replication link during the transfer: {e}"
             )));
         }
-        held.clear();
-        held.extend_from_slice(&next[..n]);
+        std::mem::swap(&mut held, &mut next);
+        held_len = n;
     }
+    let held = &held[..held_len];
     let stats = verdict
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -329,7 +329,7 @@ async fn serve(
     }
     check_version(stats.version)?;
     check_streamed(&stats, recorded, &source.statefile().backup_id.to_string())?;
-    let sent = send_tail(&mut w, &held, &mark).await;
+    let sent = send_tail(&mut w, held, &mark).await;
     if let Err(e) = sent {
         return Ok(Attempt::Failed(format!(
             "the replication link broke at the end of the transfer: {e}"
@@ -425,21 +425,8 @@ async fn handshake(
     }
 }
 
-/// Reads one command (an array of bulk strings), skipping the newlines a
-/// replica sends to keep the link alive while it loads.
+/// Reads one command (an array of bulk strings).
 async fn command(r: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<Vec<u8>>> {
-    loop {
-        let buf = r.fill_buf().await?;
-        match buf.iter().position(|b| !matches!(b, b'\r' | b'\n')) {
-            Some(0) => break,
-            Some(n) => r.consume(n),
-            None if buf.is_empty() => break, // EOF: read_reply says so
-            None => {
-                let n = buf.len();
-                r.consume(n);
-            }
-        }
-    }
     match resp::read_reply(r).await? {
         Reply::Array(Some(items)) => Ok(items
             .into_iter()

@@ -159,7 +159,8 @@ pub(crate) async fn restore(
     // Set once the target may have changed: every error after says so.
     let mut touched = false;
     let mut failed_load = false;
-    if target != Target::Replace && load != RedisLoad::Commands {
+    let replicable = target != Target::Replace && load != RedisLoad::Commands;
+    if replicable {
         match primary::load(conn, source, &name, &check_version, recorded.as_ref()).await? {
             Attempt::Loaded(stats) => {
                 let report = finish(conn, target, &stats, None, recorded.as_ref(), &id, started)
@@ -192,7 +193,7 @@ pub(crate) async fn restore(
         true => touched_error(e, &endpoint, target),
         false => e,
     };
-    if target != Target::Replace && load != RedisLoad::Commands {
+    if replicable {
         // The target replicated for a while; start afresh.
         client = Client::connect(conn).await.map_err(noted)?;
     }

@@ -1,6 +1,6 @@
 //! Backup, FLUSHALL, restore: the server's `DEBUG DIGEST` is unchanged.
 
-use capsule_core::{JobContext, NoProgress, RestoreOptions, run_restore};
+use capsule_core::{JobContext, NoProgress, RestoreOptions, RestoreReport, run_restore};
 use capsule_engines::{RedisEngine, RedisOptions};
 use capsule_store::Store;
 use test_support::redis::{Redis, RedisConfig};
@@ -18,6 +18,20 @@ const SAMPLE_KEYS: [&[u8]; 8] = [
     b"stream",
     b"bin:\x00\r\n\xff key",
 ];
+
+/// Empties `redis` and restores backup `id` of `fc` into it with `engine`.
+async fn wipe_and_restore(
+    redis: &Redis,
+    fc: &FileCatalog,
+    engine: &RedisEngine,
+    id: &str,
+) -> RestoreReport {
+    wipe(redis);
+    let ctx = JobContext::new(&NoProgress);
+    run_restore(&fc.catalog, engine, id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
@@ -59,11 +73,7 @@ async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
         Some(true)
     );
 
-    wipe(&redis);
-    let ctx = JobContext::new(&NoProgress);
-    let restored = run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
-        .await
-        .unwrap();
+    let restored = wipe_and_restore(&redis, &fc, &engine, &id).await;
     assert_eq!(restored.outcome.mode, "replace");
     assert_eq!(redis.digest(), digest);
     assert_eq!(digest_values(&redis, &SAMPLE_KEYS), values);
@@ -102,11 +112,7 @@ async fn a_disk_based_transfer_round_trips() {
     assert_eq!(info.details["rdbChecksumVerified"], true);
     let id = report.statefile.backup_id.to_string();
 
-    wipe(&redis);
-    let ctx = JobContext::new(&NoProgress);
-    run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
-        .await
-        .unwrap();
+    wipe_and_restore(&redis, &fc, &engine, &id).await;
     assert_eq!(redis.digest(), digest);
     assert_eq!(redis.keyspace(), keyspace);
 }
@@ -191,11 +197,7 @@ async fn a_value_of_64_mib_round_trips() {
     let engine = engine(&redis.url());
     let report = backup(&fc.catalog, &engine).await.unwrap();
     let id = report.statefile.backup_id.to_string();
-    wipe(&redis);
-    let ctx = JobContext::new(&NoProgress);
-    run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
-        .await
-        .unwrap();
+    wipe_and_restore(&redis, &fc, &engine, &id).await;
     assert_eq!(redis.digest(), digest);
 }
 
