@@ -91,32 +91,31 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
         Err(e) => return refused("REPLCONF rdb-only", e.to_string()),
         Ok(_) => {}
     }
-    let (replid, offset) = match client.raw_call(&[b"PSYNC", b"?", b"-1"]).await {
-        Ok(Reply::Simple(s)) if s.starts_with("FULLRESYNC") => {
+    // The reply comes when the server starts the transfer: after its
+    // `repl-diskless-sync-delay` (5 s by default) for a diskless one. Until
+    // then it sends newlines to keep the link alive.
+    client.queue(&[b"PSYNC", b"?", b"-1"]);
+    client.flush().await?;
+    let reply = match next_line(&mut client).await {
+        Ok(line) => String::from_utf8_lossy(&line).into_owned(),
+        Err(e) => return refused("PSYNC", e.to_string()),
+    };
+    let (replid, offset) = match reply.strip_prefix('+') {
+        Some(s) if s.starts_with("FULLRESYNC") => {
             let mut parts = s.split_whitespace().skip(1);
             let replid = parts.next().unwrap_or_default().to_string();
             let offset = parts.next().and_then(|o| o.parse().ok()).unwrap_or(0);
             (replid, offset)
         }
-        Ok(Reply::Simple(s)) => return refused("PSYNC", format!("unexpected reply {s:?}")),
-        Ok(Reply::Error(e)) => return refused("PSYNC", e),
-        Ok(other) => return refused("PSYNC", format!("unexpected reply {other:?}")),
-        Err(e) => return refused("PSYNC", e.to_string()),
+        _ => match reply.strip_prefix('-') {
+            Some(e) => return refused("PSYNC", e.to_string()),
+            None => return refused("PSYNC", format!("unexpected reply {reply:?}")),
+        },
     };
     tracing::debug!(%endpoint, %replid, offset, "full resynchronisation started");
     // Newlines keep the link alive while the server forks and (for disk
     // transfers) writes the file; then comes `$…`.
-    let header = loop {
-        let line = tokio::time::timeout(IDLE, resp::read_line(&mut client.reader))
-            .await
-            .map_err(|_| {
-                super::client::engine_error(&endpoint, "replication", "no payload after 120 s")
-            })?
-            .map_err(|e| super::client::engine_error(&endpoint, "replication", e))?;
-        if !line.is_empty() {
-            break line;
-        }
-    };
+    let header = next_line(&mut client).await?;
     let bad_header = || {
         super::client::engine_error(
             &endpoint,
@@ -158,6 +157,26 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
             framing,
         },
     ))
+}
+
+/// The next line the server sends that is not a keep-alive newline; at
+/// most [`IDLE`] of silence.
+async fn next_line(client: &mut Client) -> Result<Vec<u8>> {
+    loop {
+        let line = tokio::time::timeout(IDLE, resp::read_line(&mut client.reader))
+            .await
+            .map_err(|_| {
+                super::client::engine_error(
+                    &client.endpoint,
+                    "replication",
+                    format!("nothing received for {} s", IDLE.as_secs()),
+                )
+            })?
+            .map_err(|e| super::client::engine_error(&client.endpoint, "replication", e))?;
+        if !line.is_empty() {
+            return Ok(line);
+        }
+    }
 }
 
 enum Mode {

@@ -74,6 +74,43 @@ async fn a_renamed_psync_falls_back_and_forced_scan_gives_the_same_digest() {
     assert_eq!(target.digest(), plain.digest());
 }
 
+/// A waiting replica gets keep-alive newlines: before `+FULLRESYNC` while
+/// the server waits out `repl-diskless-sync-delay` (5 s by default), and
+/// before `$<length>` while the BGSAVE of a disk transfer runs. Neither may
+/// turn the capture into a fallback.
+#[tokio::test]
+async fn keep_alive_newlines_before_the_transfer_are_skipped() {
+    for (args, framing) in [
+        (&["--repl-diskless-sync-delay", "2"][..], "diskless"),
+        // 20 keys at 100 ms each: a BGSAVE of 2 s.
+        (
+            &[
+                "--repl-diskless-sync",
+                "no",
+                "--rdb-key-save-delay",
+                "100000",
+            ][..],
+            "disk",
+        ),
+    ] {
+        let redis = Redis::start_with(RedisConfig::default().with_args(args));
+        let mut c = redis.client();
+        for i in 0..20 {
+            c.cmd(&[b"SET", format!("key:{i}").as_bytes(), b"value"]);
+        }
+        let engine = RedisEngine::new(
+            RedisOptions::from_url(&redis.url())
+                .unwrap()
+                .with_capture(RedisCapture::Replication),
+        );
+        let (target, details) = round_trip(&engine).await;
+        assert_eq!(details["capture"], "replication", "{args:?}");
+        assert_eq!(details["framing"], framing, "{args:?}");
+        assert_eq!(target.digest(), redis.digest(), "{args:?}");
+        assert_eq!(target.keyspace(), vec![(0, 20)], "{args:?}");
+    }
+}
+
 #[tokio::test]
 async fn replication_only_fails_clearly_when_refused() {
     let redis =
