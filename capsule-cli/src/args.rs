@@ -127,7 +127,9 @@ pub struct ServiceArgs {
     #[arg(long, group = "action")]
     pub delete: bool,
     /// Restore drill: restore into a scratch target, compare with the
-    /// fingerprint recorded at backup, record the result (needs connection settings).
+    /// fingerprint recorded at backup, record the result (pg and es need
+    /// connection settings; redis drills into --verify-url or a
+    /// redis-server of its own).
     #[arg(long, group = "action")]
     pub verify: bool,
 

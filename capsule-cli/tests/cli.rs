@@ -1301,13 +1301,44 @@ mod redis {
         let loaded = Redis::start_with(RedisConfig::default().with_rdb(&rdb));
         assert_eq!(loaded.digest(), digest);
 
-        // Without a URL, --create still queues; --flush and --verify need one.
+        // Without a URL, --create still queues and --flush is refused; a
+        // drill needs none (it never touches the server backed up).
         let run = t.run(&["redis", "--create"]).ok();
         let queued = run.stdout.trim().to_string();
         assert_eq!(statefile(&t, &queued)["status"], "requested");
         t.run(&["redis", "--restore", "--id", &id, "--flush", "--yes"])
             .fails_with(2);
-        t.run(&["redis", "--verify", "--id", &id]).fails_with(2);
+        let run = t.run(&["redis", "--verify", "--id", &id]).ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        let scratch = Redis::start();
+        let run = t
+            .run(&[
+                "redis",
+                "--verify",
+                "--id",
+                &id,
+                "--verify-url",
+                &scratch.url(),
+            ])
+            .ok();
+        assert!(run.stdout.contains("verification passed"), "{run:#?}");
+        // The production server given as the scratch one by mistake: refused,
+        // nothing lost.
+        let run = t
+            .run(&["redis", "--verify", "--id", &id, "--verify-url", &url])
+            .fails_with(1);
+        assert!(
+            error(&run).contains("holds") && error(&run).contains("nothing was changed"),
+            "{run:#?}"
+        );
+        assert_eq!(redis.digest(), digest);
+        assert_eq!(
+            statefile(&t, &id)["verifications"]
+                .as_array()
+                .unwrap()
+                .len(),
+            4
+        );
     }
 
     #[test]

@@ -18,15 +18,19 @@ use crate::{output, picker, progress};
 /// Runs `capsule redis`.
 ///
 /// # Errors
-/// As [`backups::run`]; a usage error for `--verify` (or `--flush`)
-/// without connection settings or a bad flag value; the engine's errors
+/// As [`backups::run`]; a usage error for `--flush` without connection
+/// settings or a bad flag value; the engine's errors
 /// when it runs now.
 pub async fn run(g: &GlobalArgs, args: &RedisArgs) -> Result<()> {
     let action = args.common.action();
-    let Some(options) = args.engine.options()? else {
-        if action == Action::Verify {
-            return Err(UsageError::new("--verify needs connection settings (--redis-url)").into());
-        }
+    let options = match args.engine.options()? {
+        Some(options) => Some(options),
+        // A drill needs no server to back up: it restores into
+        // --verify-url, or a redis-server of its own.
+        None if action == Action::Verify => Some(args.engine.drill_options()?),
+        None => None,
+    };
+    let Some(options) = options else {
         if args.engine.flush {
             return Err(UsageError::new("--flush needs connection settings (--redis-url)").into());
         }

@@ -89,28 +89,53 @@ impl RedisEngineArgs {
         let Some(url) = self.url() else {
             return Ok(None);
         };
-        let connection = RedisConnection::from_legacy_secret(&url, self.redis_password.as_deref())
-            .map_err(|e| UsageError::new(format!("--redis-url: {e}")))?;
+        let mut options = self.load_options(RedisOptions::new(
+            RedisConnection::from_legacy_secret(&url, self.redis_password.as_deref())
+                .map_err(|e| UsageError::new(format!("--redis-url: {e}")))?,
+        ))?;
         let capture: RedisCapture = self
             .redis_capture
             .parse()
             .map_err(|e| UsageError::new(format!("--redis-capture: {e}")))?;
+        options = options.with_capture(capture).with_flush(self.flush);
+        Ok(Some(options))
+    }
+
+    /// The options of a restore drill without a server to back up
+    /// (`--verify` without `--redis-url`): into `--verify-url`, else a
+    /// `redis-server` of its own.
+    ///
+    /// # Errors
+    /// [`UsageError`] for a malformed `--verify-url` or load mode.
+    pub fn drill_options(&self) -> Result<RedisOptions> {
+        let scratch = self.scratch()?;
+        self.load_options(RedisOptions::drill_only(scratch))
+    }
+
+    fn scratch(&self) -> Result<Option<RedisConnection>> {
+        self.verify_url
+            .as_deref()
+            .map(|v| {
+                RedisConnection::from_url(v)
+                    .map_err(|e| UsageError::new(format!("--verify-url: {e}")).into())
+            })
+            .transpose()
+    }
+
+    /// `--redis-load`, `--verify-url` and `--redis-server` applied to
+    /// `options`.
+    fn load_options(&self, mut options: RedisOptions) -> Result<RedisOptions> {
         let load: RedisLoad = self
             .redis_load
             .parse()
             .map_err(|e| UsageError::new(format!("--redis-load: {e}")))?;
-        let mut options = RedisOptions::new(connection)
-            .with_capture(capture)
-            .with_flush(self.flush)
-            .with_load(load);
-        if let Some(v) = &self.verify_url {
-            let scratch = RedisConnection::from_url(v)
-                .map_err(|e| UsageError::new(format!("--verify-url: {e}")))?;
+        options = options.with_load(load);
+        if let Some(scratch) = self.scratch()? {
             options = options.with_verify_connection(scratch);
         }
         if let Some(bin) = &self.redis_server {
             options = options.with_redis_server(bin);
         }
-        Ok(Some(options))
+        Ok(options)
     }
 }

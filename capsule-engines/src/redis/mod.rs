@@ -78,6 +78,18 @@ impl RedisEngine {
         &self.options
     }
 
+    /// Fails for [`RedisOptions::drill_only`] options, which name no
+    /// server to back up or restore into.
+    fn server(&self) -> Result<&RedisConnection> {
+        if self.options.drill_only {
+            return Err(capsule_core::Error::invalid(
+                "redis",
+                "no server to back up or restore into: these options are for restore drills only",
+            ));
+        }
+        Ok(&self.options.connection)
+    }
+
     fn target(&self) -> Target {
         if self.options.flush {
             Target::Flush
@@ -102,7 +114,7 @@ impl RedisEngine {
         &self,
         source: &dyn ArtifactSource,
     ) -> Result<RedisRestoreReport> {
-        restore::restore(self, &self.options.connection, source, self.target()).await
+        restore::restore(self, self.server()?, source, self.target()).await
     }
 
     /// The restore drill ([`Engine::restore_scratch`]) with its report.
@@ -120,7 +132,11 @@ impl RedisEngine {
 
 impl fmt::Display for RedisEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis({})", self.options.connection)
+        match (&self.options.verify_connection, self.options.drill_only) {
+            (Some(scratch), true) => write!(f, "redis(drills on {scratch})"),
+            (None, true) => write!(f, "redis(drills on a redis-server of its own)"),
+            _ => write!(f, "redis({})", self.options.connection),
+        }
     }
 }
 
@@ -162,6 +178,7 @@ impl Engine for RedisEngine {
         sink: &mut dyn ArtifactSink,
         ctx: &JobContext<'_>,
     ) -> Result<EngineInfo> {
+        self.server()?;
         backup::backup(self, sink, ctx).await
     }
 
@@ -179,7 +196,7 @@ impl Engine for RedisEngine {
     }
 
     async fn fingerprint(&self, _ctx: &JobContext<'_>) -> Result<Fingerprint> {
-        let mut client = client::Client::connect(&self.options.connection).await?;
+        let mut client = client::Client::connect(self.server()?).await?;
         let counts = client
             .keyspace()
             .await?

@@ -132,6 +132,9 @@ pub struct RedisOptions {
     /// Names recorded in the statefile (cluster, namespace, service name);
     /// the endpoint and database come from the connection when unset.
     pub service: ServiceIdentity,
+    /// Options for restore drills only ([`RedisOptions::drill_only`]).
+    #[serde(skip)]
+    pub(crate) drill_only: bool,
 }
 
 impl Default for RedisOptions {
@@ -147,6 +150,7 @@ impl Default for RedisOptions {
             max_value_bytes: 512 << 20,
             scan_count: 1000,
             service: ServiceIdentity::default(),
+            drill_only: false,
         }
     }
 }
@@ -156,6 +160,19 @@ impl RedisOptions {
     pub fn new(connection: RedisConnection) -> Self {
         RedisOptions {
             connection,
+            ..RedisOptions::default()
+        }
+    }
+
+    /// Options for restore drills only, with no server to back up or
+    /// restore into: drills go to the `scratch` server, else to a
+    /// `redis-server` started for each drill. Backups and restores with
+    /// them fail.
+    pub fn drill_only(scratch: Option<RedisConnection>) -> Self {
+        RedisOptions {
+            connection: scratch.clone().unwrap_or_default(),
+            verify_connection: scratch,
+            drill_only: true,
             ..RedisOptions::default()
         }
     }

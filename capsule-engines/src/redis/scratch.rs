@@ -25,6 +25,7 @@ pub(crate) async fn drill(
     source: &dyn ArtifactSource,
 ) -> Result<RedisRestoreReport> {
     if let Some(conn) = &engine.options.verify_connection {
+        refuse_if_in_use(conn).await?;
         let result = restore::restore(engine, conn, source, Target::Scratch).await;
         if let Ok(mut c) = Client::connect(conn).await {
             let _ = c.call(&[b"FLUSHALL"]).await;
@@ -52,6 +53,32 @@ pub(crate) async fn drill(
     let result = restore::restore(engine, &server.connection, source, Target::Scratch).await;
     server.stop().await;
     result
+}
+
+/// A drill empties its scratch server before and after, so it takes only
+/// an empty one: a server holding keys is someone's data (a production
+/// URL given as `--verify-url` by mistake), left as it is.
+async fn refuse_if_in_use(conn: &RedisConnection) -> Result<()> {
+    let mut client = Client::connect(conn).await?;
+    let keyspace = client.keyspace().await?;
+    if keyspace.is_empty() {
+        return Ok(());
+    }
+    let total: u64 = keyspace.values().sum();
+    let dbs: Vec<String> = keyspace
+        .iter()
+        .map(|(db, n)| format!("db{db}={n}"))
+        .collect();
+    Err(Error::invalid(
+        "restore drill",
+        format!(
+            "restore drill: the scratch server {} holds {total} keys ({}) and a drill \
+             empties its scratch server: nothing was changed; give an empty server \
+             (--verify-url), or FLUSHALL this one if its keys are expendable",
+            conn.endpoint(),
+            dbs.join(", ")
+        ),
+    ))
 }
 
 /// A throwaway `redis-server`.

@@ -126,4 +126,45 @@ async fn drills_pass_on_a_started_server_and_on_a_given_scratch_server() {
     );
     let sf = fc.statefile_json(&id);
     assert_eq!(sf["verifications"].as_array().unwrap().len(), 2);
+
+    // Options for drills only (no server backed up) drill the same way,
+    // and refuse to back up or restore.
+    let drill_only = RedisEngine::new(RedisOptions::drill_only(Some(
+        RedisConnection::from_url(&scratch.url()).unwrap(),
+    )));
+    let report = run_verify(&fc.catalog, &drill_only, &id, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(report.verification.status, VerificationStatus::Passed);
+    let e = backup(&fc.catalog, &drill_only).await.unwrap_err();
+    assert!(e.to_string().contains("restore drills only"), "{e}");
+    assert_eq!(scratch.keyspace(), vec![]);
+}
+
+/// A drill empties its scratch server: one that holds keys (a production
+/// URL given as the scratch server) is refused and left as it is.
+#[tokio::test]
+async fn a_scratch_server_holding_keys_is_refused_untouched() {
+    let source = Redis::start();
+    fill_every_type(&source);
+    let fc = FileCatalog::new();
+    let id = backup_id(&fc, &source).await;
+    let ctx = JobContext::new(&NoProgress);
+    let digest = source.digest();
+    let keyspace = source.keyspace();
+
+    let onto_source = RedisEngine::new(RedisOptions::drill_only(Some(
+        RedisConnection::from_url(&source.url()).unwrap(),
+    )));
+    let e = run_verify(&fc.catalog, &onto_source, &id, &ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("scratch server 127.0.0.1:{} holds", source.port))
+            && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(source.digest(), digest);
+    assert_eq!(source.keyspace(), keyspace);
 }
