@@ -146,6 +146,40 @@ pub fn url_secret_values(raw: &str) -> Vec<String> {
     out
 }
 
+/// The passwords in a database URL (`postgres://`, `redis://`): the
+/// userinfo's and any `password=` query value. User names are not secret
+/// (masking them would mangle every id and message that contains the same
+/// word). A URL that does not parse, or whose userinfo holds a `/`, `?` or
+/// `#` a parser would cut it at, still gives what sits between the
+/// userinfo's first `:` and the last `@`.
+pub fn url_passwords(raw: &str) -> Vec<String> {
+    let raw_candidate = || {
+        raw.split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, pw)| pw.to_string())
+            .filter(|pw| !pw.is_empty())
+    };
+    let Ok(url) = url::Url::parse(raw) else {
+        return raw_candidate().into_iter().collect();
+    };
+    let mut out = Vec::new();
+    match url.password() {
+        Some(pw) => {
+            out.push(pw.to_string());
+            out.extend(percent_decoded(pw));
+        }
+        // `redis://u:12/34@host` parses as host `u`, port 12: no password.
+        None => out.extend(raw_candidate()),
+    }
+    out.extend(
+        url.query_pairs()
+            .filter(|(k, v)| k == "password" && !v.is_empty())
+            .map(|(_, v)| v.into_owned()),
+    );
+    out
+}
+
 fn percent_decoded(s: &str) -> Option<String> {
     url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()

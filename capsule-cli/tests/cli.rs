@@ -1371,6 +1371,41 @@ mod redis {
         assert_no_secrets(&run, &["Wr0ng-Secret-9".to_string()]);
     }
 
+    /// Unescaped `#`, `/`, `?` in a password end a URL parser's authority
+    /// early; the password must not show anyway. An ACL user name is not a
+    /// secret: a user called `redis` must not mask every `redis-…` id.
+    #[test]
+    fn odd_passwords_stay_hidden_and_user_names_are_not_masked() {
+        let t = Target::file();
+        for url in [
+            "redis://backup:Pw#Secret-9@127.0.0.1:7901",
+            "redis://:Pw/Secret-9@127.0.0.1:7901",
+            "redis://backup:Pw?Secret-9@127.0.0.1:7901",
+        ] {
+            let run = t
+                .run(&["redis", "--create", "--redis-url", url])
+                .fails_with(2);
+            assert!(error(&run).contains("--redis-url"), "{run:#?}");
+            assert!(
+                !format!("{}{}", run.stdout, run.stderr).contains("Secret-9"),
+                "{run:#?}"
+            );
+        }
+        let redis =
+            Redis::start_with(RedisConfig::default().with_user("redis", "Us3r-Secret-9", "+@all"));
+        fill(&redis, 10);
+        let url = format!("redis://redis:Us3r-Secret-9@127.0.0.1:{}", redis.port);
+        let run = t.run(&["redis", "--create", "--redis-url", &url]).ok();
+        let id = run.stdout.trim();
+        assert!(id.starts_with("redis-") && !id.contains("***"), "{run:#?}");
+        let run = t.run(&["redis", "--list"]).ok();
+        assert!(run.stdout.contains(id), "{run:#?}");
+        let run = t
+            .run_traced(&["redis", "--describe", "--id", id, "--redis-url", &url])
+            .ok();
+        assert_no_secrets(&run, &["Us3r-Secret-9".to_string()]);
+    }
+
     /// The statefile status of the only backup under `root`, once there is one.
     fn only_status(root: &Path) -> Option<(String, String)> {
         let dir = std::fs::read_dir(root.join(PREFIX)).ok()?.next()?.ok()?;

@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::args::Action;
 use crate::exit::UsageError;
+use crate::logging::url_passwords;
 
 /// libpq variables that say where or as whom to connect: any of them set
 /// means "connection settings given" (run now rather than queue).
@@ -164,30 +165,6 @@ impl PgEngineArgs {
 /// come from it rather than from the command line).
 fn verify_url_from_env() -> bool {
     std::env::var_os("CNVRG_CAPSULE_PG_VERIFY_URL").is_some()
-}
-
-/// The passwords in a `postgres://` URL: the userinfo's and any
-/// `password=` query value, as written and decoded.
-fn url_passwords(raw: &str) -> Vec<String> {
-    let Ok(url) = url::Url::parse(raw) else {
-        // Unparsable: hide whatever sits between `:` and `@` of the userinfo.
-        return raw
-            .split_once("://")
-            .and_then(|(_, rest)| rest.rsplit_once('@'))
-            .and_then(|(userinfo, _)| userinfo.split_once(':'))
-            .map(|(_, pw)| vec![pw.to_string()])
-            .unwrap_or_default();
-    };
-    let mut out = Vec::new();
-    if let Some(pw) = url.password() {
-        out.push(pw.to_string());
-    }
-    out.extend(
-        url.query_pairs()
-            .filter(|(k, v)| k == "password" && !v.is_empty())
-            .map(|(_, v)| v.into_owned()),
-    );
-    out
 }
 
 #[cfg(test)]

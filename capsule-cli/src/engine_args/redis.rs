@@ -70,12 +70,12 @@ impl RedisEngineArgs {
     }
 
     /// Secret values of these settings (URL passwords, `--redis-password`),
-    /// for the log redactor.
+    /// for the log redactor. ACL user names are not secret.
     pub fn secrets(&self) -> Vec<String> {
         let mut out: Vec<String> = [self.url(), self.verify_url.clone()]
             .into_iter()
             .flatten()
-            .flat_map(|u| crate::logging::url_secret_values(&u))
+            .flat_map(|u| crate::logging::url_passwords(&u))
             .collect();
         out.extend(self.redis_password.clone().filter(|p| !p.is_empty()));
         out

@@ -82,7 +82,9 @@ pub(crate) fn redact_url(url: &str) -> String {
         return url.split('@').next_back().unwrap_or_default().to_string();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    // A password holding `/`, `?` or `#` (unescaped) ends the authority
+    // early: then the userinfo runs to the last `@`.
+    match rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) {
         Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
         None => url.to_string(),
     }
@@ -104,8 +106,14 @@ impl RedisConnection {
         } else {
             format!("redis://{url}")
         };
-        let parsed = url::Url::parse(&full)
-            .map_err(|e| invalid(format!("invalid Redis URL {}: {e}", redact_url(url))))?;
+        let parsed = url::Url::parse(&full).map_err(|e| {
+            let hint = if url.contains('@') {
+                " (percent-encode a password's special characters: # as %23, / as %2F, ? as %3F, @ as %40)"
+            } else {
+                ""
+            };
+            invalid(format!("invalid Redis URL {}: {e}{hint}", redact_url(url)))
+        })?;
         let mut c = RedisConnection::default();
         match parsed.scheme() {
             "redis" => {}
@@ -136,8 +144,17 @@ impl RedisConnection {
             c.port = p;
         }
         let parse_db = |s: &str| -> Result<u32> {
-            s.parse()
-                .map_err(|_| invalid(format!("invalid database {s:?} in the Redis URL")))
+            s.parse().map_err(|_| {
+                if s.contains('@') {
+                    // `redis://u:pa/ss@h`: the path holds the password's end.
+                    invalid(format!(
+                        "invalid database path in {} (percent-encode a password's / as %2F)",
+                        redact_url(url)
+                    ))
+                } else {
+                    invalid(format!("invalid database {s:?} in the Redis URL"))
+                }
+            })
         };
         let path = parsed.path().trim_matches('/');
         if !path.is_empty() {
@@ -230,10 +247,23 @@ mod tests {
             "redis://u:hunter2@h/notadb",
             "redis://u:hunter2@h:99999",
             "redis://:hunter2@",
+            // Unescaped `#`, `/`, `?` in the password end a parser's
+            // authority early.
+            "redis://backup:hun#ter2@127.0.0.1:7901",
+            "redis://:hun/ter2@127.0.0.1:7901",
+            "redis://u:hun?ter2@h",
+            "redis://u:12/hunter2@h",
         ] {
             let e = RedisConnection::from_url(bad).unwrap_err().to_string();
-            assert!(!e.contains("hunter2"), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("ter2"), "{e}");
         }
+        let e = RedisConnection::from_url("redis://backup:hun#ter2@127.0.0.1:7901")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("redis://***@127.0.0.1:7901") && e.contains("%23"),
+            "{e}"
+        );
         assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://***@h:1/0");
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
     }
