@@ -537,21 +537,9 @@ impl Drop for Attached {
             return;
         };
         let endpoint = conn.endpoint();
-        // A target loading the RDB answers LOADING until it is done.
-        let deadline = Instant::now() + DETACH_DROPPED;
-        let mut said = false;
-        let result = loop {
-            match detach_blocking(&conn) {
-                Err(e) if e.to_string().starts_with("LOADING") && Instant::now() < deadline => {
-                    if !said {
-                        tracing::warn!(target = %endpoint, "restore interrupted while the target loads the RDB: waiting for it to finish, up to 10 min, to detach it (kill capsule to leave it a replica instead)");
-                        said = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                other => break other,
-            }
-        };
+        let result = detach_after_load(&conn, DETACH_DROPPED, || {
+            tracing::warn!(target = %endpoint, "restore interrupted while the target loads the RDB: waiting for it to finish, up to 10 min, to detach it (kill capsule to leave it a replica instead)");
+        });
         match result {
             Ok(()) => {
                 tracing::warn!(target = %endpoint, "restore interrupted: the target was detached from capsule (REPLICAOF NO ONE); it holds its old data, the restored data, or, if a load from the socket was cut, nothing")
@@ -561,6 +549,40 @@ impl Drop for Attached {
             }
         }
     }
+}
+
+/// Sends `REPLICAOF NO ONE` until the target takes it, for at most
+/// `patience`. A target loading the RDB answers `LOADING`, or (between
+/// two `loading-process-events-interval-bytes`, or with a slow disk) does
+/// not answer at all for a while: both mean "busy", and `busy` is called
+/// the first time.
+fn detach_after_load(
+    conn: &RedisConnection,
+    patience: Duration,
+    mut busy: impl FnMut(),
+) -> std::io::Result<()> {
+    let deadline = Instant::now() + patience;
+    let mut said = false;
+    loop {
+        match detach_blocking(conn) {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                if !said {
+                    busy();
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A `LOADING` reply, or no reply within the read timeout.
+fn is_busy(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) || e.to_string().starts_with("LOADING")
 }
 
 fn detach_blocking(conn: &RedisConnection) -> std::io::Result<()> {
@@ -741,5 +763,57 @@ mod tests {
             }
             Attempt::Declined(r) | Attempt::Failed(r) => panic!("{r}"),
         }
+    }
+
+    /// A fake target answering each `REPLICAOF NO ONE` connection in turn
+    /// with `replies` (`None`: silent for 2.5 s, past the read timeout).
+    fn fake_target(
+        replies: Vec<Option<&'static str>>,
+    ) -> (RedisConnection, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for reply in replies {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).contains("REPLICAOF"));
+                match reply {
+                    Some(r) => s.write_all(r.as_bytes()).unwrap(),
+                    None => std::thread::sleep(Duration::from_millis(2500)),
+                }
+            }
+        });
+        let conn = RedisConnection {
+            port,
+            ..RedisConnection::default()
+        };
+        (conn, server)
+    }
+
+    #[test]
+    fn a_loading_or_silent_target_is_waited_for_then_detached() {
+        let (conn, server) = fake_target(vec![
+            None,
+            Some("-LOADING Redis is loading the dataset in memory\r\n"),
+            Some("+OK\r\n"),
+        ]);
+        let mut busy = 0;
+        detach_after_load(&conn, Duration::from_secs(30), || busy += 1).unwrap();
+        assert_eq!(busy, 1);
+        server.join().unwrap();
+
+        let (conn, server) = fake_target(vec![Some("-ERR no way\r\n")]);
+        let e = detach_after_load(&conn, Duration::from_secs(30), || busy += 1).unwrap_err();
+        assert_eq!(e.to_string(), "ERR no way");
+        assert_eq!(busy, 1);
+        server.join().unwrap();
+
+        // Patience has an end.
+        let (conn, server) = fake_target(vec![None]);
+        let e = detach_after_load(&conn, Duration::from_secs(1), || {}).unwrap_err();
+        assert!(is_busy(&e), "{e}");
+        server.join().unwrap();
     }
 }
