@@ -1371,6 +1371,52 @@ mod redis {
         assert_no_secrets(&run, &["Wr0ng-Secret-9".to_string()]);
     }
 
+    /// A restore says how many keys it restored and how many it skipped
+    /// because they expired since the backup, on the terminal and in JSON,
+    /// with or without --flush.
+    #[test]
+    fn a_restore_reports_keys_restored_and_expired_ones_skipped() {
+        let t = Target::file();
+        let redis = Redis::start();
+        fill(&redis, 20);
+        redis.cmd(&[b"SET", b"short-lived", b"v", b"PX", b"1200"]);
+        let url = redis.url();
+        let id = t
+            .run(&["redis", "--create", "--redis-url", &url])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let restore = |more: &[&str]| {
+            let mut args = vec![
+                "redis",
+                "--restore",
+                "--id",
+                &id,
+                "--yes",
+                "--redis-url",
+                &url,
+            ];
+            args.extend(more);
+            t.run(&args).ok()
+        };
+        let run = restore(&["--flush"]);
+        assert!(
+            run.stdout
+                .contains(": 21 keys in 2 databases (1 expired by now, skipped), loaded by "),
+            "{run:#?}"
+        );
+        let run = restore(&["--json"]);
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(v["restored"]["db0"], 20, "{v}");
+        assert_eq!(v["restored"]["db3"], 1, "{v}");
+        assert_eq!(v["skippedExpired"]["db0"], 1, "{v}");
+        assert_eq!(v["load"], "commands", "{v}");
+        assert_eq!(redis.cmd(&[b"EXISTS", b"short-lived"]).text(), "0");
+        assert_eq!(redis.cmd(&[b"EXISTS", b"key:0"]).text(), "1");
+    }
+
     /// Unescaped `#`, `/`, `?` in a password end a URL parser's authority
     /// early; the password must not show anyway. An ACL user name is not a
     /// secret: a user called `redis` must not mask every `redis-…` id.

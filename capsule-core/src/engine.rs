@@ -115,6 +115,10 @@ pub struct RestoreOutcome {
     pub mode: String,
     /// Fingerprint of the restored data, when the engine took one.
     pub fingerprint: Option<Fingerprint>,
+    /// What the engine has to add, for reports (`camelCase` keys: Redis
+    /// gives `restored` and `skippedExpired` per database, `functions`,
+    /// `load`); empty when it has nothing.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where and how [`Engine::restore`] will write, recorded in the restore

@@ -422,6 +422,7 @@ impl Engine for Reporting {
             target: report.target,
             mode: report.mode,
             fingerprint: None,
+            details: Default::default(),
         })
     }
 
@@ -444,6 +445,7 @@ impl Engine for Reporting {
             target: report.target,
             mode: report.mode,
             fingerprint: report.fingerprint,
+            details: Default::default(),
         })
     }
 }

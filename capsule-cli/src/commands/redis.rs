@@ -150,20 +150,24 @@ impl Now<'_> {
         }
         let report =
             cancellable(&ctx, run_restore(&self.catalog, &engine, &id, opts, &ctx)).await?;
-        let fp = report.outcome.fingerprint.clone();
+        let outcome = &report.outcome;
         if self.g.json {
-            output::json(&serde_json::json!({
+            let mut out = serde_json::json!({
                 "backupId": id,
-                "target": report.outcome.target,
-                "mode": report.outcome.mode,
-                "counts": fp.map(|f| f.counts),
-            }))?;
+                "target": outcome.target,
+                "mode": outcome.mode,
+                "counts": outcome.fingerprint.as_ref().map(|f| &f.counts),
+            });
+            if let Some(map) = out.as_object_mut() {
+                map.extend(outcome.details.clone());
+            }
+            output::json(&out)?;
         } else {
             output::out(&format!(
-                "restored backup {id} into {} ({}){}",
-                report.outcome.target,
-                report.outcome.mode,
-                fp.map(|f| format!(": {}", counts(&f))).unwrap_or_default()
+                "restored backup {id} into {} ({}): {}",
+                outcome.target,
+                outcome.mode,
+                restored(&outcome.details)
             ))?;
         }
         Ok(())
@@ -255,6 +259,46 @@ async fn cancellable<T>(
 }
 
 /// `3 databases, 1200 keys`.
+/// "20212 keys in 3 databases (51 expired by now, skipped), 1 function
+/// library, loaded by replication" from a restore's details.
+fn restored(details: &serde_json::Map<String, serde_json::Value>) -> String {
+    let per_db = |key: &str| -> (usize, u64) {
+        details
+            .get(key)
+            .and_then(|v| v.as_object())
+            .map(|m| {
+                let n = m.values().filter_map(|v| v.as_u64()).sum();
+                (m.len(), n)
+            })
+            .unwrap_or_default()
+    };
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let (dbs, keys) = per_db("restored");
+    let mut out = format!(
+        "{} in {}",
+        plural(keys, "key", "keys"),
+        plural(dbs as u64, "database", "databases")
+    );
+    let (_, expired) = per_db("skippedExpired");
+    if expired > 0 {
+        out.push_str(&format!(" ({expired} expired by now, skipped)"));
+    }
+    if let Some(f) = details
+        .get("functions")
+        .and_then(|v| v.as_u64())
+        .filter(|&f| f > 0)
+    {
+        out.push_str(&format!(
+            ", {}",
+            plural(f, "function library", "function libraries")
+        ));
+    }
+    if let Some(load) = details.get("load").and_then(|v| v.as_str()) {
+        out.push_str(&format!(", loaded by {load}"));
+    }
+    out
+}
+
 fn counts(fp: &Fingerprint) -> String {
     let keys: u64 = fp.counts.values().sum();
     format!(

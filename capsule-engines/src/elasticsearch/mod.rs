@@ -197,6 +197,7 @@ impl Engine for EsEngine {
             target: report.target,
             mode: report.mode,
             fingerprint: Some(report.fingerprint),
+            details: Default::default(),
         })
     }
 
@@ -242,6 +243,7 @@ impl Engine for EsEngine {
             target: format!("{} (scratch indices, deleted)", report.target),
             mode: report.mode,
             fingerprint: Some(report.fingerprint),
+            details: Default::default(),
         })
     }
 }

@@ -155,6 +155,7 @@ impl Engine for PgEngine {
             target: report.target,
             mode: report.mode,
             fingerprint: None,
+            details: Default::default(),
         })
     }
 
@@ -186,6 +187,7 @@ impl Engine for PgEngine {
             target: report.target,
             mode: report.mode,
             fingerprint: report.fingerprint,
+            details: Default::default(),
         })
     }
 }

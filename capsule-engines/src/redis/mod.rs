@@ -187,12 +187,7 @@ impl Engine for RedisEngine {
         source: &dyn ArtifactSource,
         _ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        let report = self.restore_with_report(source).await?;
-        Ok(RestoreOutcome {
-            target: report.target,
-            mode: report.mode,
-            fingerprint: report.fingerprint,
-        })
+        Ok(self.restore_with_report(source).await?.into_outcome())
     }
 
     async fn fingerprint(&self, _ctx: &JobContext<'_>) -> Result<Fingerprint> {
@@ -218,11 +213,6 @@ impl Engine for RedisEngine {
         source: &dyn ArtifactSource,
         _ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        let report = self.verify_with_report(source).await?;
-        Ok(RestoreOutcome {
-            target: report.target,
-            mode: report.mode,
-            fingerprint: report.fingerprint,
-        })
+        Ok(self.verify_with_report(source).await?.into_outcome())
     }
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capsule_core::{ArtifactSource, Error, Fingerprint, Result};
+use capsule_core::{ArtifactSource, Error, Fingerprint, RestoreOutcome, Result};
+use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::backup::FORMAT_RDB;
@@ -46,6 +47,24 @@ pub struct RedisRestoreReport {
     pub rdb_bytes: u64,
     /// Wall time.
     pub duration: Duration,
+}
+
+impl RedisRestoreReport {
+    /// The engine-neutral outcome, with the key counts, skipped keys,
+    /// functions and load path as its `details`.
+    pub fn into_outcome(self) -> RestoreOutcome {
+        let mut details = serde_json::Map::new();
+        details.insert("restored".into(), json!(self.restored));
+        details.insert("skippedExpired".into(), json!(self.skipped_expired));
+        details.insert("functions".into(), json!(self.functions));
+        details.insert("load".into(), json!(self.load));
+        RestoreOutcome {
+            target: self.target,
+            mode: self.mode,
+            fingerprint: self.fingerprint,
+            details,
+        }
+    }
 }
 
 /// How the target is treated.
