@@ -1266,8 +1266,8 @@ mod redis {
         }
         // Without --flush, into an empty server, the log points at --flush.
         redis.cmd(&[b"FLUSHALL"]);
-        let run = t
-            .run_traced(&[
+        let restore = |more: &[&str]| -> Vec<String> {
+            [
                 "redis",
                 "--restore",
                 "--id",
@@ -1275,7 +1275,15 @@ mod redis {
                 "--yes",
                 "--redis-url",
                 &url,
-            ])
+            ]
+            .into_iter()
+            .chain(more.iter().copied())
+            .map(String::from)
+            .collect()
+        };
+        let args = restore(&[]);
+        let run = t
+            .run_traced(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .ok();
         assert!(
             run.stderr
@@ -1287,6 +1295,18 @@ mod redis {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = t.run(&args).fails_with(2);
         assert!(error(&run).contains("--redis-load"), "{run:#?}");
+        // Replication replaces the whole target: a usage error without
+        // --flush, refused before a restore is recorded.
+        let restores = statefile(&t, &id)["restores"].as_array().unwrap().len();
+        let args = restore(&["--redis-load", "replication"]);
+        let run = t
+            .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .fails_with(2);
+        assert!(error(&run).contains("needs --flush"), "{run:#?}");
+        assert_eq!(
+            statefile(&t, &id)["restores"].as_array().unwrap().len(),
+            restores
+        );
 
         // Verify: a drill on a redis-server capsule starts itself.
         let run = t

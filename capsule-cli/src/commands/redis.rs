@@ -36,6 +36,16 @@ pub async fn run(g: &GlobalArgs, args: &RedisArgs) -> Result<()> {
         }
         return backups::run(g, ServiceType::Redis, &args.common).await;
     };
+    if action == Action::Restore
+        && !options.flush
+        && options.load == capsule_engines::RedisLoad::Replication
+    {
+        return Err(UsageError::new(
+            "--redis-load replication needs --flush: a load by replication replaces the whole \
+             target, and a restore that keeps its other keys sends RESTORE commands",
+        )
+        .into());
+    }
     let now = Now {
         g,
         args: &args.common,

@@ -168,6 +168,22 @@ pub(crate) async fn restore(
         client.call(&[b"SELECT", b"0"]).await?;
     }
 
+    // A replica refuses writes (READONLY), or a writable one loses them
+    // at its next sync: say so before anything is sent.
+    let replication = client.info("replication").await?;
+    if replication.get("role").map(String::as_str) == Some("slave") {
+        let field = |k: &str| replication.get(k).map_or("?", String::as_str);
+        return Err(Error::Unsupported(format!(
+            "backup {id}: the target {endpoint} is a replica of {}:{} (link {}), which refuses \
+             writes or loses them at its next sync: nothing was changed; restore into its \
+             primary, or, if it should not be a replica (a capsule killed while the target \
+             loaded by replication leaves one), run REPLICAOF NO ONE on it first",
+            field("master_host"),
+            field("master_port"),
+            field("master_link_status"),
+        )));
+    }
+
     if target == Target::Replace && load == RedisLoad::Auto && client.keyspace().await?.is_empty() {
         tracing::info!(
             target = %endpoint,

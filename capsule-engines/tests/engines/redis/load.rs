@@ -27,6 +27,19 @@ fn role(redis: &Redis) -> String {
     info_field(redis, "role")
 }
 
+/// A server replicating `primary`, once its link is up.
+fn replica_of(primary: &Redis) -> Redis {
+    let port = primary.port.to_string();
+    let replica =
+        Redis::start_with(RedisConfig::default().with_args(&["--replicaof", "127.0.0.1", &port]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while info_field(&replica, "master_link_status") != "up" {
+        assert!(Instant::now() < deadline, "the replica did not sync");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    replica
+}
+
 fn info_field(redis: &Redis, field: &str) -> String {
     redis
         .cmd(&[b"INFO", b"replication"])
@@ -137,17 +150,44 @@ async fn a_target_refusing_replicaof_is_restored_with_commands_or_refused_untouc
 async fn a_target_with_replicas_is_restored_with_commands() {
     let (source, fc, id) = every_type_backup().await;
     let target = Redis::start();
-    let port = target.port.to_string();
-    let _replica =
-        Redis::start_with(RedisConfig::default().with_args(&["--replicaof", "127.0.0.1", &port]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while info_field(&target, "connected_slaves") != "1" {
-        assert!(Instant::now() < deadline, "the replica did not connect");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _replica = replica_of(&target);
+    assert_eq!(info_field(&target, "connected_slaves"), "1");
     let src = fc.catalog.artifact_source(&id).await.unwrap();
     restores_with(&target, RedisLoad::Auto, &src, "commands", &source).await;
     assert_eq!(info_field(&target, "connected_slaves"), "1");
+}
+
+/// A replica refuses writes (or loses them at its next sync): every
+/// restore into one is refused before anything is sent, saying whose
+/// replica it is.
+#[tokio::test]
+async fn a_restore_into_a_replica_is_refused_untouched() {
+    let (source, fc, id) = every_type_backup().await;
+    let primary = Redis::start();
+    primary.cmd(&[b"SET", b"primary-key", b"v"]);
+    let port = primary.port;
+    let replica = replica_of(&primary);
+    let digest = replica.digest();
+    let src = fc.catalog.artifact_source(&id).await.unwrap();
+    for flush in [false, true] {
+        let e = RedisEngine::new(
+            RedisOptions::from_url(&replica.url())
+                .unwrap()
+                .with_flush(flush),
+        )
+        .restore_with_report(&src)
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!("is a replica of 127.0.0.1:{port}"))
+                && e.contains("nothing was changed"),
+            "{e}"
+        );
+        assert_eq!(replica.digest(), digest);
+        assert_eq!(role(&replica), "slave");
+    }
+    assert_ne!(digest, source.digest());
 }
 
 /// The target receives the whole RDB and fails to load it: here its
