@@ -58,8 +58,13 @@ impl Catalog {
                         return Err(Error::invalid(
                             "backup",
                             format!(
-                                "backup {id} is running (owner {}, last heartbeat {age}s ago): wait for it to end",
-                                owner.id
+                                "backup {id} is running (owner {}, last heartbeat {age}s ago): wait \
+                                 for it to end; if its process is gone (killed, its pod evicted), \
+                                 the backup counts as abandoned after {} min without a heartbeat \
+                                 and can be deleted in {}s",
+                                owner.id,
+                                LIVE_HEARTBEAT_SECS / 60,
+                                LIVE_HEARTBEAT_SECS - age.max(0)
                             ),
                         ));
                     }

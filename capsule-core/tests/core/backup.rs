@@ -220,6 +220,27 @@ async fn interrupted_backup_never_says_finished() {
         "heartbeat was renewed"
     );
 
+    // Not deleted under a live owner; the refusal says when a dead owner's
+    // backup can go, and once its heartbeat is 5 min old, it goes.
+    let id = sf.backup_id.to_string();
+    let e = catalog.delete(&id).await.unwrap_err().to_string();
+    assert!(
+        e.contains("is running")
+            && e.contains("abandoned after 5 min")
+            && e.contains("can be deleted in "),
+        "{e}"
+    );
+    let key = format!("{id}/statefile.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&ts.store.get(&key).await.unwrap().bytes).unwrap();
+    let stale = chrono::Utc::now() - chrono::Duration::minutes(6);
+    json["owner"]["heartbeatAt"] = serde_json::json!(stale);
+    ts.store
+        .put(&key, serde_json::to_vec(&json).unwrap().into())
+        .await
+        .unwrap();
+    catalog.delete(&id).await.unwrap();
+
     // Cancellation marks it failed.
     let ctx = JobContext::new(&NoProgress);
     let cancel = ctx.cancel.clone();
