@@ -167,6 +167,13 @@ impl RedisConnection {
                 _ => {}
             }
         }
+        if c.tls_ca_file.is_some() && !c.tls {
+            // Meant TLS, wrote redis://: never fall back to plain text.
+            return Err(invalid(format!(
+                "cacert is for TLS connections, but {} is plain redis://: use rediss://",
+                redact_url(url)
+            )));
+        }
         Ok(c)
     }
 
@@ -257,6 +264,10 @@ mod tests {
             let e = RedisConnection::from_url(bad).unwrap_err().to_string();
             assert!(!e.contains("hunter2") && !e.contains("ter2"), "{e}");
         }
+        let e = RedisConnection::from_url("redis://u:hunter2@h?cacert=/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use rediss://") && !e.contains("hunter2"), "{e}");
         let e = RedisConnection::from_url("redis://backup:hun#ter2@127.0.0.1:7901")
             .unwrap_err()
             .to_string();
