@@ -5,14 +5,14 @@
 use anyhow::Result;
 use capsule_core::pipeline::PipelineOptions;
 use capsule_core::{
-    BackupId, BackupOptions, Catalog, Error, Fingerprint, JobContext, ListFilter, RestoreOptions,
+    BackupId, BackupOptions, Catalog, Fingerprint, JobContext, ListFilter, RestoreOptions,
     ServiceIdentity, ServiceType, run_backup, run_restore, run_verify,
 };
 use capsule_engines::{RedisEngine, RedisOptions};
 
-use super::backups;
+use super::backups::{self, cancellable};
 use crate::args::{Action, GlobalArgs, RedisArgs, ServiceArgs};
-use crate::exit::{Interrupted, UsageError};
+use crate::exit::UsageError;
 use crate::{output, picker, progress};
 
 /// Runs `capsule redis`.
@@ -247,28 +247,6 @@ impl Now<'_> {
     }
 }
 
-/// Runs `job`, cancelling it on ctrl-c (the core marks the statefile).
-async fn cancellable<T>(
-    ctx: &JobContext<'_>,
-    job: impl std::future::Future<Output = capsule_core::Result<T>>,
-) -> Result<T> {
-    let cancel = ctx.cancel.clone();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            cancel.cancel();
-        }
-    });
-    let result = job.await;
-    watcher.abort();
-    match result {
-        Err(Error::Cancelled(what)) => {
-            Err(anyhow::Error::new(Interrupted).context(format!("{what}: cancelled")))
-        }
-        r => Ok(r?),
-    }
-}
-
-/// `3 databases, 1200 keys`.
 /// "20212 keys in 3 databases (51 expired by now, skipped), 1 function
 /// library, loaded by replication" from a restore's details.
 fn restored(details: &serde_json::Map<String, serde_json::Value>) -> String {
@@ -309,6 +287,7 @@ fn restored(details: &serde_json::Map<String, serde_json::Value>) -> String {
     out
 }
 
+/// `3 databases, 1200 keys`.
 fn counts(fp: &Fingerprint) -> String {
     let keys: u64 = fp.counts.values().sum();
     format!(
