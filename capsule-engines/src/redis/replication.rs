@@ -162,6 +162,7 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
 /// The next line the server sends that is not a keep-alive newline; at
 /// most [`IDLE`] of silence.
 async fn next_line(client: &mut Client) -> Result<Vec<u8>> {
+    let mut said = false;
     loop {
         let line = tokio::time::timeout(IDLE, resp::read_line(&mut client.reader))
             .await
@@ -175,6 +176,10 @@ async fn next_line(client: &mut Client) -> Result<Vec<u8>> {
             .map_err(|e| super::client::engine_error(&client.endpoint, "replication", e))?;
         if !line.is_empty() {
             return Ok(line);
+        }
+        if !said {
+            tracing::info!(endpoint = %client.endpoint, "the server is preparing the transfer (its repl-diskless-sync-delay, 5 s by default, or a disk BGSAVE): waiting");
+            said = true;
         }
     }
 }
