@@ -181,6 +181,76 @@ pub(crate) async fn database_exists(
     Ok(row.get::<_, i64>(0) > 0)
 }
 
+/// What the session's role may do, read before a restore changes
+/// anything: a restore that cannot create its database must fail before
+/// it drops or renames one.
+struct Privileges {
+    role: String,
+    create_db: bool,
+    /// Superuser, or member of the owner of the live database (what
+    /// `DROP DATABASE` and `ALTER DATABASE … RENAME` require); `None` when
+    /// it does not exist.
+    owns_live: Option<bool>,
+}
+
+async fn privileges(admin: &Client, conn: &PgConnection, live: &str) -> Result<Privileges> {
+    let row = admin
+        .query_one(
+            "SELECT current_user::text, r.rolcreatedb OR r.rolsuper, \
+                    (SELECT r.rolsuper OR pg_catalog.pg_has_role(d.datdba, 'MEMBER') \
+                       FROM pg_catalog.pg_database d WHERE d.datname = $1) \
+               FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+            &[&live],
+        )
+        .await
+        .map_err(|e| {
+            sql_error(
+                &format!("postgresql {conn}: reading the privileges of the session's role"),
+                &e,
+                conn,
+            )
+        })?;
+    Ok(Privileges {
+        role: row.get(0),
+        create_db: row.get(1),
+        owns_live: row.get(2),
+    })
+}
+
+/// Fails, naming the role and what it lacks, unless it may create
+/// databases and (`replacing` the live database) drop or rename it.
+async fn check_privileges(
+    admin: &Client,
+    conn: &PgConnection,
+    live: &str,
+    replacing: bool,
+    context: &str,
+) -> Result<()> {
+    let p = privileges(admin, conn, live).await?;
+    let role = &p.role;
+    if !p.create_db {
+        return Err(Error::invalid(
+            "restore",
+            format!(
+                "{context}: role {role} may not create databases (it lacks CREATEDB), which \
+                 this restore needs: nothing was changed; ALTER ROLE {} CREATEDB, or restore \
+                 as a role that has it",
+                ident(role)
+            ),
+        ));
+    }
+    if replacing && p.owns_live == Some(false) {
+        return Err(Error::invalid(
+            "restore",
+            format!(
+                "{context}: role {role} does not own database {live}, so it may not drop or \
+                 rename it: nothing was changed; restore as its owner or a superuser"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Terminates every other session on `db`, waiting (up to 10 s) until
 /// they are gone.
 async fn terminate_sessions(admin: &Client, conn: &PgConnection, db: &str) -> Result<()> {
@@ -354,6 +424,7 @@ pub(crate) async fn restore_into_new(
             format!("{context}: database {name} already exists; choose another name or drop it"),
         ));
     }
+    check_privileges(admin, server_conn, name, false, &context).await?;
     let stmts = create_statements(source, prepared, server_conn, name).await?;
     let result = async {
         for stmt in &stmts {
@@ -442,6 +513,13 @@ pub(crate) async fn restore_safe(
     let conn = &engine.options.connection;
     let live = conn.database.clone();
     let (admin, admin_conn) = admin_session(engine, conn).await?;
+    let context = format!(
+        "restore of backup {} into postgresql {}/{live}",
+        source.statefile().backup_id,
+        conn.endpoint()
+    );
+    refuse_maintenance_target(engine, &live, &context)?;
+    check_privileges(&admin.client, &admin_conn, &live, true, &context).await?;
     let prepared = prepare(engine, source, &admin.client, &admin_conn).await?;
     let new = fit_name(&live, &format!("__capsule_restore_{}", short_id()));
     restore_into_new(source, &prepared, &admin.client, &admin_conn, &new).await?;
@@ -559,6 +637,24 @@ async fn swap_names(
     Err(sql_error(&context, &last.expect("retried"), conn))
 }
 
+/// A restore that replaces the live database works from the maintenance
+/// database, which therefore cannot be the one replaced (a `--pg-url`
+/// naming no database names `postgres`).
+fn refuse_maintenance_target(engine: &PgEngine, live: &str, context: &str) -> Result<()> {
+    let maintenance = &engine.options.maintenance_database;
+    if live == maintenance {
+        return Err(Error::invalid(
+            "restore",
+            format!(
+                "{context}: {live} is the maintenance database this restore works from, so it \
+                 cannot replace it: nothing was changed; name the database to restore in the \
+                 URL (postgres://…/app), or use --target-db to restore beside it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Restore into a new database `name`, leaving the live one alone.
 pub(crate) async fn restore_target(
     engine: &PgEngine,
@@ -602,6 +698,8 @@ pub(crate) async fn restore_in_place(
         conn.endpoint()
     );
     let (admin, admin_conn) = admin_session(engine, conn).await?;
+    refuse_maintenance_target(engine, &live, &context)?;
+    check_privileges(&admin.client, &admin_conn, &live, true, &context).await?;
     let prepared = prepare(engine, source, &admin.client, &admin_conn).await?;
     if let Some(dumped) = prepared.toc.dbname.as_deref().filter(|d| *d != live) {
         return Err(Error::invalid(

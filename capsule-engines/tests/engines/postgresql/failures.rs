@@ -463,3 +463,67 @@ async fn a_restore_killed_during_the_swap_leaves_the_live_database_in_place() {
         );
     }
 }
+
+/// A restore that replaces the live database checks, before it changes
+/// anything, that its role may create databases and owns the live one
+/// (an in-place restore by a role without CREATEDB used to drop the
+/// database, then fail to create it), and that the live database is not
+/// the maintenance database it works from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_lacking_privileges_are_refused_before_anything_changes() {
+    use capsule_engines::PgRestoreMode;
+    use test_support::postgres::Postgres;
+
+    let db = small_database("priv", 50);
+    let owner = Postgres::unique_name("owner");
+    let other = Postgres::unique_name("other");
+    pg().psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {owner} LOGIN; CREATE ROLE {other} LOGIN CREATEDB; \
+             ALTER DATABASE {db} OWNER TO {owner};"
+        ),
+    );
+    let fc = FileCatalog::new();
+    let id = backup(&fc.catalog, &engine(&db))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string();
+    let before = content_checksums(&db);
+    let as_role = |role: &str, mode: PgRestoreMode| {
+        let url = format!("postgres://{role}@127.0.0.1:{}/{db}", pg().port);
+        PgEngine::new(PgOptions::from_url(&url).unwrap().with_restore_mode(mode))
+    };
+    for (role, mode, says) in [
+        (&owner, PgRestoreMode::InPlace, "lacks CREATEDB"),
+        (&owner, PgRestoreMode::Safe, "lacks CREATEDB"),
+        (&other, PgRestoreMode::InPlace, "does not own database"),
+        (&other, PgRestoreMode::Safe, "does not own database"),
+    ] {
+        let e = restore_error(&fc, &as_role(role, mode.clone()), &id).await;
+        assert!(
+            e.contains(says) && e.contains(role.as_str()) && e.contains("nothing was changed"),
+            "{role} {mode:?}: {e}"
+        );
+        assert_eq!(content_checksums(&db), before, "{role} {mode:?}");
+        assert_eq!(
+            pg().psql(
+                "postgres",
+                &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
+            ),
+            "t"
+        );
+    }
+
+    // A URL naming no database names postgres, the maintenance database.
+    for mode in [PgRestoreMode::Safe, PgRestoreMode::InPlace] {
+        let e = restore_error(&fc, &engine_with("postgres", mode.clone(), false), &id).await;
+        assert!(
+            e.contains("maintenance database") && e.contains("nothing was changed"),
+            "{mode:?}: {e}"
+        );
+    }
+    assert!(pg().databases_like(&format!("{db}__capsule")).is_empty());
+}

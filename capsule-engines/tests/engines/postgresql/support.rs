@@ -28,6 +28,21 @@ pub fn engine_with(database: &str, mode: PgRestoreMode, drop_previous: bool) -> 
     )
 }
 
+/// The error of a restore of `id` by `engine` that must fail.
+pub async fn restore_error(fc: &FileCatalog, engine: &PgEngine, id: &str) -> String {
+    let ctx = capsule_core::JobContext::new(&capsule_core::NoProgress);
+    capsule_core::run_restore(
+        &fc.catalog,
+        engine,
+        id,
+        capsule_core::RestoreOptions::default(),
+        &ctx,
+    )
+    .await
+    .unwrap_err()
+    .to_string()
+}
+
 /// A fresh database with `rows` rows in `public.items` and a sequence.
 pub fn small_database(prefix: &str, rows: u32) -> String {
     let db = Postgres::unique_name(prefix);
