@@ -2367,6 +2367,26 @@ mod es {
             run.stderr.contains("--verify needs connection settings"),
             "{run:#?}"
         );
+        // A queued request cannot carry restore or index options: refused,
+        // not silently dropped.
+        for flags in [
+            &["--restore", "--id", &queued, "--yes", "--replace"][..],
+            &["--restore", "--id", &queued, "--yes", "--rename", "a:b"][..],
+            &["--create", "--indices", "users"][..],
+        ] {
+            let args: Vec<&str> = ["es"].iter().chain(flags).copied().collect();
+            let run = t.run_env(&args, &NO_LEGACY).fails_with(2);
+            assert!(
+                run.stderr.contains("needs connection settings"),
+                "{flags:?}: {run:#?}"
+            );
+        }
+        assert_eq!(
+            statefile(&t, &queued)["restores"]
+                .as_array()
+                .map_or(0, Vec::len),
+            0
+        );
     }
 }
 

@@ -21,8 +21,9 @@ use crate::{output, progress};
 /// Runs `capsule es`.
 ///
 /// # Errors
-/// As [`backups::run`]; a usage error for `--verify` without connection
-/// settings or a bad flag value; the engine's errors when it runs now
+/// As [`backups::run`]; a usage error for `--verify`, or `--replace`,
+/// `--rename` or `--indices` with `--create`/`--restore`, without connection
+/// settings, or a bad flag value; the engine's errors when it runs now
 /// ([`capsule_core::Error::VerificationFailed`] naming the differing
 /// indices for a failed drill).
 pub async fn run(g: &GlobalArgs, args: &EsArgs) -> Result<()> {
@@ -32,6 +33,15 @@ pub async fn run(g: &GlobalArgs, args: &EsArgs) -> Result<()> {
             return Err(UsageError::new(
                 "--verify needs connection settings (--es-url or ELASTICSEARCH_URL)",
             )
+            .into());
+        }
+        if matches!(action, Action::Create | Action::Restore)
+            && let Some(flag) = args.engine.unqueueable_flag()
+        {
+            return Err(UsageError::new(format!(
+                "{flag} needs connection settings (--es-url or ELASTICSEARCH_URL): a queued \
+                 request uses the daemon's settings"
+            ))
             .into());
         }
         return backups::run(g, ServiceType::Elasticsearch, &args.common).await;

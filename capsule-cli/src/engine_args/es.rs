@@ -53,6 +53,20 @@ pub struct EsEngineArgs {
 }
 
 impl EsEngineArgs {
+    /// The first flag a queued request cannot carry (a daemon backs up and
+    /// restores with its own settings), if one is given.
+    pub fn unqueueable_flag(&self) -> Option<&'static str> {
+        if self.replace {
+            Some("--replace")
+        } else if self.rename.is_some() {
+            Some("--rename")
+        } else if self.indices.is_some() {
+            Some("--indices")
+        } else {
+            None
+        }
+    }
+
     /// The server URL: `--es-url` (or `CNVRG_CAPSULE_ES_URL`), else the
     /// legacy `ELASTICSEARCH_URL`.
     fn url(&self) -> Option<String> {

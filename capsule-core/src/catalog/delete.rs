@@ -60,8 +60,7 @@ impl Catalog {
                             format!(
                                 "backup {id} is running (owner {}, last heartbeat {age}s ago): wait \
                                  for it to end; if its process is gone (killed, its pod evicted), \
-                                 the backup counts as abandoned after {} min without a heartbeat \
-                                 and can be deleted in {}s",
+                                 it can be deleted once it has had no heartbeat for {} min, in {}s",
                                 owner.id,
                                 LIVE_HEARTBEAT_SECS / 60,
                                 LIVE_HEARTBEAT_SECS - age.max(0)

@@ -226,8 +226,8 @@ async fn interrupted_backup_never_says_finished() {
     let e = catalog.delete(&id).await.unwrap_err().to_string();
     assert!(
         e.contains("is running")
-            && e.contains("abandoned after 5 min")
-            && e.contains("can be deleted in "),
+            && e.contains("no heartbeat for 5 min")
+            && e.contains(", in "),
         "{e}"
     );
     let key = format!("{id}/statefile.json");
