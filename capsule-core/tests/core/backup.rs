@@ -225,9 +225,7 @@ async fn interrupted_backup_never_says_finished() {
     let id = sf.backup_id.to_string();
     let e = catalog.delete(&id).await.unwrap_err().to_string();
     assert!(
-        e.contains("is running")
-            && e.contains("no heartbeat for 5 min")
-            && e.contains(", in "),
+        e.contains("is running") && e.contains("no heartbeat for 5 min") && e.contains(", in "),
         "{e}"
     );
     let key = format!("{id}/statefile.json");

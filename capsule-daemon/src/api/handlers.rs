@@ -159,9 +159,10 @@ pub(crate) async fn get_backup(
     Ok(axum::Json(sf.to_display_json()).into_response())
 }
 
-/// `POST /v1/backups` body.
+/// `POST /v1/backups` body. An unknown field is refused (422), not
+/// silently dropped.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct CreateBackup {
     service_type: String,
     #[serde(default, deserialize_with = "present")]
@@ -260,9 +261,11 @@ pub(crate) async fn request_restore(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, Access::Write)?;
     checked_id(&id)?;
+    no_restore_options(&body)?;
     let view = view_of(&shared, &id).await?;
     let handle = view
         .catalog()
@@ -276,6 +279,27 @@ pub(crate) async fn request_restore(
         axum::Json(handle.statefile.to_display_json()),
     )
         .into_response())
+}
+
+/// A queued restore carries no options (the daemon restores with its own
+/// settings): a body naming any (`{"flush": true}`) is refused with 422
+/// rather than ignored. No body, or `{}`, is fine.
+fn no_restore_options(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(fields) if fields.is_empty() => Ok(()),
+        Ok(fields) => Err(unprocessable(format!(
+            "a queued restore takes no options (got {}): the daemon restores with its own \
+             settings; run `capsule <engine> --restore` with connection settings for others",
+            fields.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+        Err(e) => Err(unprocessable(format!(
+            "the body must be empty or a JSON object: {e}"
+        ))),
+    }
 }
 
 /// `DELETE /v1/backups/{id}`.

@@ -161,7 +161,7 @@ pub(crate) fn document(anonymous_read: bool) -> Value {
                         "401": unauthorized.clone(),
                         "404": error_response("No such backup."),
                         "409": error_response("The backup is not finished."),
-                        "422": error_response("The statefile cannot be read."),
+                        "422": error_response("The statefile cannot be read, or the body names options: a queued restore takes none (no body, or {})."),
                     }
                 }
             },
@@ -282,7 +282,8 @@ fn schemas() -> Value {
                 "cluster": { "type": "string", "minLength": 1, "description": "Default: this daemon's cluster." },
                 "service": { "type": "string", "pattern": SERVICE_PATTERN, "description": "namespace/name; default: any service of the type in the cluster." },
                 "description": { "type": "string" },
-            }
+            },
+            "additionalProperties": false
         },
         "DeleteReport": {
             "type": "object",

@@ -82,6 +82,14 @@ async fn the_api_lists_filters_creates_restores_and_deletes() {
         assert_eq!(request(addr, "POST", "/v1/backups", Some(TOKEN), Some("{")).status, 400);
         assert_eq!(request(addr, "POST", "/v1/backups", Some(TOKEN), Some(r#"{"serviceType":"postgresql","service":"a/b/c"}"#)).status, 422);
         assert_eq!(request(addr, "POST", "/v1/backups", Some(TOKEN), Some(r#"{"serviceType":"postgresql","cluster":null}"#)).status, 422);
+        // Options the request cannot carry are refused, not dropped.
+        let unknown = request(addr, "POST", "/v1/backups", Some(TOKEN), Some(r#"{"serviceType":"redis","foo":1}"#));
+        assert_eq!(unknown.status, 422);
+        assert!(String::from_utf8_lossy(&unknown.body).contains("foo"));
+        let flush = request(addr, "POST", &format!("/v1/backups/{fid}/restores"), Some(TOKEN), Some(r#"{"flush":true}"#));
+        assert_eq!(flush.status, 422);
+        assert!(String::from_utf8_lossy(&flush.body).contains("takes no options (got flush)"));
+        assert_eq!(request(addr, "POST", &format!("/v1/backups/{fid}/restores"), Some(TOKEN), Some("{}")).status, 202);
         assert_eq!(request(addr, "GET", "/v1/nope", Some(TOKEN), None).status, 404);
         // OpenAPI and dashboard are open.
         let doc = request(addr, "GET", "/openapi.json", None, None).json();
