@@ -174,6 +174,15 @@ pub trait Engine: fmt::Display + Send + Sync {
         ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome>;
 
+    /// How long a restore or drill whose `ctx.cancel` fired may take to
+    /// stop on its own. An engine that watches the token and undoes its
+    /// work (or, past its point of no return, finishes it) returns the
+    /// time that can take; the default, zero, drops the job at once (its
+    /// `Drop` guards clean up).
+    fn cancel_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// The zstd level that suits this engine's artifacts, used when the
     /// backup's [`PipelineOptions::zstd_level`](crate::pipeline::PipelineOptions::zstd_level)
     /// names none; `None` (default): the pipeline's

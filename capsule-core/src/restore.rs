@@ -66,6 +66,38 @@ pub struct VerifyReport {
     pub fingerprint: Option<Fingerprint>,
 }
 
+/// Runs an engine's restore or drill until it ends or `ctx.cancel` fires;
+/// then gives it [`Engine::cancel_grace`] to stop on its own (and undo what
+/// it did) before dropping it. A job that finishes within the grace (past
+/// its point of no return) counts as done.
+async fn until_cancelled<T>(
+    engine: &dyn Engine,
+    ctx: &JobContext<'_>,
+    what: String,
+    job: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(job);
+    tokio::select! {
+        r = &mut job => return r,
+        () = ctx.cancel.cancelled() => {}
+    }
+    let grace = engine.cancel_grace();
+    if grace.is_zero() {
+        return Err(Error::Cancelled(what));
+    }
+    tracing::warn!(job = %what, "cancelling: waiting up to {grace:?} for {engine} to stop and undo what it did");
+    match tokio::time::timeout(grace, &mut job).await {
+        Ok(Ok(done)) => {
+            tracing::warn!(job = %what, "cancelled past its point of no return: it was completed instead");
+            Ok(done)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Cancelled(format!(
+            "{what} (it did not stop within {grace:?}; what it changed is not undone)"
+        ))),
+    }
+}
+
 /// Restores finished backup `id` with `engine`, recording the restore in
 /// the backup's history: an entry `running` (with target, mode and owner)
 /// before the engine starts, then `finished` or `failed` with the error.
@@ -136,13 +168,11 @@ pub async fn run_restore(
     tracing::info!(backup = %id, engine = %engine, target = %plan.target, mode = %plan.mode, "restore started");
 
     // A missing or wrong key fails here, before the engine touches the target.
-    let result = tokio::select! {
-        r = async {
-            source.check_keys().await?;
-            engine.restore(&source, ctx).await
-        } => r,
-        _ = ctx.cancel.cancelled() => Err(Error::Cancelled(format!("restore of backup {id}"))),
-    };
+    let result = until_cancelled(engine, ctx, format!("restore of backup {id}"), async {
+        source.check_keys().await?;
+        engine.restore(&source, ctx).await
+    })
+    .await;
     let finished = Utc::now();
     let entry = match &result {
         Ok(outcome) => {
@@ -296,13 +326,11 @@ pub async fn run_verify(
         .and_then(|e| e.fingerprint.clone());
     let started = Instant::now();
     tracing::info!(backup = %id, engine = %engine, "restore drill started");
-    let result = tokio::select! {
-        r = async {
-            source.check_keys().await?;
-            engine.restore_scratch(&source, ctx).await
-        } => r,
-        _ = ctx.cancel.cancelled() => Err(Error::Cancelled(format!("verification of backup {id}"))),
-    };
+    let result = until_cancelled(engine, ctx, format!("verification of backup {id}"), async {
+        source.check_keys().await?;
+        engine.restore_scratch(&source, ctx).await
+    })
+    .await;
     let duration_ms = Some(started.elapsed().as_millis() as u64);
     let mut verification = Verification {
         at: Utc::now(),

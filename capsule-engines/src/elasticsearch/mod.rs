@@ -159,6 +159,15 @@ impl Engine for EsEngine {
         Some(RECOMMENDED_ZSTD_LEVEL)
     }
 
+    /// A restore watches `ctx.cancel`: before its first existing index is
+    /// deleted it stops and undoes everything (waiting up to 2 min for the
+    /// `_bulk` requests in flight, which would re-create a deleted index);
+    /// from then on it completes the swaps, aliases and settings, which an
+    /// interruption would leave half-applied.
+    fn cancel_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(180)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             verify: true,
