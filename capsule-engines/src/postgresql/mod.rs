@@ -38,6 +38,7 @@ use capsule_core::{
     ArtifactSink, ArtifactSource, Capabilities, Engine, EngineInfo, Fingerprint, JobContext,
     RestoreOutcome, RestorePlan, Result, ServiceIdentity, ServiceType,
 };
+use tokio_util::sync::CancellationToken;
 
 pub use backup::{DUMP_ARTIFACT, FORMAT_CUSTOM, FORMAT_ROLES, FORMAT_TAR, ROLES_ARTIFACT};
 pub use connection::{DEFAULT_PORT, PgConnection, PgSslMode};
@@ -86,10 +87,23 @@ impl PgEngine {
         &self,
         source: &dyn ArtifactSource,
     ) -> Result<PgRestoreReport> {
+        self.restore_until(source, &CancellationToken::new()).await
+    }
+
+    /// [`PgEngine::restore_with_report`], stopped by `cancel`: pg_restore is
+    /// killed, a database being created is dropped again, and the error
+    /// ([`capsule_core::Error::Cancelled`]) says what is left.
+    async fn restore_until(
+        &self,
+        source: &dyn ArtifactSource,
+        cancel: &CancellationToken,
+    ) -> Result<PgRestoreReport> {
         match &self.options.restore_mode {
-            PgRestoreMode::Safe => restore::restore_safe(self, source).await,
-            PgRestoreMode::InPlace => restore::restore_in_place(self, source).await,
-            PgRestoreMode::TargetDb(name) => restore::restore_target(self, source, name).await,
+            PgRestoreMode::Safe => restore::restore_safe(self, source, cancel).await,
+            PgRestoreMode::InPlace => restore::restore_in_place(self, source, cancel).await,
+            PgRestoreMode::TargetDb(name) => {
+                restore::restore_target(self, source, name, cancel).await
+            }
         }
     }
 
@@ -99,7 +113,7 @@ impl PgEngine {
     /// As [`PgEngine::restore_with_report`]; the throwaway database is
     /// dropped in every case.
     pub async fn verify_with_report(&self, source: &dyn ArtifactSource) -> Result<PgRestoreReport> {
-        restore::restore_scratch(self, source).await
+        restore::restore_scratch(self, source, &CancellationToken::new()).await
     }
 }
 
@@ -113,6 +127,14 @@ impl fmt::Display for PgEngine {
 impl Engine for PgEngine {
     fn service_type(&self) -> ServiceType {
         ServiceType::Postgresql
+    }
+
+    /// A restore watches `ctx.cancel`: pg_restore is killed, a database it
+    /// was creating is dropped again, and the error says what is left (an
+    /// in-place restore: the database partly restored or dropped). A swap,
+    /// one short transaction, is let finish.
+    fn cancel_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -145,9 +167,9 @@ impl Engine for PgEngine {
     async fn restore(
         &self,
         source: &dyn ArtifactSource,
-        _ctx: &JobContext<'_>,
+        ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        let report = self.restore_with_report(source).await?;
+        let report = self.restore_until(source, &ctx.cancel).await?;
         if let Some(prev) = &report.previous_database {
             tracing::info!(previous = %prev, "the previous database is kept; drop it when no longer needed");
         }
@@ -180,9 +202,9 @@ impl Engine for PgEngine {
     async fn restore_scratch(
         &self,
         source: &dyn ArtifactSource,
-        _ctx: &JobContext<'_>,
+        ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        let report = self.verify_with_report(source).await?;
+        let report = restore::restore_scratch(self, source, &ctx.cancel).await?;
         Ok(RestoreOutcome {
             target: report.target,
             mode: report.mode,

@@ -10,6 +10,7 @@ use capsule_core::{Artifact, ArtifactRole, ArtifactSource, Error, Fingerprint, R
 use chrono::Utc;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use super::PgEngine;
 use super::backup::{FORMAT_CUSTOM, FORMAT_TAR};
@@ -412,6 +413,7 @@ pub(crate) async fn restore_into_new(
     admin: &Client,
     server_conn: &PgConnection,
     name: &str,
+    cancel: &CancellationToken,
 ) -> Result<()> {
     let id = source.statefile().backup_id.to_string();
     let context = format!(
@@ -441,7 +443,9 @@ pub(crate) async fn restore_into_new(
             .arg(format!("--dbname={}", dbname_arg(name)));
         let input = source.open(&prepared.data.name).await?;
         let secrets = secrets(server_conn);
-        tools::run(cmd, "pg_restore", &context, Some(input), &refs(&secrets)).await?;
+        let secrets = refs(&secrets);
+        let run = tools::run(cmd, "pg_restore", &context, Some(input), &secrets);
+        until_cancelled(cancel, &context, run).await?;
         Ok::<(), Error>(())
     }
     .await;
@@ -467,6 +471,20 @@ pub(crate) async fn restore_into_new(
     Ok(())
 }
 
+/// Runs `job` (pg_restore) until it ends or `cancel` fires; dropping it
+/// kills pg_restore, and the caller's error path cleans up and says what
+/// is left.
+async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    context: &str,
+    job: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = job => r,
+        () = cancel.cancelled() => Err(Error::Cancelled(context.to_string())),
+    }
+}
+
 /// Appends `note` to an error's message.
 fn annotate(e: Error, note: &str) -> Error {
     match e {
@@ -474,6 +492,7 @@ fn annotate(e: Error, note: &str) -> Error {
             context,
             message: format!("{message}; {note}"),
         },
+        Error::Cancelled(what) => Error::Cancelled(format!("{what}; {note}")),
         e => Error::Engine {
             context: e.to_string(),
             message: note.to_string(),
@@ -509,6 +528,7 @@ async fn admin_session(
 pub(crate) async fn restore_safe(
     engine: &PgEngine,
     source: &dyn ArtifactSource,
+    cancel: &CancellationToken,
 ) -> Result<PgRestoreReport> {
     let conn = &engine.options.connection;
     let live = conn.database.clone();
@@ -522,7 +542,7 @@ pub(crate) async fn restore_safe(
     check_privileges(&admin.client, &admin_conn, &live, true, &context).await?;
     let prepared = prepare(engine, source, &admin.client, &admin_conn).await?;
     let new = fit_name(&live, &format!("__capsule_restore_{}", short_id()));
-    restore_into_new(source, &prepared, &admin.client, &admin_conn, &new).await?;
+    restore_into_new(source, &prepared, &admin.client, &admin_conn, &new, cancel).await?;
     let previous = swap(
         engine,
         &admin.client,
@@ -660,6 +680,7 @@ pub(crate) async fn restore_target(
     engine: &PgEngine,
     source: &dyn ArtifactSource,
     name: &str,
+    cancel: &CancellationToken,
 ) -> Result<PgRestoreReport> {
     let conn = &engine.options.connection;
     let (admin, admin_conn) = admin_session(engine, conn).await?;
@@ -674,7 +695,7 @@ pub(crate) async fn restore_target(
         ));
     }
     let prepared = prepare(engine, source, &admin.client, &admin_conn).await?;
-    restore_into_new(source, &prepared, &admin.client, &admin_conn, name).await?;
+    restore_into_new(source, &prepared, &admin.client, &admin_conn, name, cancel).await?;
     Ok(PgRestoreReport {
         target: format!("{}/{name}", conn.endpoint()),
         mode: engine.options.restore_mode.as_str().into(),
@@ -689,6 +710,7 @@ pub(crate) async fn restore_target(
 pub(crate) async fn restore_in_place(
     engine: &PgEngine,
     source: &dyn ArtifactSource,
+    cancel: &CancellationToken,
 ) -> Result<PgRestoreReport> {
     let conn = &engine.options.connection;
     let live = conn.database.clone();
@@ -742,18 +764,23 @@ pub(crate) async fn restore_in_place(
         dbname_arg(&engine.options.maintenance_database)
     ));
     let secrets = secrets(&admin_conn);
-    let run = tools::run(cmd, "pg_restore", &context, Some(input), &refs(&secrets)).await;
-    if let Err(e) = run {
-        if database_exists(&admin.client, &admin_conn, &live)
-            .await
-            .unwrap_or(false)
-        {
-            let _ = allow_connections(&admin.client, &admin_conn, &live, true).await;
-        }
-        return Err(annotate(
-            e,
-            &format!("database {live} may be partly restored"),
-        ));
+    let secrets = refs(&secrets);
+    let run = tools::run(cmd, "pg_restore", &context, Some(input), &secrets);
+    if let Err(e) = until_cancelled(cancel, &context, run).await {
+        let note = match database_exists(&admin.client, &admin_conn, &live).await {
+            Ok(true) => {
+                let _ = allow_connections(&admin.client, &admin_conn, &live, true).await;
+                format!(
+                    "database {live} may be partly restored (pg_restore --clean drops and \
+                     re-creates it): run the restore again"
+                )
+            }
+            Ok(false) => {
+                format!("database {live} was dropped and not re-created: run the restore again")
+            }
+            Err(_) => format!("database {live} may be dropped or partly restored"),
+        };
+        return Err(annotate(e, &note));
     }
     Ok(PgRestoreReport {
         target: format!("{}/{live}", conn.endpoint()),
@@ -768,6 +795,7 @@ pub(crate) async fn restore_in_place(
 pub(crate) async fn restore_scratch(
     engine: &PgEngine,
     source: &dyn ArtifactSource,
+    cancel: &CancellationToken,
 ) -> Result<PgRestoreReport> {
     let server_conn = engine
         .options
@@ -784,7 +812,7 @@ pub(crate) async fn restore_scratch(
     let (admin, admin_conn) = admin_session(engine, &server_conn).await?;
     let prepared = prepare(engine, source, &admin.client, &admin_conn).await?;
     let name = fit_name(&base, &format!("__capsule_verify_{}", short_id()));
-    restore_into_new(source, &prepared, &admin.client, &admin_conn, &name).await?;
+    restore_into_new(source, &prepared, &admin.client, &admin_conn, &name, cancel).await?;
     let skip: BTreeSet<String> = sf
         .engine
         .as_ref()

@@ -485,12 +485,7 @@ async fn restores_lacking_privileges_are_refused_before_anything_changes() {
         ),
     );
     let fc = FileCatalog::new();
-    let id = backup(&fc.catalog, &engine(&db))
-        .await
-        .unwrap()
-        .statefile
-        .backup_id
-        .to_string();
+    let id = backed_up(&fc, &db).await;
     let before = content_checksums(&db);
     let as_role = |role: &str, mode: PgRestoreMode| {
         let url = format!("postgres://{role}@127.0.0.1:{}/{db}", pg().port);
@@ -526,4 +521,72 @@ async fn restores_lacking_privileges_are_refused_before_anything_changes() {
         );
     }
     assert!(pg().databases_like(&format!("{db}__capsule")).is_empty());
+}
+
+/// Cancelled (Ctrl-C) while pg_restore runs: a safe restore drops the
+/// database it was creating and leaves the live one as it was; an
+/// in-place restore says the database may be partly restored and to run
+/// the restore again, which brings the backup back. The token fires
+/// before the job starts, so pg_restore is stopped as soon as it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_restore_cleans_up_and_says_what_is_left() {
+    use capsule_engines::PgRestoreMode;
+
+    let db = small_database("cancel", 2000);
+    let fc = FileCatalog::new();
+    let id = backed_up(&fc, &db).await;
+    pg().psql(
+        &db,
+        "INSERT INTO public.notes VALUES (1000, 'after the backup')",
+    );
+    let live = content_checksums(&db);
+    let cancelled = |mode: PgRestoreMode| {
+        let fc = &fc;
+        let id = &id;
+        let db = &db;
+        async move {
+            let ctx = JobContext::new(&NoProgress);
+            ctx.cancel.cancel();
+            run_restore(
+                &fc.catalog,
+                &engine_with(db, mode, false),
+                id,
+                RestoreOptions::default(),
+                &ctx,
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+
+    let e = cancelled(PgRestoreMode::Safe).await;
+    assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+    assert!(e.to_string().contains("was dropped again"), "{e}");
+    assert!(pg().databases_like(&format!("{db}__capsule")).is_empty());
+    assert_eq!(content_checksums(&db), live);
+
+    let e = cancelled(PgRestoreMode::InPlace).await;
+    assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+    assert!(e.to_string().contains("run the restore again"), "{e}");
+    if pg().database_exists(&db) {
+        assert_eq!(
+            pg().psql(
+                "postgres",
+                &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
+            ),
+            "t"
+        );
+    }
+    let ctx = JobContext::new(&NoProgress);
+    run_restore(
+        &fc.catalog,
+        &engine_with(&db, PgRestoreMode::InPlace, false),
+        &id,
+        RestoreOptions::default(),
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&db, "public.items"), 2000);
+    assert_eq!(count(&db, "public.notes"), 25);
 }

@@ -28,6 +28,16 @@ pub fn engine_with(database: &str, mode: PgRestoreMode, drop_previous: bool) -> 
     )
 }
 
+/// Backs `db` up into `fc` as the superuser; returns the backup's id.
+pub async fn backed_up(fc: &FileCatalog, db: &str) -> String {
+    backup(&fc.catalog, &engine(db))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string()
+}
+
 /// The error of a restore of `id` by `engine` that must fail.
 pub async fn restore_error(fc: &FileCatalog, engine: &PgEngine, id: &str) -> String {
     let ctx = capsule_core::JobContext::new(&capsule_core::NoProgress);
