@@ -154,6 +154,12 @@ impl Engine for RedisEngine {
         Some(1)
     }
 
+    /// A restore watches `ctx.cancel` and stops at once, saying what the
+    /// target may hold; the grace only covers that.
+    fn cancel_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(10)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             verify: true,
@@ -185,9 +191,18 @@ impl Engine for RedisEngine {
     async fn restore(
         &self,
         source: &dyn ArtifactSource,
-        _ctx: &JobContext<'_>,
+        ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        Ok(self.restore_with_report(source).await?.into_outcome())
+        tokio::select! {
+            r = self.restore_with_report(source) => Ok(r?.into_outcome()),
+            // Dropping the restore stops its stream (a load by replication
+            // is detached by its guard); what it may have written is said.
+            () = ctx.cancel.cancelled() => Err(capsule_core::Error::Cancelled(format!(
+                "restore into {}: {}",
+                self.options.connection.endpoint(),
+                restore::cancelled_note(self.target()),
+            ))),
+        }
     }
 
     async fn fingerprint(&self, _ctx: &JobContext<'_>) -> Result<Fingerprint> {
@@ -211,8 +226,13 @@ impl Engine for RedisEngine {
     async fn restore_scratch(
         &self,
         source: &dyn ArtifactSource,
-        _ctx: &JobContext<'_>,
+        ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        Ok(self.verify_with_report(source).await?.into_outcome())
+        tokio::select! {
+            r = self.verify_with_report(source) => Ok(r?.into_outcome()),
+            () = ctx.cancel.cancelled() => Err(capsule_core::Error::Cancelled(
+                "restore drill (a scratch server of its own is stopped; a --verify-url one may hold part of the backup)".into(),
+            )),
+        }
     }
 }

@@ -330,6 +330,20 @@ fn log_report(id: &str, report: &RedisRestoreReport) {
 /// `e`, saying what a restore that failed after it began to write left on
 /// the target: keys of the backup may have replaced theirs (other keys
 /// untouched), or the target was emptied first.
+/// What a restore cancelled at an unknown point may have left.
+pub(crate) fn cancelled_note(target: Target) -> &'static str {
+    match target {
+        Target::Replace => {
+            "the target may hold part of the backup: keys it holds may have been replaced, no \
+             other key was touched; run the restore again to finish it"
+        }
+        Target::Flush | Target::Scratch => {
+            "the target may have been emptied and hold part of the backup; run the restore again \
+             to finish it"
+        }
+    }
+}
+
 fn touched_error(e: Error, endpoint: &str, target: Target) -> Error {
     let note = match target {
         Target::Replace => format!(

@@ -168,3 +168,40 @@ async fn a_scratch_server_holding_keys_is_refused_untouched() {
     assert_eq!(source.digest(), digest);
     assert_eq!(source.keyspace(), keyspace);
 }
+
+/// Cancelled (Ctrl-C) through the core: the restore stops and says what
+/// the target may hold, a restore by commands and a load by replication
+/// alike; the target is left a writable primary.
+#[tokio::test]
+async fn a_cancelled_restore_says_what_the_target_may_hold() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = Redis::start();
+    for (flush, says) in [
+        (false, "keys it holds may have been replaced"),
+        (true, "may have been emptied"),
+    ] {
+        let engine = RedisEngine::new(
+            RedisOptions::from_url(&target.url())
+                .unwrap()
+                .with_flush(flush),
+        );
+        let ctx = JobContext::new(&NoProgress);
+        ctx.cancel.cancel();
+        let e = capsule_core::run_restore(
+            &fc.catalog,
+            &engine,
+            &id,
+            capsule_core::RestoreOptions::default(),
+            &ctx,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, capsule_core::Error::Cancelled(_)), "{e:?}");
+        assert!(
+            e.to_string().contains(says) && e.to_string().contains("run the restore again"),
+            "{e}"
+        );
+        let info = target.cmd(&[b"INFO", b"replication"]).text();
+        assert!(info.contains("role:master"), "{info}");
+    }
+}
