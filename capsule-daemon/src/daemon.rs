@@ -290,7 +290,7 @@ impl Daemon {
         }
         if o.mode.serves_api() && o.api_token.is_none() {
             tracing::warn!(
-                "no API token configured (--api-token-file or CNVRG_CAPSULE_API_TOKEN): API writes are refused"
+                "no API token configured (--api-token-file or CNVRG_CAPSULE_API_TOKEN): API writes are refused, and reads too unless --api-anonymous-read is set"
             );
         }
         let main = tokio::spawn(main_loop(shared.clone(), api.map(|(l, _)| l)));

@@ -99,7 +99,8 @@ fn redact_url(url: &str) -> String {
 }
 
 impl EsConnection {
-    /// Parses `http(s)://[user:password@]host[:port][/prefix]`. Percent
+    /// Parses `http(s)://[user:password@]host[:port][/prefix]` (`host:port`
+    /// without a scheme is read as `http://`). Percent
     /// escapes in the user and password are decoded; both are moved out of
     /// the URL. Without a port, the scheme's (80 or 443) is used.
     ///
@@ -107,7 +108,14 @@ impl EsConnection {
     /// [`Error::Invalid`] for a malformed URL or another scheme (the URL in
     /// the message has its credentials removed).
     pub fn from_url(url: &str) -> Result<Self> {
-        let mut parsed = url::Url::parse(url.trim())
+        // `host:port`, as a legacy secret may hold it, is plain http.
+        let full = match url.trim() {
+            u if u.contains("://") || u.contains('@') || u.contains(char::is_whitespace) => {
+                u.to_string()
+            }
+            u => format!("http://{u}"),
+        };
+        let mut parsed = url::Url::parse(&full)
             .map_err(|e| invalid(format!("invalid URL {}: {e}", redact_url(url))))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(invalid(format!(
@@ -382,6 +390,11 @@ mod tests {
             EsConnection::from_url("https://es").unwrap().endpoint(),
             "es:443"
         );
+        // Without a scheme, as a legacy secret may hold it: http.
+        let c = EsConnection::from_url("127.0.0.1:9200").unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:9200");
+        let c = EsConnection::from_url("elasticsearch.ns:9200").unwrap();
+        assert_eq!(c.url, "http://elasticsearch.ns:9200");
     }
 
     #[test]
