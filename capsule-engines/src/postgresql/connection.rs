@@ -182,8 +182,24 @@ impl PgConnection {
     /// [`Error::Invalid`] naming the fault (the URL in the message has its
     /// password removed).
     pub fn from_url(url: &str) -> Result<Self> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| invalid(format!("invalid URL {}: {e}", redact_url(url))))?;
+        // libpq takes `postgres://user@/db?host=/socket/dir`, a user with
+        // an empty host, which the URL parser refuses: parse it with a
+        // placeholder host, left unused.
+        let mut empty_host = false;
+        let parsed = match url::Url::parse(url) {
+            Err(url::ParseError::EmptyHost) => {
+                let with_host = url.split_once("://").and_then(|(scheme, rest)| {
+                    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+                    rest[..end]
+                        .ends_with('@')
+                        .then(|| format!("{scheme}://{}localhost{}", &rest[..end], &rest[end..]))
+                });
+                empty_host = with_host.is_some();
+                url::Url::parse(with_host.as_deref().unwrap_or(url))
+            }
+            other => other,
+        }
+        .map_err(|e| invalid(format!("invalid URL {}: {e}", redact_url(url))))?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(invalid(format!(
                 "unsupported URL scheme {:?} in {} (expected postgres:// or postgresql://)",
@@ -206,7 +222,7 @@ impl PgConnection {
         if let Some(p) = parsed.password() {
             c.password = Some(Secret::new(decode(p)));
         }
-        if let Some(h) = parsed.host_str().filter(|h| !h.is_empty()) {
+        if let Some(h) = parsed.host_str().filter(|h| !h.is_empty() && !empty_host) {
             c.host = decode(h.trim_start_matches('[').trim_end_matches(']'));
         }
         if let Some(p) = parsed.port() {
@@ -502,6 +518,22 @@ mod tests {
                 5432,
                 "u",
                 Some("x"),
+                "prod",
+            ),
+            (
+                "postgres://app@/prod?host=/tmp/sock&port=7801",
+                "/tmp/sock",
+                7801,
+                "app",
+                None,
+                "prod",
+            ),
+            (
+                "postgres://app:pw@/prod",
+                "localhost",
+                5432,
+                "app",
+                Some("pw"),
                 "prod",
             ),
             (
