@@ -419,7 +419,8 @@ fn legacy_round_trip(t: &Target) {
     assert_eq!(report["backupId"], FINISHED);
     let file = &report["files"][0];
     assert_eq!(file["name"], DUMP);
-    assert_eq!(file["sha256"], DUMP_SHA256);
+    assert_eq!(file["sha256"], DUMP_SHA256, "a legacy dump is stored as is");
+    assert_eq!(file["storedSha256"], DUMP_SHA256);
     assert_eq!(file["sizeBytes"], 1_855_488);
     assert_eq!(
         file["checksumVerified"], false,
@@ -973,6 +974,14 @@ fn v1_downloads_are_verified_and_corruption_is_caught() {
             .json();
         assert_eq!(json["files"][0]["checksumVerified"], true);
         assert_eq!(json["files"][0]["sizeBytes"], data.len());
+        // The stored object's hash is the file's only when it is stored
+        // as is.
+        match compression {
+            Compression::None => {
+                assert_eq!(json["files"][0]["sha256"], json["files"][0]["storedSha256"])
+            }
+            _ => assert!(json["files"][0].get("sha256").is_none(), "{json}"),
+        }
         std::fs::remove_dir_all(t.dumpdir()).unwrap();
 
         // One byte flipped, same length: checksum (or frame) mismatch.
@@ -1315,8 +1324,14 @@ mod redis {
         assert!(run.stdout.contains("verification passed"), "{run:#?}");
         assert_eq!(statefile(&t, &id)["verifications"][0]["status"], "passed");
 
-        // Download: a dump.rdb that redis-server loads.
-        t.run(&["redis", "--download", "--id", &id]).ok();
+        // Download: a dump.rdb that redis-server loads. The stored hash is
+        // of dump.rdb.zst, so --json gives no sha256 of the file.
+        let json = t
+            .run(&["redis", "--download", "--id", &id, "--json"])
+            .ok()
+            .json();
+        assert!(json["files"][0]["storedSha256"].is_string(), "{json}");
+        assert!(json["files"][0].get("sha256").is_none(), "{json}");
         let rdb = t.dumpdir().join(&id).join("dump.rdb");
         let loaded = Redis::start_with(RedisConfig::default().with_rdb(&rdb));
         assert_eq!(loaded.digest(), digest);

@@ -230,15 +230,24 @@ impl Ctx<'_> {
             let files: Vec<_> = files
                 .iter()
                 .map(|f| {
-                    serde_json::json!({
+                    let mut v = serde_json::json!({
                         "name": f.name,
                         "path": f.path,
                         "sizeBytes": f.report.raw_size_bytes,
                         "storedSizeBytes": f.report.size_bytes,
-                        "sha256": f.report.sha256,
+                        "storedSha256": f.report.sha256,
                         "checksumVerified": f.report.checksum_verified,
                         "decrypted": f.report.decrypted,
-                    })
+                    });
+                    // The stored object's hash is the file's only when the
+                    // file is the object itself (not decompressed or
+                    // decrypted).
+                    let same_bytes = !f.report.decrypted
+                        && f.path.file_name().and_then(|n| n.to_str()) == Some(f.name.as_str());
+                    if same_bytes {
+                        v["sha256"] = serde_json::json!(f.report.sha256);
+                    }
+                    v
                 })
                 .collect();
             output::json(&serde_json::json!({ "backupId": id, "files": files }))?;
