@@ -2189,7 +2189,10 @@ mod es {
                 &NO_LEGACY,
             )
             .ok();
-        assert_eq!(run.json()["mode"], "replace");
+        let json = run.json();
+        assert_eq!(json["mode"], "replace");
+        assert_eq!(json["indices"]["cli-b"], "cli-b", "{json}");
+        assert_eq!(json["replaced"][0], "cli-b", "{json}");
         assert_eq!(count(&os, "cli-b"), 20);
         // --replace failing mid-load (the server fails every _bulk): the
         // live index is intact, no staging index is left, the error says so.

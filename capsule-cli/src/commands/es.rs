@@ -133,6 +133,8 @@ impl Now<'_> {
                 "target": report.outcome.target,
                 "mode": report.outcome.mode,
                 "documents": got.counts,
+                "indices": report.outcome.details.get("indices"),
+                "replaced": report.outcome.details.get("replaced"),
                 "durationMs": took.num_milliseconds(),
             }))?;
             return Ok(());

@@ -202,11 +202,16 @@ impl Engine for EsEngine {
         ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
         let report = self.restore_with_report(source, ctx).await?;
+        let mut details = serde_json::Map::new();
+        // The fingerprint is keyed by the backup's index names; where each
+        // went (`--rename`), and which existing ones were replaced.
+        details.insert("indices".into(), serde_json::json!(report.indices));
+        details.insert("replaced".into(), serde_json::json!(report.replaced));
         Ok(RestoreOutcome {
             target: report.target,
             mode: report.mode,
             fingerprint: Some(report.fingerprint),
-            details: Default::default(),
+            details,
         })
     }
 
