@@ -281,12 +281,12 @@ impl Daemon {
             store = %shared.global().url(),
             targets = shared.targets().len(),
             source = %shared.source.name(),
-            api = ?api_addr,
+            api = %api_addr.map_or("off".to_string(), |a| a.to_string()),
             holder = %shared.holder.id,
             "capsule daemon started"
         );
         for t in shared.targets().iter() {
-            tracing::info!(service = %t.target.name, r#type = %t.target.service_type, engine = %t.target.engine, store = %t.view.url(), schedule = ?t.target.schedule, "serving");
+            tracing::info!(service = %t.target.name, r#type = %t.target.service_type, engine = %t.target.engine, store = %t.view.url(), schedule = %t.target.schedule.as_ref().map_or("none (requests only)".to_string(), ToString::to_string), "serving");
         }
         if o.mode.serves_api() && o.api_token.is_none() {
             tracing::warn!(

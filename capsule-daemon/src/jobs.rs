@@ -257,7 +257,7 @@ async fn backup(
     match result {
         Ok(report) => {
             let sf = &report.statefile;
-            tracing::info!(backup = %sf.backup_id, service = %t.target.name, took = ?took, bytes = ?sf.size_bytes(), "backup finished");
+            tracing::info!(backup = %sf.backup_id, service = %t.target.name, took = ?took, bytes = sf.size_bytes().unwrap_or(0), "backup finished");
             shared.metrics.backup(
                 &labels,
                 Outcome::Finished,
@@ -313,7 +313,8 @@ async fn rotate(shared: &Shared, t: &TargetRt) {
     if plan.is_empty() {
         return;
     }
-    tracing::info!(service = %t.target.name, plan = %plan.to_string().trim_end(), "rotation");
+    // One line per event, whatever the log format: the plan's lines joined.
+    tracing::info!(service = %t.target.name, plan = %plan.to_string().trim_end().replace('\n', "; "), "rotation");
     let labels = labels(shared, t);
     for d in &plan.delete {
         match t.view.catalog().delete(d.id.as_str()).await {

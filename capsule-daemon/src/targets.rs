@@ -33,6 +33,17 @@ pub struct TargetSchedule {
     pub keep_monthly: u32,
 }
 
+impl std::fmt::Display for TargetSchedule {
+    /// `every 1h, keep 7 (daily 7, weekly 4, monthly 0)`, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "every {}, keep {} (daily {}, weekly {}, monthly {})",
+            self.period, self.rotation, self.keep_daily, self.keep_weekly, self.keep_monthly
+        )
+    }
+}
+
 impl TargetSchedule {
     /// `period` and `rotation`, no calendar keeps.
     pub fn new(period: Period, rotation: u32) -> Self {
