@@ -46,6 +46,22 @@ pub(crate) fn pg_message(e: &tokio_postgres::Error, conn: &PgConnection) -> Stri
             }
             source = cause.source();
         }
+        // tokio-postgres's words for a peer that does not speak the
+        // PostgreSQL protocol (an HTTP server, Redis, a TLS-only port).
+        if [
+            "bytes remaining on stream",
+            "unexpected message",
+            "invalid message length",
+        ]
+        .iter()
+        .any(|m| s.contains(m))
+        {
+            s.push_str(&format!(
+                " (the server at {} did not answer as PostgreSQL does: is it the right host and \
+                 port?)",
+                conn.endpoint()
+            ));
+        }
         s
     };
     let pw = conn.resolve_password();
@@ -72,6 +88,10 @@ pub(crate) fn sql_error(context: &str, e: &tokio_postgres::Error, conn: &PgConne
 /// without a CA file, an unreadable CA file); [`Error::Engine`] naming the
 /// server (never the password) and the reason, in plain words for a
 /// refused certificate or a server without TLS.
+/// Time allowed for the startup handshake (TLS, authentication) beyond
+/// the connection's `connect_timeout`.
+const HANDSHAKE_EXTRA: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn connect(conn: &PgConnection) -> Result<Session> {
     let (ssl_mode, tls) = super::tls::connector(conn)?;
     let mut config = tokio_postgres::Config::new();
@@ -86,7 +106,22 @@ pub(crate) async fn connect(conn: &PgConnection) -> Result<Session> {
     if let Some(pw) = conn.resolve_password() {
         config.password(pw.expose());
     }
-    let (client, connection) = config.connect(tls).await.map_err(|e| {
+    // connect_timeout bounds the TCP connect only; a peer that accepts and
+    // never answers the startup message (a Redis, a stuck proxy) would
+    // hold the handshake forever.
+    let handshake = conn.connect_timeout + HANDSHAKE_EXTRA;
+    let connected = tokio::time::timeout(handshake, config.connect(tls))
+        .await
+        .map_err(|_| Error::Engine {
+            context: format!("connecting to postgresql {conn}"),
+            message: format!(
+                "no answer to the PostgreSQL startup within {} s: the server at {} does not \
+                 speak PostgreSQL, or is stuck; is it the right host and port?",
+                handshake.as_secs(),
+                conn.endpoint()
+            ),
+        })?;
+    let (client, connection) = connected.map_err(|e| {
         let context = format!("connecting to postgresql {conn}");
         let message = pg_message(&e, conn);
         match super::tls::explain(&message, conn) {

@@ -590,3 +590,50 @@ async fn a_cancelled_restore_cleans_up_and_says_what_is_left() {
     assert_eq!(count(&db, "public.items"), 2000);
     assert_eq!(count(&db, "public.notes"), 25);
 }
+
+/// A URL pointing at a server that does not speak PostgreSQL (here a
+/// Redis, which waits for a newline that never comes) fails within the
+/// connect timeout plus 5 s, saying so, instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_postgresql_fails_in_time_and_is_named() {
+    let redis = test_support::redis::Redis::start();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/app?connect_timeout=1",
+        redis.port
+    );
+    let fc = FileCatalog::new();
+    let engine = PgEngine::new(PgOptions::from_url(&url).unwrap());
+    let started = Instant::now();
+    let e = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(20), "{e}");
+    assert!(
+        e.contains(&format!(
+            "the server at 127.0.0.1:{} does not speak PostgreSQL",
+            redis.port
+        )),
+        "{e}"
+    );
+
+    // An HTTP server answers at once, with bytes the driver cannot read.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in http.incoming().take(4) {
+            let mut s = s.unwrap();
+            let _ = s.read(&mut [0u8; 512]);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    for sslmode in ["disable", "prefer"] {
+        let url = format!("postgres://postgres@127.0.0.1:{port}/app?sslmode={sslmode}");
+        let engine = PgEngine::new(PgOptions::from_url(&url).unwrap());
+        let e = backup(&fc.catalog, &engine).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "the server at 127.0.0.1:{port} did not answer as PostgreSQL does"
+            )),
+            "{sslmode}: {e}"
+        );
+    }
+}
