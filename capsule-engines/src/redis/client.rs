@@ -167,6 +167,27 @@ impl Client {
             local_addr,
             out: Vec::with_capacity(4096),
         };
+        // Bounded like the connect: a peer that accepts and never answers
+        // (not a Redis, a stuck proxy) must not hold the job forever.
+        let endpoint = client.endpoint.clone();
+        tokio::time::timeout(timeout, client.handshake(conn))
+            .await
+            .map_err(|_| {
+                engine_error(
+                    &endpoint,
+                    "connect",
+                    format!(
+                        "no answer within {timeout:?}: the server does not speak Redis, or is \
+                         stuck; is it the right host and port?"
+                    ),
+                )
+            })??;
+        Ok(client)
+    }
+
+    /// AUTH, SELECT, then a PING that proves the server answers.
+    async fn handshake(&mut self, conn: &RedisConnection) -> Result<()> {
+        let client = self;
         if let Some(password) = &conn.password {
             let reply = match &conn.username {
                 Some(user) => {
@@ -189,7 +210,13 @@ impl Client {
                 .call(&[b"SELECT", conn.db.to_string().as_bytes()])
                 .await?;
         }
-        Ok(client)
+        match client.raw_call(&[b"PING"]).await? {
+            Reply::Error(e) if e.starts_with("NOAUTH") => {
+                Err(engine_error(&client.endpoint, "authentication", e))
+            }
+            // Another error (an ACL without PING) still is an answer.
+            _ => Ok(()),
+        }
     }
 
     /// Queues a command (sent on the next flush).

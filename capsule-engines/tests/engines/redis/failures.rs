@@ -294,3 +294,29 @@ async fn a_restore_failing_after_it_began_to_write_says_the_target_was_touched()
         .to_string();
     assert!(!msg.contains("may hold part"), "{msg}");
 }
+
+/// A URL pointing at a server that accepts connections and never answers
+/// (not a Redis, a stuck proxy) fails within the connect timeout, saying
+/// so, instead of hanging the job.
+#[tokio::test]
+async fn a_server_that_never_answers_fails_in_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let _held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let mut options = RedisOptions::from_url(&format!("redis://127.0.0.1:{port}")).unwrap();
+    options.connection.connect_timeout = Duration::from_secs(1);
+    let fc = FileCatalog::new();
+    let started = std::time::Instant::now();
+    let e = backup(&fc.catalog, &RedisEngine::new(options))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+    assert!(
+        e.contains(&format!("127.0.0.1:{port}")) && e.contains("does not speak Redis"),
+        "{e}"
+    );
+}
