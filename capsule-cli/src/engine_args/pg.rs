@@ -244,8 +244,11 @@ mod tests {
     #[test]
     fn passwords_are_found_but_not_user_names() {
         let s = url_passwords("postgres://postgres:p%40ss@db:5432/app?password=other");
-        assert_eq!(s, ["p%40ss", "other"]);
+        assert_eq!(s, ["p%40ss", "p@ss", "other"]);
         assert!(url_passwords("postgres://postgres@db/app").is_empty());
+        // A `/` in the password makes the parser see a host and a port.
+        assert_eq!(url_passwords("postgres://u:12/34@db/app"), ["12/34"]);
+        assert_eq!(url_passwords("redis://backup:pw#1@h:6379"), ["pw#1"]);
         assert_eq!(url_passwords("postgres://u:hunter2@db:port/x"), ["hunter2"]);
         let e = PgEngineArgs {
             pg_url: Some("postgres://u:hunter2@db:notaport/x".into()),
