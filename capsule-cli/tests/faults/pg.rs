@@ -139,10 +139,15 @@ impl Pg {
                 )],
                 Vec::new(),
             ),
-            (false, _, Some(e)) if e.contains("may be partly restored") => note(format!(
-                "a failed restore left the live database {state}, and its error said it may be \
-                 partly restored (the in-place mode)"
-            )),
+            (false, _, Some(e))
+                if e.contains("may be partly restored")
+                    || e.contains("was dropped and not re-created") =>
+            {
+                note(format!(
+                    "a failed restore left the live database {state}, and its error said so \
+                     (the in-place mode)"
+                ))
+            }
             (false, _, Some(e)) => (
                 vec![format!(
                     "a failed in-place restore left the live database {state} without saying so: {e}"

@@ -778,7 +778,10 @@ pub(crate) async fn restore_in_place(
             Ok(false) => {
                 format!("database {live} was dropped and not re-created: run the restore again")
             }
-            Err(_) => format!("database {live} may be dropped or partly restored"),
+            Err(_) => format!(
+                "database {live} may be partly restored, or dropped (pg_restore --clean drops \
+                 and re-creates it): run the restore again"
+            ),
         };
         return Err(annotate(e, &note));
     }
