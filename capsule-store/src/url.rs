@@ -283,9 +283,11 @@ pub(crate) fn redact_input(input: &str) -> String {
     if let Some(at) = text.rfind('@') {
         let head = &text[..at];
         // Keep the scheme (and slashes after it) when it comes before the '@'.
+        // A `://` after the userinfo (`az:user:pw@host://…`) is not the
+        // scheme's: only one that follows a scheme counts.
         let start = match head.find("://") {
-            Some(i) => i + 3,
-            None => match head.find(':') {
+            Some(i) if is_scheme(&head[..i]) => i + 3,
+            _ => match head.find(':') {
                 Some(i) if is_scheme(&head[..i]) => {
                     i + 1 + head[i + 1..].len() - head[i + 1..].trim_start_matches('/').len()
                 }
