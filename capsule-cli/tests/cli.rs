@@ -1155,6 +1155,23 @@ mod redis {
 
     use super::*;
 
+    /// `redis --restore --id ID --yes --redis-url URL` and `more`.
+    fn restore_args(id: &str, url: &str, more: &[&str]) -> Vec<String> {
+        [
+            "redis",
+            "--restore",
+            "--id",
+            id,
+            "--yes",
+            "--redis-url",
+            url,
+        ]
+        .into_iter()
+        .chain(more.iter().copied())
+        .map(String::from)
+        .collect()
+    }
+
     fn fill(redis: &Redis, keys: usize) {
         let mut c = redis.client();
         for i in 0..keys {
@@ -1275,21 +1292,7 @@ mod redis {
         }
         // Without --flush, into an empty server, the log points at --flush.
         redis.cmd(&[b"FLUSHALL"]);
-        let restore = |more: &[&str]| -> Vec<String> {
-            [
-                "redis",
-                "--restore",
-                "--id",
-                &id,
-                "--yes",
-                "--redis-url",
-                &url,
-            ]
-            .into_iter()
-            .chain(more.iter().copied())
-            .map(String::from)
-            .collect()
-        };
+        let restore = |more: &[&str]| restore_args(&id, &url, more);
         let args = restore(&[]);
         let run = t
             .run_traced(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -1424,17 +1427,9 @@ mod redis {
             .to_string();
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let restore = |more: &[&str]| {
-            let mut args = vec![
-                "redis",
-                "--restore",
-                "--id",
-                &id,
-                "--yes",
-                "--redis-url",
-                &url,
-            ];
-            args.extend(more);
-            t.run(&args).ok()
+            let args = restore_args(&id, &url, more);
+            t.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .ok()
         };
         let run = restore(&["--flush"]);
         assert!(
