@@ -103,8 +103,8 @@ fn two_clusters_to_one_bucket_and_prefix() {
     let (db1, db2) = (database("shape2a", 10), database("shape2b", 20));
     let (t1, e1) = one_service("PG_URL", &db1, 2);
     let (t2, e2) = one_service("PG_URL", &db2, 2);
-    let a = start("a", &bucket.url, "cnvrg-smart-backups", "c1", &t1, &e1);
-    let b = start("b", &bucket.url, "cnvrg-smart-backups", "c2", &t2, &e2);
+    let mut a = start("a", &bucket.url, "cnvrg-smart-backups", "c1", &t1, &e1);
+    let mut b = start("b", &bucket.url, "cnvrg-smart-backups", "c2", &t2, &e2);
     let catalog = bucket.catalog("cnvrg-smart-backups");
     wait_until(
         Duration::from_secs(60),
@@ -133,6 +133,14 @@ fn two_clusters_to_one_bucket_and_prefix() {
         assert!(names.contains(mine) && names.contains(other), "{names:?}");
     }
     // Each rotates only its own: both keep backups, neither beyond rotation 2.
+    // A backup's rotation runs just after it finishes, so count once both
+    // have stopped cleanly (a clean stop lets the running job, rotation
+    // included, finish); counting while they run can catch the moment
+    // between the third backup and its rotation.
+    for d in [&mut a, &mut b] {
+        let status = d.terminate(Duration::from_secs(40));
+        assert!(status.success(), "{status:?}\n{}", d.log_tail(30));
+    }
     let all = statefiles(&catalog);
     for c in ["c1", "c2"] {
         let n = finished_periodic(&all, c).len();
