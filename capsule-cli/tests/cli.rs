@@ -1931,6 +1931,26 @@ mod pg {
             )
             .ok();
         assert_no_secrets(&run, &secrets);
+        // A passfile others can read is ignored, and said so once, though
+        // the backup resolves its password several times.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let run = t
+            .run_env(
+                &["pg", "--create", "--pg-url", &plain],
+                &[("PGPASSFILE", passfile.to_str().unwrap())],
+            )
+            .fails_with(1);
+        assert_eq!(
+            run.stderr
+                .matches("passfile has group or world access")
+                .count(),
+            1,
+            "{run:#?}"
+        );
+        assert_no_secrets(&run, &secrets);
 
         // A malformed URL: a usage error naming the flag, without the password.
         let run = t

@@ -418,14 +418,33 @@ fn passfile_lookup(path: &Path, conn: &PgConnection) -> Option<Secret> {
         return None;
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            passfile = %path.display(),
-            "passfile has group or world access; ignored (chmod 0600 it)"
-        );
+        if first_warning_for(path) {
+            tracing::warn!(
+                passfile = %path.display(),
+                "passfile has group or world access; ignored (chmod 0600 it)"
+            );
+        }
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
     passfile_match(&text, conn).map(Secret::new)
+}
+
+/// Whether this process has not yet warned about the passfile at `path`:
+/// one operation resolves its password several times (its own sessions,
+/// pg_dump, pg_restore), and one warning says it all. A warning given
+/// before the process set its log subscriber (the CLI resolves passwords
+/// for its redactor first) went nowhere, so it does not count.
+fn first_warning_for(path: &Path) -> bool {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.iter().any(|p| p == path) {
+        return false;
+    }
+    if tracing::dispatcher::has_been_set() {
+        warned.push(path.to_path_buf());
+    }
+    true
 }
 
 /// The password of the first passfile line matching `conn`.
@@ -637,6 +656,23 @@ mod tests {
         let c = PgConnection::from_url("postgres://bob@elsewhere/x").unwrap();
         assert_eq!(passfile_match(text, &c).as_deref(), Some("fallback"));
         assert_eq!(passfile_match("db:5432:prod:app\n", &c), None);
+    }
+
+    #[test]
+    fn warns_once_per_passfile() {
+        let (a, b) = (
+            Path::new("/nonexistent/a/pgpass"),
+            Path::new("/nonexistent/b/pgpass"),
+        );
+        // Before a subscriber is set a warning goes nowhere: not counted.
+        if !tracing::dispatcher::has_been_set() {
+            assert!(first_warning_for(a));
+        }
+        let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new());
+        assert!(first_warning_for(a));
+        assert!(!first_warning_for(a));
+        assert!(first_warning_for(b));
+        assert!(!first_warning_for(b));
     }
 
     #[test]
