@@ -431,8 +431,36 @@ impl Store {
         let path = self.path(key)?;
         let _guard = self.lock(&path, "delete", key).await?;
         match self.backend.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.ctx().translate("delete", key, e)),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.ctx().translate("delete", key, e)),
+        }
+        if self.backend.locks.is_some() {
+            self.remove_empty_dirs(&path).await;
+        }
+        Ok(())
+    }
+
+    /// After a delete in a `file://` store: removes the directories above
+    /// the deleted object that are now empty, up to (not including) this
+    /// store's prefix directory, so a deleted backup leaves no empty folder
+    /// behind. Best effort: a directory that is not empty (another writer
+    /// got there first) stops it, and a writer whose directory vanished
+    /// creates it again.
+    async fn remove_empty_dirs(&self, path: &Path) {
+        let stop = std::path::PathBuf::from(format!("/{}", self.view.full));
+        let object = std::path::PathBuf::from(format!("/{}", path.as_ref()));
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut dir = object.parent();
+            while let Some(d) = dir {
+                if d == stop || !d.starts_with(&stop) || std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::debug!(error = %e, "removing empty directories after a delete");
         }
     }
 

@@ -46,6 +46,47 @@ async fn local_directory_conforms() {
     );
 }
 
+/// Deleting a backup folder's objects leaves no empty directory behind,
+/// but the store's own prefix directory stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_delete_removes_emptied_directories_up_to_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("bucket-root");
+    let store = file_store(&root, "dst");
+    for key in [
+        "one/idx/a/part.zst",
+        "one/statefile.json",
+        "two/statefile.json",
+    ] {
+        store.put(key, Bytes::from_static(b"x")).await.unwrap();
+    }
+    store.delete("one/idx/a/part.zst").await.unwrap();
+    assert!(
+        !root.join("dst/one/idx").exists(),
+        "emptied directories stay"
+    );
+    assert!(root.join("dst/one/statefile.json").is_file());
+    store.delete("one/statefile.json").await.unwrap();
+    assert!(!root.join("dst/one").exists());
+    assert!(root.join("dst/two/statefile.json").is_file());
+    store.delete("two/statefile.json").await.unwrap();
+    assert!(root.join("dst").is_dir(), "the prefix directory is kept");
+    assert_eq!(std::fs::read_dir(root.join("dst")).unwrap().count(), 0);
+    // A directory that is not empty is left alone, and writes still work.
+    store
+        .put("three/x", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    std::fs::write(root.join("dst/three/operator-notes.txt"), "keep").unwrap();
+    store.delete("three/x").await.unwrap();
+    assert!(root.join("dst/three/operator-notes.txt").is_file());
+    store
+        .put("one/again", Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    assert!(root.join("dst/one/again").is_file());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_absolute_path_is_a_local_store() {
     let dir = tempfile::tempdir().unwrap();
