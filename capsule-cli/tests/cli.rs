@@ -1722,7 +1722,30 @@ mod pg {
             ])
             .ok();
         assert_eq!(run.json()["previousDatabase"], Value::Null);
+        assert_eq!(run.json()["previousDatabaseDropped"], true, "{run:#?}");
         assert_eq!(pg().databases_like(&format!("{db}__capsule_prev_")), prev);
+        // ... into a database that does not exist: created, nothing dropped.
+        let fresh = format!("{db}_fresh");
+        let fresh_url = pg().url(&fresh);
+        let args = [
+            "pg",
+            "--restore",
+            "--id",
+            &id,
+            "--pg-url",
+            &fresh_url,
+            "--yes",
+            "--drop-previous",
+        ];
+        let run = t.run(&args).ok();
+        assert!(
+            run.stdout
+                .contains(&format!("database {fresh} did not exist: created")),
+            "{run:#?}"
+        );
+        assert!(!run.stdout.contains("dropped"), "{run:#?}");
+        assert_eq!(counts(&fresh), before);
+        pg().psql("postgres", &format!("DROP DATABASE \"{fresh}\""));
         // --target-db: a copy beside the live one.
         let copy = format!("{db}_copy");
         let run = t
@@ -1795,6 +1818,7 @@ mod pg {
         assert_eq!(
             modes,
             [
+                "safe-swap finished",
                 "safe-swap finished",
                 "safe-swap finished",
                 "target-db finished",

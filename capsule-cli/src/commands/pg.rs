@@ -142,8 +142,7 @@ impl Now<'_> {
                 "target": report.outcome.target,
                 "mode": report.outcome.mode,
                 "previousDatabase": pg.previous_database,
-                "previousDatabaseDropped": engine.engine.options().drop_previous
-                    && report.outcome.mode == PgRestoreMode::Safe.as_str(),
+                "previousDatabaseDropped": pg.previous_dropped,
                 "createdRoles": pg.created_roles,
                 "durationMs": took.num_milliseconds(),
             }))?;
@@ -159,9 +158,9 @@ impl Now<'_> {
             (PgRestoreMode::Safe, Some(prev)) => output::out(&format!(
                 "previous database {live} kept as {prev}: drop it when no longer needed"
             ))?,
-            (PgRestoreMode::Safe, None) if engine.engine.options().drop_previous => output::out(
-                &format!("previous database {live} dropped (--drop-previous)"),
-            )?,
+            (PgRestoreMode::Safe, None) if pg.previous_dropped => output::out(&format!(
+                "previous database {live} dropped (--drop-previous)"
+            ))?,
             (PgRestoreMode::Safe, None) => {
                 output::out(&format!("database {live} did not exist: created"))?
             }

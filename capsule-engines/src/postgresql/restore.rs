@@ -510,6 +510,9 @@ pub struct PgRestoreReport {
     pub mode: String,
     /// The previous live database kept by a safe restore.
     pub previous_database: Option<String>,
+    /// Whether a safe restore dropped the previous live database
+    /// (`--drop-previous`, and there was one).
+    pub previous_dropped: bool,
     /// Roles the restore created because the server lacked them.
     pub created_roles: Vec<String>,
     /// The restored data's fingerprint (drills).
@@ -555,13 +558,29 @@ pub(crate) async fn restore_safe(
     Ok(PgRestoreReport {
         target: format!("{}/{live}", conn.endpoint()),
         mode: engine.options.restore_mode.as_str().into(),
-        previous_database: previous,
+        previous_dropped: matches!(previous, Previous::Dropped),
+        previous_database: match previous {
+            Previous::Kept(name) => Some(name),
+            Previous::Absent | Previous::Dropped => None,
+        },
         created_roles: prepared.created_roles,
         fingerprint: None,
     })
 }
 
-/// Puts `new` in the place of `live`; returns the kept previous database.
+/// What became of the live database a safe restore replaced.
+enum Previous {
+    /// There was none: the restored copy was renamed into place.
+    Absent,
+    /// Kept under this name.
+    Kept(String),
+    /// Dropped (`--drop-previous`).
+    Dropped,
+}
+
+/// Puts `new` in the place of `live`; says what became of the old one.
+/// Once the swap is done the restore has succeeded: a previous database
+/// that `--drop-previous` cannot drop is kept, with a warning.
 async fn swap(
     engine: &PgEngine,
     admin: &Client,
@@ -569,7 +588,7 @@ async fn swap(
     live: &str,
     new: &str,
     sf: &Statefile,
-) -> Result<Option<String>> {
+) -> Result<Previous> {
     let context = format!(
         "restore of backup {} into postgresql {}/{live}",
         sf.backup_id,
@@ -579,7 +598,7 @@ async fn swap(
         rename(admin, conn, new, live)
             .await
             .map_err(|e| annotate(e, &format!("the restored copy is kept as {new}")))?;
-        return Ok(None);
+        return Ok(Previous::Absent);
     }
     let stamp = Utc::now().format("%Y%m%d%H%M%S").to_string();
     let mut prev = fit_name(live, &format!("__capsule_prev_{stamp}"));
@@ -602,12 +621,18 @@ async fn swap(
         return Err(annotate(e, &note));
     }
     tracing::info!(database = live, previous = %prev, "{context}: swapped in the restored database");
-    if engine.options.drop_previous {
-        drop_database(admin, conn, &prev).await?;
-        tracing::info!(database = %prev, "dropped the previous database");
-        Ok(None)
-    } else {
-        Ok(Some(prev))
+    if !engine.options.drop_previous {
+        return Ok(Previous::Kept(prev));
+    }
+    match drop_database(admin, conn, &prev).await {
+        Ok(()) => {
+            tracing::info!(database = %prev, "dropped the previous database");
+            Ok(Previous::Dropped)
+        }
+        Err(e) => {
+            tracing::warn!(database = %prev, error = %e, "{context}: restored, but the previous database could not be dropped; it is kept");
+            Ok(Previous::Kept(prev))
+        }
     }
 }
 
@@ -700,6 +725,7 @@ pub(crate) async fn restore_target(
         target: format!("{}/{name}", conn.endpoint()),
         mode: engine.options.restore_mode.as_str().into(),
         previous_database: None,
+        previous_dropped: false,
         created_roles: prepared.created_roles,
         fingerprint: None,
     })
@@ -789,6 +815,7 @@ pub(crate) async fn restore_in_place(
         target: format!("{}/{live}", conn.endpoint()),
         mode: engine.options.restore_mode.as_str().into(),
         previous_database: None,
+        previous_dropped: false,
         created_roles: prepared.created_roles,
         fingerprint: None,
     })
@@ -842,6 +869,7 @@ pub(crate) async fn restore_scratch(
         target: format!("{}/{name}", server_conn.endpoint()),
         mode: "scratch".into(),
         previous_database: None,
+        previous_dropped: false,
         created_roles: prepared.created_roles,
         fingerprint: Some(fingerprint),
     })
