@@ -57,7 +57,9 @@ pub use postgresql::{
 
 pub mod elasticsearch;
 
-pub use elasticsearch::{EsConnection, EsEngine, EsOptions, EsRename, EsRestoreReport};
+pub use elasticsearch::{
+    EsConnection, EsEngine, EsOptions, EsRename, EsRestorePreview, EsRestoreReport, PreviewIndex,
+};
 
 pub mod redis;
 

@@ -10,7 +10,7 @@ use capsule_core::{
     BackupOptions, Catalog, Error, Fingerprint, JobContext, RestoreOptions, ServiceType, Statefile,
     run_backup, run_restore, run_verify,
 };
-use capsule_engines::{EsEngine, EsOptions};
+use capsule_engines::{EsEngine, EsOptions, EsRestorePreview};
 
 use super::backups::{self, cancellable};
 use super::drill;
@@ -114,7 +114,14 @@ impl Now<'_> {
         let sf = self.catalog.describe(&id).await?;
         if !self.g.yes {
             backups::can_confirm("restore")?;
-            backups::ask("restore", &restore_prompt(&id, &sf, &engine))?;
+            let fp = sf
+                .engine
+                .as_ref()
+                .and_then(|e| e.fingerprint.clone())
+                .unwrap_or_default();
+            let backed_up: Vec<String> = fp.counts.keys().cloned().collect();
+            let preview = engine.restore_preview(&backed_up).await?;
+            backups::ask("restore", &restore_prompt(&id, &sf, &engine, &preview))?;
         }
         let progress = progress::for_output(self.g.json);
         let ctx = JobContext::new(progress.as_ref());
@@ -228,7 +235,12 @@ impl Now<'_> {
 }
 
 /// The confirmation question, saying what happens to existing indices.
-fn restore_prompt(id: &str, sf: &Statefile, engine: &EsEngine) -> String {
+fn restore_prompt(
+    id: &str,
+    sf: &Statefile,
+    engine: &EsEngine,
+    preview: &EsRestorePreview,
+) -> String {
     let o = engine.options();
     let fp = sf
         .engine
@@ -239,22 +251,81 @@ fn restore_prompt(id: &str, sf: &Statefile, engine: &EsEngine) -> String {
         "backup {id} ({}, {}, {})",
         sf.status,
         output::date(sf.requested_at),
-        contents(&fp)
+        selected_contents(&fp, preview)
     );
     let names = match &o.rename {
         Some(r) => format!(" renamed with {r}"),
         None => String::new(),
     };
-    if o.replace {
-        format!(
-            "Restore {what} into {engine}{names}, REPLACING existing indices of the same names \
-             (each is deleted once its restored copy is loaded and checked)?"
-        )
-    } else {
-        format!(
-            "Restore {what} into {engine}{names}? Existing indices of the same names make it fail."
-        )
+    let existing: Vec<&str> = preview.existing().collect();
+    match (o.replace, existing.is_empty()) {
+        (true, false) => format!(
+            "Restore {what} into {engine}{names}, REPLACING {} existing {}: {} \
+             (each is deleted once its restored copy is loaded and checked)?",
+            existing.len(),
+            if existing.len() == 1 {
+                "index"
+            } else {
+                "indices"
+            },
+            name_list(&existing)
+        ),
+        (true, true) => format!(
+            "Restore {what} into {engine}{names}? None of those indices exists there: nothing is replaced."
+        ),
+        (false, true) => format!("Restore {what} into {engine}{names}?"),
+        (false, false) => format!(
+            "Restore {what} into {engine}{names}? {} already {} there: the restore will refuse \
+             and change nothing (pass --replace to replace {}).",
+            name_list(&existing),
+            if existing.len() == 1 {
+                "exists"
+            } else {
+                "exist"
+            },
+            if existing.len() == 1 { "it" } else { "them" }
+        ),
     }
+}
+
+/// `2 of 5 indices, 1200 documents` when `--indices` selects some of the
+/// backup's indices, else as [`contents`].
+fn selected_contents(fp: &Fingerprint, preview: &EsRestorePreview) -> String {
+    let docs: u64 = preview
+        .indices
+        .iter()
+        .filter_map(|i| fp.counts.get(&i.original))
+        .sum();
+    let n = preview.indices.len();
+    let of = if n < fp.counts.len() {
+        format!(" of {}", fp.counts.len())
+    } else {
+        String::new()
+    };
+    format!(
+        "{n}{of} {}, {docs} document{}",
+        if n == 1 && of.is_empty() {
+            "index"
+        } else {
+            "indices"
+        },
+        if docs == 1 { "" } else { "s" }
+    )
+}
+
+/// Up to ten names, then how many more.
+fn name_list(names: &[&str]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
 }
 
 /// `3 indices, 1200 documents`.
@@ -266,4 +337,71 @@ fn contents(fp: &Fingerprint) -> String {
         if n == 1 { "index" } else { "indices" },
         if docs == 1 { "" } else { "s" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capsule_core::{BackupId, EngineInfo, RequestType};
+    use capsule_engines::PreviewIndex;
+
+    fn backup() -> (String, Statefile) {
+        let id = BackupId::generate(ServiceType::Elasticsearch);
+        let mut sf = Statefile::new(id.clone(), RequestType::Manual, chrono::Utc::now());
+        let info = EngineInfo {
+            fingerprint: Some(Fingerprint {
+                counts: [("logs-1", 10), ("logs-2", 20), ("metrics", 5)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        sf.engine = Some(info);
+        (id.to_string(), sf)
+    }
+
+    fn preview(indices: &[(&str, bool)]) -> EsRestorePreview {
+        let mut p = EsRestorePreview::default();
+        p.indices = indices
+            .iter()
+            .map(|(n, exists)| PreviewIndex::new(*n, *n, *exists))
+            .collect();
+        p
+    }
+
+    fn engine(flags: impl FnOnce(EsOptions) -> EsOptions) -> EsEngine {
+        EsEngine::new(flags(EsOptions::from_url("http://127.0.0.1:9200").unwrap()))
+    }
+
+    #[test]
+    fn prompts_name_what_is_replaced_and_count_only_the_selection() {
+        let (id, sf) = backup();
+        let replace = engine(|o| o.with_replace(true));
+        let p = preview(&[("logs-1", true), ("logs-2", false)]);
+        let text = restore_prompt(&id, &sf, &replace, &p);
+        assert!(text.contains("2 of 3 indices, 30 documents"), "{text}");
+        assert!(text.contains("REPLACING 1 existing index: logs-1 ("), "{text}");
+        let all = preview(&[("logs-1", false), ("logs-2", false), ("metrics", false)]);
+        let text = restore_prompt(&id, &sf, &replace, &all);
+        assert!(text.contains("3 indices, 35 documents"), "{text}");
+        assert!(text.contains("nothing is replaced"), "{text}");
+        let plain = engine(|o| o);
+        let both = preview(&[("logs-1", true), ("logs-2", true)]);
+        let text = restore_prompt(&id, &sf, &plain, &both);
+        assert!(
+            text.contains("logs-1, logs-2 already exist there: the restore will refuse"),
+            "{text}"
+        );
+        assert!(!text.contains("REPLACING"), "{text}");
+    }
+
+    #[test]
+    fn long_name_lists_are_cut_at_ten() {
+        let names: Vec<String> = (0..12).map(|i| format!("i{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(name_list(&refs[..2]), "i0, i1");
+        assert!(name_list(&refs).ends_with("i9 and 2 more"));
+    }
 }

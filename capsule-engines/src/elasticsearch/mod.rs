@@ -46,6 +46,7 @@ mod ndjson;
 mod options;
 mod page;
 mod plan;
+mod preview;
 mod rename;
 mod restore;
 mod sample;
@@ -68,6 +69,7 @@ pub use backup::{
 };
 pub use metadata::{EsMetadata, IndexMeta, METADATA_FORMAT, METADATA_VERSION};
 pub use options::{ENV_URL, EsConnection, EsOptions, LEGACY_CREDENTIAL_KEYS, LEGACY_URL_KEY};
+pub use preview::{EsRestorePreview, PreviewIndex};
 pub use rename::EsRename;
 pub use restore::EsRestoreReport;
 pub use server::{Distribution, ServerInfo};

@@ -12,7 +12,7 @@ use capsule_core::{
     ArtifactSource, ByteStream, Error, JobContext, NoProgress, Progress, RestoreOptions, Statefile,
     run_restore,
 };
-use capsule_engines::{EsEngine, EsOptions};
+use capsule_engines::{EsEngine, EsOptions, EsRename};
 use serde_json::{Value, json};
 use test_support::opensearch::{BulkFailure, FaultProxy, Faults, OpenSearch};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -428,4 +428,44 @@ async fn a_failed_swap_keeps_the_restored_documents_and_names_them() {
     assert_eq!(count(&os, "beta"), 300);
     os.ok("DELETE", &format!("/{staging}"), "");
     assert_eq!(index_names(&os), ["alpha", "beta"]);
+}
+
+/// The preview a confirmation prompt shows: the indices `--indices`
+/// selects, their names after `--rename`, and which exist on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_names_the_indices_a_restore_would_replace() {
+    let os = OpenSearch::start();
+    for index in ["logs-1", "logs-2-copy"] {
+        os.ok("PUT", &format!("/{index}"), "{}");
+    }
+    let backed_up: Vec<String> = ["logs-1", "logs-2", "metrics"].map(String::from).to_vec();
+    let all = engine(&os.url, "")
+        .restore_preview(&backed_up)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str, bool)> = all
+        .indices
+        .iter()
+        .map(|i| (i.original.as_str(), i.target.as_str(), i.exists))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("logs-1", "logs-1", true),
+            ("logs-2", "logs-2", false),
+            ("metrics", "metrics", false)
+        ]
+    );
+    assert_eq!(all.existing().collect::<Vec<_>>(), ["logs-1"]);
+
+    let renamed = EsEngine::new(
+        options(&os.url, "logs-*,nothing-*")
+            .with_rename("^(logs-.*)$:$1-copy".parse::<EsRename>().unwrap()),
+    );
+    let p = renamed.restore_preview(&backed_up).await.unwrap();
+    assert_eq!(p.existing().collect::<Vec<_>>(), ["logs-2-copy"]);
+    assert_eq!(p.indices.len(), 2);
+    assert_eq!(p.unmatched, ["nothing-*"]);
+    // Read only: nothing was created.
+    assert_eq!(os.request("GET", "/logs-2", "").status, 404);
 }
