@@ -128,24 +128,47 @@ impl StoreBuilder {
                 .ok_or_else(|| Error::invalid(format!("{flag} is required for bucket type {kind}")))
         };
         let bucket_flag = match kind {
-            BucketType::Azure => "--bucket-name (CNVRG_STORAGE_AZURE_CONTAINER)",
-            _ => "--bucket-name (CNVRG_STORAGE_BUCKET)",
+            BucketType::Azure => setting(
+                "--bucket-name",
+                "CNVRG_CAPSULE_BUCKET_NAME",
+                "CNVRG_STORAGE_AZURE_CONTAINER",
+            ),
+            _ => setting(
+                "--bucket-name",
+                "CNVRG_CAPSULE_BUCKET_NAME",
+                "CNVRG_STORAGE_BUCKET",
+            ),
         };
-        let bucket = required(text(&settings.bucket_name), bucket_flag)?;
+        let bucket = required(text(&settings.bucket_name), &bucket_flag)?;
         let mut options: Vec<(String, String)> = Vec::new();
         let mut opt = |k: &str, v: &str| options.push((k.to_string(), v.to_string()));
         let endpoint = text(&settings.endpoint);
         let location = match kind {
             BucketType::Minio => {
-                let endpoint = required(endpoint, "--endpoint (CNVRG_STORAGE_ENDPOINT)")?;
+                let endpoint = required(
+                    endpoint,
+                    &setting(
+                        "--endpoint",
+                        "CNVRG_CAPSULE_ENDPOINT",
+                        "CNVRG_STORAGE_ENDPOINT",
+                    ),
+                )?;
                 let endpoint = endpoint_with_scheme(&endpoint, settings.use_ssl)?;
                 let access = required(
                     secret(&settings.access_key).map(|s| s.expose().to_string()),
-                    "--access-key (CNVRG_STORAGE_ACCESS_KEY)",
+                    &setting(
+                        "--access-key",
+                        "CNVRG_CAPSULE_ACCESS_KEY",
+                        "CNVRG_STORAGE_ACCESS_KEY",
+                    ),
                 )?;
                 let secret_key = required(
                     secret(&settings.secret_key).map(|s| s.expose().to_string()),
-                    "--secret-key (CNVRG_STORAGE_SECRET_KEY)",
+                    &setting(
+                        "--secret-key",
+                        "CNVRG_CAPSULE_SECRET_KEY",
+                        "CNVRG_STORAGE_SECRET_KEY",
+                    ),
                 )?;
                 opt(
                     "allow_http",
@@ -193,14 +216,24 @@ impl StoreBuilder {
                     }
                     (None, None) => {}
                     (Some(_), None) => {
-                        return Err(Error::invalid(
-                            "--secret-key (CNVRG_STORAGE_SECRET_KEY) is required with --access-key for bucket type aws (or give neither to use the default credential chain)",
-                        ));
+                        return Err(Error::invalid(format!(
+                            "{} is required with --access-key for bucket type aws (or give neither to use the default credential chain)",
+                            setting(
+                                "--secret-key",
+                                "CNVRG_CAPSULE_SECRET_KEY",
+                                "CNVRG_STORAGE_SECRET_KEY"
+                            )
+                        )));
                     }
                     (None, Some(_)) => {
-                        return Err(Error::invalid(
-                            "--access-key (CNVRG_STORAGE_ACCESS_KEY) is required with --secret-key for bucket type aws (or give neither to use the default credential chain)",
-                        ));
+                        return Err(Error::invalid(format!(
+                            "{} is required with --secret-key for bucket type aws (or give neither to use the default credential chain)",
+                            setting(
+                                "--access-key",
+                                "CNVRG_CAPSULE_ACCESS_KEY",
+                                "CNVRG_STORAGE_ACCESS_KEY"
+                            )
+                        )));
                     }
                 }
                 Location::S3 { bucket }
@@ -208,7 +241,11 @@ impl StoreBuilder {
             BucketType::Azure => {
                 let account = required(
                     text(&settings.account_name),
-                    "--account-name (CNVRG_STORAGE_AZURE_ACCOUNT_NAME)",
+                    &setting(
+                        "--account-name",
+                        "CNVRG_CAPSULE_ACCOUNT_NAME",
+                        "CNVRG_STORAGE_AZURE_ACCOUNT_NAME",
+                    ),
                 )?;
                 opt("account_name", &account);
                 if let Some(key) = secret(&settings.account_key) {
@@ -432,6 +469,12 @@ struct RetrySettings {
     roots: Vec<Certificate>,
 }
 
+/// How a storage setting is named in messages: the CLI flag, its
+/// environment variable, and its key in a bucket Secret (the daemon's).
+fn setting(flag: &str, env: &str, secret_key: &str) -> String {
+    format!("{flag} ({env}; {secret_key} in a bucket Secret)")
+}
+
 /// `endpoint` with a scheme: as given, or `https://` when `use_ssl` is true
 /// and `http://` otherwise.
 fn endpoint_with_scheme(endpoint: &str, use_ssl: Option<bool>) -> Result<String> {
@@ -439,7 +482,12 @@ fn endpoint_with_scheme(endpoint: &str, use_ssl: Option<bool>) -> Result<String>
     if let Some((scheme, _)) = endpoint.split_once("://") {
         if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
             return Err(Error::invalid(format!(
-                "--endpoint (CNVRG_STORAGE_ENDPOINT) {} must be http:// or https:// (or a host:port without scheme)",
+                "{} {} must be http:// or https:// (or a host:port without scheme)",
+                setting(
+                    "--endpoint",
+                    "CNVRG_CAPSULE_ENDPOINT",
+                    "CNVRG_STORAGE_ENDPOINT"
+                ),
                 redact_input(endpoint)
             )));
         }

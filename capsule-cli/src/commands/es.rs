@@ -382,7 +382,10 @@ mod tests {
         let p = preview(&[("logs-1", true), ("logs-2", false)]);
         let text = restore_prompt(&id, &sf, &replace, &p);
         assert!(text.contains("2 of 3 indices, 30 documents"), "{text}");
-        assert!(text.contains("REPLACING 1 existing index: logs-1 ("), "{text}");
+        assert!(
+            text.contains("REPLACING 1 existing index: logs-1 ("),
+            "{text}"
+        );
         let all = preview(&[("logs-1", false), ("logs-2", false), ("metrics", false)]);
         let text = restore_prompt(&id, &sf, &replace, &all);
         assert!(text.contains("3 indices, 35 documents"), "{text}");

@@ -95,18 +95,24 @@ fn legacy_settings_name_the_missing_flag() {
     let mut s = StorageSettings::new(BucketType::Minio);
     check(
         &s,
-        "--bucket-name (CNVRG_STORAGE_BUCKET) is required for bucket type minio",
+        "--bucket-name (CNVRG_CAPSULE_BUCKET_NAME; CNVRG_STORAGE_BUCKET in a bucket Secret) is required for bucket type minio",
     );
     s.bucket_name = Some("b".into());
     check(
         &s,
-        "--endpoint (CNVRG_STORAGE_ENDPOINT) is required for bucket type minio",
+        "--endpoint (CNVRG_CAPSULE_ENDPOINT; CNVRG_STORAGE_ENDPOINT in a bucket Secret) is required for bucket type minio",
     );
     s.endpoint = Some("minio:9000".into());
-    check(&s, "--access-key (CNVRG_STORAGE_ACCESS_KEY) is required");
+    check(
+        &s,
+        "--access-key (CNVRG_CAPSULE_ACCESS_KEY; CNVRG_STORAGE_ACCESS_KEY in a bucket Secret) is required",
+    );
     s.access_key = Some(Secret::new("AK"));
     s.secret_key = Some(Secret::new(""));
-    check(&s, "--secret-key (CNVRG_STORAGE_SECRET_KEY) is required");
+    check(
+        &s,
+        "--secret-key (CNVRG_CAPSULE_SECRET_KEY; CNVRG_STORAGE_SECRET_KEY in a bucket Secret) is required",
+    );
     s.endpoint = Some("ftp://minio:9000".into());
     s.secret_key = Some(Secret::new("sk-value"));
     check(&s, "must be http:// or https://");
@@ -115,19 +121,19 @@ fn legacy_settings_name_the_missing_flag() {
     s.bucket_name = Some("c".into());
     check(
         &s,
-        "--account-name (CNVRG_STORAGE_AZURE_ACCOUNT_NAME) is required for bucket type azure",
+        "--account-name (CNVRG_CAPSULE_ACCOUNT_NAME; CNVRG_STORAGE_AZURE_ACCOUNT_NAME in a bucket Secret) is required for bucket type azure",
     );
     let s = StorageSettings::new(BucketType::Gcp);
     check(
         &s,
-        "--bucket-name (CNVRG_STORAGE_BUCKET) is required for bucket type gcp",
+        "--bucket-name (CNVRG_CAPSULE_BUCKET_NAME; CNVRG_STORAGE_BUCKET in a bucket Secret) is required for bucket type gcp",
     );
     let mut s = StorageSettings::new(BucketType::Aws);
     s.bucket_name = Some("b".into());
     s.access_key = Some(Secret::new("AKONLY"));
     check(
         &s,
-        "--secret-key (CNVRG_STORAGE_SECRET_KEY) is required with --access-key",
+        "--secret-key (CNVRG_CAPSULE_SECRET_KEY; CNVRG_STORAGE_SECRET_KEY in a bucket Secret) is required with --access-key",
     );
 }
 
