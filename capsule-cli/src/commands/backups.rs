@@ -291,7 +291,9 @@ impl Ctx<'_> {
                         .map(output::size)
                         .unwrap_or_else(|| "no data".into())
                 ),
-                Err(capsule_core::Error::UnreadableStatefile { .. }) => "unreadable".into(),
+                Err(capsule_core::Error::UnreadableStatefile { reason, .. }) => {
+                    format!("unreadable: {reason}")
+                }
                 Err(capsule_core::Error::BackupNotFound { .. }) => "no statefile".into(),
                 Err(e) => return Err(e.into()),
             };

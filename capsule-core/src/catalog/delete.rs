@@ -50,22 +50,43 @@ impl Catalog {
         match self.load(id).await {
             Ok(mut handle) => {
                 let sf = &handle.statefile;
-                if sf.status == Status::Running
-                    && let Some(owner) = &sf.owner
-                {
-                    let age = (Utc::now() - owner.heartbeat_at).num_seconds();
-                    if age < LIVE_HEARTBEAT_SECS {
-                        return Err(Error::invalid(
-                            "backup",
-                            format!(
-                                "backup {id} is running (owner {}, last heartbeat {age}s ago): wait \
-                                 for it to end; if its process is gone (killed, its pod evicted), \
-                                 it can be deleted once it has had no heartbeat for {} min, in {}s",
-                                owner.id,
-                                LIVE_HEARTBEAT_SECS / 60,
-                                LIVE_HEARTBEAT_SECS - age.max(0)
-                            ),
-                        ));
+                if sf.status == Status::Running {
+                    let now = Utc::now();
+                    match &sf.owner {
+                        Some(owner) => {
+                            let age = (now - owner.heartbeat_at).num_seconds();
+                            if age < LIVE_HEARTBEAT_SECS {
+                                return Err(Error::invalid(
+                                    "backup",
+                                    format!(
+                                        "backup {id} is running (owner {}, last heartbeat {age}s ago): wait \
+                                         for it to end; if its process is gone (killed, its pod evicted), \
+                                         it can be deleted once it has had no heartbeat for {} min, in {}s",
+                                        owner.id,
+                                        LIVE_HEARTBEAT_SECS / 60,
+                                        LIVE_HEARTBEAT_SECS - age.max(0)
+                                    ),
+                                ));
+                            }
+                        }
+                        // A legacy backup records no heartbeat: judged by
+                        // when it started, as the daemon judges it abandoned.
+                        None => {
+                            let age =
+                                (now - sf.started_at.unwrap_or(sf.requested_at)).num_seconds();
+                            if age < LIVE_HEARTBEAT_SECS {
+                                return Err(Error::invalid(
+                                    "backup",
+                                    format!(
+                                        "backup {id} is running: it started {age}s ago and records no \
+                                         heartbeat (a legacy statefile); it can be deleted {} min after \
+                                         it started, in {}s",
+                                        LIVE_HEARTBEAT_SECS / 60,
+                                        LIVE_HEARTBEAT_SECS - age.max(0)
+                                    ),
+                                ));
+                            }
+                        }
                     }
                 }
                 self.mark(id).await?;
@@ -80,8 +101,21 @@ impl Catalog {
                 }
             }
             // A statefile that is missing or unreadable does not stop the
-            // delete of what is left of the folder.
-            Err(Error::BackupNotFound { .. }) | Err(Error::UnreadableStatefile { .. }) => {
+            // delete of what is left of the folder, unless it declares a
+            // version this capsule does not know: that may be a newer
+            // capsule's backup in progress, not ours to judge.
+            Err(Error::BackupNotFound { .. }) => self.mark(id).await?,
+            Err(Error::UnreadableStatefile { .. }) => {
+                if let Some(version) = self.newer_version(id, &objects).await {
+                    return Err(Error::invalid(
+                        "backup",
+                        format!(
+                            "backup {id} has a statefile of version {version:?}, which this \
+                             capsule does not read: a newer capsule wrote it and may still be \
+                             running it; delete it with that capsule (nothing was changed)"
+                        ),
+                    ));
+                }
                 self.mark(id).await?;
             }
             Err(e) => return Err(e),
@@ -123,6 +157,26 @@ impl Catalog {
             "backup deleted"
         );
         Ok(report)
+    }
+
+    /// The statefile version of backup `id` when it declares one this
+    /// capsule does not know (`objects`: the folder's listing, whose size
+    /// keeps an oversized object from being read).
+    async fn newer_version(
+        &self,
+        id: &str,
+        objects: &[capsule_store::ObjectInfo],
+    ) -> Option<String> {
+        let key = Self::key(id, STATEFILE_NAME);
+        let listed = objects.iter().find(|o| o.key == key)?;
+        if listed.size > crate::statefile::MAX_STATEFILE_BYTES as u64 {
+            return None;
+        }
+        let raw = self.store.get(&key).await.ok()?.bytes;
+        crate::statefile::declared_version(&raw)
+            .ok()
+            .flatten()
+            .filter(|v| !crate::statefile::is_known_version(v))
     }
 
     async fn mark(&self, id: &str) -> Result<()> {

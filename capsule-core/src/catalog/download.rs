@@ -88,6 +88,9 @@ impl Catalog {
         progress: &dyn Progress,
     ) -> Result<Vec<DownloadedArtifact>> {
         let sf = self.describe(id).await?;
+        if sf.status == Status::Deleting {
+            return Err(super::being_deleted(&sf, "downloaded"));
+        }
         if sf.status != Status::Finished {
             return Err(Error::invalid(
                 "backup",

@@ -157,7 +157,25 @@ impl Catalog {
                 a.size_bytes = Some(info.size);
             }
         }
+        if self.being_deleted(id).await? {
+            sf.status = Status::Deleting;
+        }
         Ok(sf)
+    }
+
+    /// Whether a delete of backup `id` began (its marker is there): the
+    /// statefile may still say `finished` (a legacy statefile is never
+    /// rewritten, and a v1 status change is best effort) while artifacts
+    /// are already gone, so the backup must not be offered as finished.
+    async fn being_deleted(&self, id: &str) -> Result<bool> {
+        match self.store.head(&Self::key(id, list::DELETING_MARKER)).await {
+            Ok(_) => Ok(true),
+            Err(capsule_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store(
+                format!("backup {id}: checking for a delete marker"),
+                e,
+            )),
+        }
     }
 
     /// Writes a new statefile; fails if the backup already exists.
@@ -262,6 +280,11 @@ impl Catalog {
     /// [`Error::Invalid`] when the backup is not finished; storage errors.
     pub async fn request_restore(&self, id: &str) -> Result<StatefileHandle> {
         let mut handle = self.load(id).await?;
+        if self.being_deleted(id).await? {
+            let mut sf = handle.statefile.clone();
+            sf.status = Status::Deleting;
+            ensure_restorable(&sf)?;
+        }
         for _ in 0..UPDATE_ATTEMPTS {
             ensure_restorable(&handle.statefile)?;
             let now = Utc::now();
@@ -292,6 +315,9 @@ impl Catalog {
 }
 
 fn ensure_restorable(sf: &Statefile) -> Result<()> {
+    if sf.status == Status::Deleting {
+        return Err(being_deleted(sf, "restored"));
+    }
     if sf.status != Status::Finished {
         return Err(Error::invalid(
             "backup",
@@ -302,6 +328,18 @@ fn ensure_restorable(sf: &Statefile) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The refusal to use a backup whose delete began.
+fn being_deleted(sf: &Statefile, what: &str) -> Error {
+    Error::invalid(
+        "backup",
+        format!(
+            "backup {} is being deleted (a delete began and did not finish; some artifacts may \
+             already be gone): it cannot be {what}; run the delete again to finish it",
+            sf.backup_id
+        ),
+    )
 }
 
 /// Rejects ids that could escape the prefix or name something else.

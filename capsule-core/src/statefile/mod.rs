@@ -22,6 +22,25 @@ pub const STATEFILE_V1: &str = "v1";
 /// The legacy version it reads.
 pub const STATEFILE_V1ALPHA1: &str = "v1alpha1";
 
+/// The `statefileVersion` a statefile declares (`None` when it has none, as
+/// the oldest legacy ones), read without parsing the rest.
+///
+/// # Errors
+/// When `bytes` is not a JSON object.
+pub fn declared_version(bytes: &[u8]) -> serde_json::Result<Option<String>> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        statefile_version: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(bytes).map(|p| p.statefile_version)
+}
+
+/// Whether this capsule reads statefiles of `version`.
+pub fn is_known_version(version: &str) -> bool {
+    matches!(version, STATEFILE_V1 | STATEFILE_V1ALPHA1)
+}
+
 /// Largest statefile accepted; a bigger one is reported as unreadable
 /// rather than loaded into memory.
 pub const MAX_STATEFILE_BYTES: usize = 16 * 1024 * 1024;
@@ -38,14 +57,9 @@ impl Statefile {
                 format!("statefile too large ({} bytes)", bytes.len()),
             ));
         }
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Probe {
-            statefile_version: Option<String>,
-        }
-        let probe: Probe = serde_json::from_slice(bytes)
+        let version = declared_version(bytes)
             .map_err(|e| Error::invalid("statefile", format!("not a JSON statefile: {e}")))?;
-        match probe.statefile_version.as_deref() {
+        match version.as_deref() {
             Some(STATEFILE_V1) => serde_json::from_slice::<Statefile>(bytes)
                 .map_err(|e| Error::invalid("statefile", format!("invalid v1 statefile: {e}"))),
             Some(STATEFILE_V1ALPHA1) | None => legacy::parse(bytes),

@@ -269,3 +269,101 @@ async fn requests_are_listed_and_deletable() {
     assert!(err.is_not_found(), "{err}");
     assert!(catalog.describe("../etc").await.is_err());
 }
+
+/// A delete that was interrupted after its marker (the legacy statefile
+/// still says finished; artifacts may be gone) is not offered as finished:
+/// describe says deleting, download and restore refuse, and running the
+/// delete again finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_delete_is_not_served_as_finished() {
+    let ts = stores::memory();
+    let store = stores::with_legacy_fixture(&ts.store).await;
+    let catalog = Catalog::new(store.clone());
+    store
+        .put(
+            &Catalog::key(FINISHED, "deleting"),
+            bytes::Bytes::from_static(b"2026-11-26T00:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let list = catalog.list(&ListFilter::default()).await.unwrap();
+    let entry = list.iter().find(|e| e.id == FINISHED).unwrap();
+    assert_eq!(entry.status_label(), "deleting");
+    assert_eq!(
+        catalog.describe(FINISHED).await.unwrap().status,
+        Status::Deleting
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = catalog
+        .download(FINISHED, dir.path(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is being deleted"), "{err}");
+    assert!(!dir.path().join(FINISHED).exists(), "nothing written");
+    let err = catalog.artifact_source(FINISHED).await.unwrap_err();
+    assert!(err.to_string().contains("cannot be restored"), "{err}");
+    let before = sf_bytes_raw(&catalog, FINISHED).await;
+    let err = catalog.request_restore(FINISHED).await.unwrap_err();
+    assert!(err.to_string().contains("is being deleted"), "{err}");
+    assert_eq!(
+        sf_bytes_raw(&catalog, FINISHED).await,
+        before,
+        "no request recorded"
+    );
+    catalog.delete(FINISHED).await.unwrap();
+    assert_eq!(objects_in(&store, FINISHED).await, 0);
+}
+
+/// How many objects backup `id`'s folder holds.
+async fn objects_in(store: &capsule_store::Store, id: &str) -> usize {
+    store.list(&format!("{id}/")).await.unwrap().len()
+}
+
+async fn sf_bytes_raw(catalog: &Catalog, id: &str) -> bytes::Bytes {
+    catalog
+        .store()
+        .get(&Catalog::key(id, STATEFILE_NAME))
+        .await
+        .unwrap()
+        .bytes
+}
+
+/// Delete refuses what may still be running elsewhere: a statefile of a
+/// version this capsule does not read (a newer capsule's), and a legacy
+/// backup that says dumpingdb and started moments ago (no heartbeat to
+/// judge by); an old stuck legacy backup is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_refuses_what_may_still_be_running() {
+    let ts = stores::memory();
+    let store = stores::with_legacy_fixture(&ts.store).await;
+    let catalog = Catalog::new(store.clone());
+    let key = Catalog::key(FINISHED, STATEFILE_NAME);
+    let legacy = String::from_utf8(store.get(&key).await.unwrap().bytes.to_vec()).unwrap();
+    let put = |text: String| {
+        let store = store.clone();
+        let key = key.clone();
+        async move { store.put(&key, bytes::Bytes::from(text)).await.unwrap() }
+    };
+
+    put(legacy.replace("\"v1alpha1\"", "\"v2\"")).await;
+    let err = catalog.delete(FINISHED).await.unwrap_err();
+    assert!(
+        err.to_string().contains("version \"v2\"")
+            && err.to_string().contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(objects_in(&store, FINISHED).await, 2);
+
+    let mut dumping: serde_json::Value = serde_json::from_str(&legacy).unwrap();
+    dumping["status"] = "dumpingdb".into();
+    dumping["date"] = chrono::Utc::now().to_rfc3339().into();
+    put(dumping.to_string()).await;
+    let err = catalog.delete(FINISHED).await.unwrap_err();
+    assert!(err.to_string().contains("records no heartbeat"), "{err}");
+    assert_eq!(objects_in(&store, FINISHED).await, 2);
+
+    dumping["date"] = "2021-06-10T09:15:42.532817263Z".into();
+    put(dumping.to_string()).await;
+    catalog.delete(FINISHED).await.unwrap();
+    assert_eq!(objects_in(&store, FINISHED).await, 0);
+}
