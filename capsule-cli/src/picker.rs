@@ -24,11 +24,13 @@ pub fn interactive() -> bool {
 /// When the terminal cannot be read.
 pub fn pick(prompt: &str, entries: &[CatalogEntry]) -> Result<Option<String>> {
     let now = chrono::Utc::now();
-    let mut table = Table::new(&["", "", "", "", ""]);
+    let mut table = Table::new(&["", "", "", "", "", ""]);
     for e in entries {
         let status = e.status_label();
+        let service = e.statefile.as_ref().and_then(|s| s.service.label());
         table.row(vec![
             Cell::plain(&e.id),
+            Cell::plain(service.unwrap_or_else(|| "-".into())),
             Cell::styled(status, output::status_style(status, true)),
             Cell::plain(e.date().map(output::date).unwrap_or_else(|| "-".into())),
             Cell::plain(e.date().map(|d| output::age(d, now)).unwrap_or_default()),

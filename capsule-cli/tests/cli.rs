@@ -366,6 +366,7 @@ fn legacy_round_trip(t: &Target) {
         "{run:#?}"
     );
     assert!(row(FINISHED).contains(" periodic "), "{run:#?}");
+    assert!(row(FINISHED).contains(" cnvrg/pg-storage "), "{run:#?}");
     assert!(row(FAILED).contains(" failed "), "{run:#?}");
     assert!(
         row(REQUESTED).contains(" requested ") && row(REQUESTED).contains(" manual "),
@@ -385,6 +386,9 @@ fn legacy_round_trip(t: &Target) {
     assert_eq!(fin["serviceType"], "postgresql");
     assert_eq!(fin["requestType"], "periodic");
     assert_eq!(fin["statefileVersion"], "v1alpha1");
+    assert_eq!(fin["service"], "cnvrg/pg-storage");
+    assert_eq!(fin["endpoint"], "pg.cnvrg");
+    assert_eq!(fin["database"], "cnvrg_production");
     assert_eq!(fin["sizeBytes"], 1_855_488);
     assert!(
         fin["date"]
@@ -1664,6 +1668,15 @@ mod pg {
         // --json: the statefile.
         let run = t.run(&["pg", "--create", "--pg-url", &url, "--json"]).ok();
         assert_eq!(run.json()["status"], "finished");
+        // --list tells backups of different databases apart.
+        let label = format!("127.0.0.1:{}/{db}", pg().port);
+        let run = t.run(&["pg", "--list"]).ok();
+        let row = run.stdout.lines().find(|l| l.starts_with(&id)).unwrap();
+        assert!(row.contains(&format!(" {label} ")), "{run:#?}");
+        let list = t.run(&["pg", "--list", "--json"]).ok().json();
+        let listed = entry(&list, &id);
+        assert_eq!(listed["endpoint"], format!("127.0.0.1:{}", pg().port));
+        assert_eq!(listed["database"], db.as_str());
 
         // --verify: every table compared, the result recorded.
         let run = t

@@ -495,7 +495,7 @@ fn list_filter(service_type: ServiceType, args: &ServiceArgs) -> Result<ListFilt
 fn list_table(entries: &[CatalogEntry]) -> Table {
     let now = chrono::Utc::now();
     let mut table = Table::new(&[
-        "ID", "TYPE", "REQUEST", "STATUS", "DATE", "AGE", "SIZE", "DURATION", "VERIFIED",
+        "ID", "SERVICE", "REQUEST", "STATUS", "DATE", "AGE", "SIZE", "DURATION", "VERIFIED",
     ]);
     let dash = || "-".to_string();
     for e in entries {
@@ -508,7 +508,7 @@ fn list_table(entries: &[CatalogEntry]) -> Table {
         };
         table.row(vec![
             Cell::plain(&e.id),
-            Cell::plain(e.service_type().map(|t| t.to_string()).unwrap_or_else(dash)),
+            Cell::plain(sf.and_then(|s| s.service.label()).unwrap_or_else(dash)),
             Cell::plain(sf.map(|s| s.request_type.to_string()).unwrap_or_else(dash)),
             Cell::styled(status, output::status_style(status, false)),
             Cell::plain(e.date().map(output::date).unwrap_or_else(dash)),

@@ -82,6 +82,8 @@ pub trait BackupFolder {
             "durationMs": sf.and_then(|s| s.duration()).map(|d| d.num_milliseconds()),
             "cluster": sf.and_then(|s| s.service.cluster.clone()),
             "service": sf.and_then(|s| s.service.qualified_name()),
+            "endpoint": sf.and_then(|s| s.service.endpoint.clone()),
+            "database": sf.and_then(|s| s.service.database.clone()),
             "description": sf.map(|s| s.description.clone()),
             "verified": sf
                 .and_then(|s| s.last_verification())

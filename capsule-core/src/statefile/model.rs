@@ -170,6 +170,19 @@ impl ServiceIdentity {
             (None, None) => None,
         }
     }
+
+    /// What an operator tells backups apart by: `namespace/name` when
+    /// known, else `endpoint/database` (`10.0.0.7:5432/app`), else
+    /// whichever of the two is known.
+    pub fn label(&self) -> Option<String> {
+        self.qualified_name()
+            .or_else(|| match (&self.endpoint, &self.database) {
+                (Some(e), Some(d)) => Some(format!("{e}/{d}")),
+                (Some(e), None) => Some(e.clone()),
+                (None, Some(d)) => Some(d.clone()),
+                (None, None) => None,
+            })
+    }
 }
 
 /// Why the backup was made.

@@ -227,7 +227,8 @@ fn schemas() -> Value {
             "type": "object",
             "required": [
                 "backupId", "serviceType", "status", "requestType", "date", "startedAt",
-                "finishedAt", "sizeBytes", "durationMs", "cluster", "service", "description",
+                "finishedAt", "sizeBytes", "durationMs", "cluster", "service", "endpoint",
+                "database", "description",
                 "verified", "restores", "lastRestoreStatus", "error", "statefileVersion"
             ],
             "properties": {
@@ -242,6 +243,8 @@ fn schemas() -> Value {
                 "durationMs": nullable("integer"),
                 "cluster": nullable("string"),
                 "service": nullable("string"),
+                "endpoint": nullable("string"),
+                "database": nullable("string"),
                 "description": nullable("string"),
                 "verified": { "type": "string", "nullable": true, "enum": ["passed", "failed", null] },
                 "restores": { "type": "integer", "minimum": 0 },
