@@ -460,6 +460,27 @@ fn legacy_bucket_on_a_local_directory() {
     legacy_round_trip(&Target::file());
 }
 
+/// An empty listing of a local store whose directory does not exist says
+/// so (a mistyped path or dst-dir), still exit 0; an existing empty one
+/// does not.
+#[test]
+fn listing_a_local_store_that_does_not_exist_says_so() {
+    let dir = TempDir::new().unwrap();
+    let missing = format!("file://{}/typo", dir.path().display());
+    let run = capsule(&["--store", &missing, "pg", "--list"], &[], dir.path()).ok();
+    assert!(
+        run.stderr
+            .contains("typo/cnvrg-smart-backups does not exist"),
+        "{run:#?}"
+    );
+    let t = Target::file();
+    let run = t.run(&["--dst-dir", "elsewhere", "pg", "--list"]).ok();
+    assert!(run.stderr.contains("elsewhere does not exist"), "{run:#?}");
+    let run = t.run(&["redis", "--list"]).ok();
+    assert!(run.stderr.contains("no redis backups"), "{run:#?}");
+    assert!(!run.stderr.contains("does not exist"), "{run:#?}");
+}
+
 #[test]
 fn legacy_bucket_on_seaweedfs() {
     legacy_round_trip(&Target::seaweedfs());

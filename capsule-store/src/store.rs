@@ -464,6 +464,16 @@ impl Store {
         }
     }
 
+    /// For a `file://` store, the directory its objects live in (the
+    /// root, URL path and prefix joined), which need not exist yet: a
+    /// local store is created by its first write. `None` for other stores.
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.backend
+            .locks
+            .as_ref()
+            .map(|_| std::path::PathBuf::from(format!("/{}", self.view.full)))
+    }
+
     /// Starts a streaming multipart upload to `key`; see [`Upload`].
     ///
     /// # Errors

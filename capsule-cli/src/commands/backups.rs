@@ -119,6 +119,12 @@ impl Ctx<'_> {
         output::note(&format!("store: {}", self.url()));
         if entries.is_empty() {
             output::note(&format!("no {} backups", self.service_type));
+            if let Some(dir) = self.catalog.store().local_dir().filter(|d| !d.exists()) {
+                output::note(&format!(
+                    "{} does not exist: nothing was ever written to this store (check --store and --dst-dir)",
+                    dir.display()
+                ));
+            }
             return Ok(());
         }
         for line in list_table(&entries).render() {

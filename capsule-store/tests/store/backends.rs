@@ -27,6 +27,7 @@ async fn local_directory_conforms() {
     let root = dir.path().join("bucket-root");
     // The root is created on first write.
     let store = file_store(&root, "prod-eu/backups");
+    assert_eq!(store.local_dir(), Some(root.join("prod-eu/backups")));
     assert_eq!(
         store.url(),
         format!("file://{}/prod-eu/backups", root.display())
@@ -98,6 +99,7 @@ async fn plain_absolute_path_is_a_local_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seaweedfs_conforms() {
     let store = s3_store("prod-eu/backups");
+    assert_eq!(store.local_dir(), None);
     let endpoint = &SeaweedFs::shared().endpoint;
     assert!(
         store.url().starts_with("s3://t-")
