@@ -481,6 +481,42 @@ fn listing_a_local_store_that_does_not_exist_says_so() {
     assert!(!run.stderr.contains("does not exist"), "{run:#?}");
 }
 
+/// A running backup that has been silent for long shows it in the table
+/// (and its last sign of life in --json); the status stays `running`.
+#[test]
+fn a_silent_running_backup_shows_how_long_it_has_been_silent() {
+    let t = Target::file();
+    let key = format!("{FINISHED}/statefile.json");
+    let mut sf: Value = serde_json::from_slice(&t.get(&key)).unwrap();
+    sf["status"] = "dumpingdb".into();
+    t.rt.block_on(t.store.put(&key, sf.to_string().into_bytes().into()))
+        .unwrap();
+    let run = t.run(&["pg", "--list"]).ok();
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(FINISHED))
+        .unwrap();
+    assert!(row.contains(" running (no heartbeat for "), "{run:#?}");
+    let list = t
+        .run(&["pg", "--list", "--json", "--status", "running"])
+        .ok()
+        .json();
+    assert_eq!(ids(&list), [FINISHED]);
+    let e = entry(&list, FINISHED);
+    assert_eq!(e["status"], "running");
+    assert!(
+        e["heartbeatAt"]
+            .as_str()
+            .unwrap()
+            .starts_with("2021-06-10T09:15:42")
+    );
+    assert_eq!(
+        entry(&t.run(&["pg", "--list", "--json"]).ok().json(), FAILED)["heartbeatAt"],
+        Value::Null
+    );
+}
+
 #[test]
 fn legacy_bucket_on_seaweedfs() {
     legacy_round_trip(&Target::seaweedfs());

@@ -56,8 +56,8 @@ mod status;
 
 pub use backup::{BackupOptions, BackupReport, run_backup};
 pub use catalog::{
-    BackupFolder, Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, ListFilter,
-    StatefileHandle, StoreArtifactSource,
+    BackupFolder, Catalog, CatalogEntry, DeleteReport, DownloadedArtifact, LIVE_HEARTBEAT,
+    ListFilter, StatefileHandle, StoreArtifactSource,
 };
 pub use encryption::{AGE_FORMAT, Identities, Recipients};
 pub use engine::{

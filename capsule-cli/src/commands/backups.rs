@@ -512,11 +512,22 @@ fn list_table(entries: &[CatalogEntry]) -> Table {
             Some(_) => "no",
             None => "-",
         };
+        // A running backup silent for long is probably abandoned: say so.
+        let shown = match e.last_heartbeat() {
+            Some(at)
+                if (now - at)
+                    .to_std()
+                    .is_ok_and(|d| d > capsule_core::LIVE_HEARTBEAT) =>
+            {
+                format!("running (no heartbeat for {})", output::duration(now - at))
+            }
+            _ => status.to_string(),
+        };
         table.row(vec![
             Cell::plain(&e.id),
             Cell::plain(sf.and_then(|s| s.service.label()).unwrap_or_else(dash)),
             Cell::plain(sf.map(|s| s.request_type.to_string()).unwrap_or_else(dash)),
-            Cell::styled(status, output::status_style(status, false)),
+            Cell::styled(shown, output::status_style(status, false)),
             Cell::plain(e.date().map(output::date).unwrap_or_else(dash)),
             Cell::plain(e.date().map(|d| output::age(d, now)).unwrap_or_else(dash)),
             Cell::plain(e.size_bytes().map(output::size).unwrap_or_else(dash)),

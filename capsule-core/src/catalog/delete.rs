@@ -11,7 +11,7 @@ use crate::status::Status;
 
 /// A running backup whose owner beat within this many seconds is alive and
 /// is not deleted under it.
-const LIVE_HEARTBEAT_SECS: i64 = 300;
+const LIVE_HEARTBEAT_SECS: i64 = super::folder::LIVE_HEARTBEAT.as_secs() as i64;
 
 /// What a delete removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,6 +6,11 @@
 use chrono::{DateTime, Utc};
 
 use crate::id::ServiceType;
+
+/// How long a running backup's owner may stay silent and still count as
+/// alive: [`Catalog::delete`](super::Catalog::delete) refuses to delete
+/// under it until then.
+pub const LIVE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(300);
 use crate::statefile::Statefile;
 
 /// One backup folder as seen in a listing: its statefile when readable and
@@ -36,6 +41,21 @@ pub trait BackupFolder {
             Some(sf) => sf.status.as_str(),
             None => "unreadable",
         }
+    }
+
+    /// For a `running` backup, when it last showed life: its owner's
+    /// heartbeat, or its start when it records none (legacy). A backup
+    /// silent for longer than [`LIVE_HEARTBEAT`] is probably abandoned
+    /// (its process killed) and can be deleted.
+    fn last_heartbeat(&self) -> Option<DateTime<Utc>> {
+        let sf = self.folder_statefile()?;
+        if self.is_deleting() || sf.status != crate::status::Status::Running {
+            return None;
+        }
+        Some(match &sf.owner {
+            Some(o) => o.heartbeat_at,
+            None => sf.started_at.unwrap_or(sf.requested_at),
+        })
     }
 
     /// The service type, from the statefile or the folder name.
@@ -81,6 +101,7 @@ pub trait BackupFolder {
             "sizeBytes": self.size_bytes(),
             "durationMs": sf.and_then(|s| s.duration()).map(|d| d.num_milliseconds()),
             "cluster": sf.and_then(|s| s.service.cluster.clone()),
+            "heartbeatAt": date(self.last_heartbeat()),
             "service": sf.and_then(|s| s.service.qualified_name()),
             "endpoint": sf.and_then(|s| s.service.endpoint.clone()),
             "database": sf.and_then(|s| s.service.database.clone()),

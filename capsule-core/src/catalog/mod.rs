@@ -8,7 +8,7 @@ mod list;
 
 pub use delete::DeleteReport;
 pub use download::{DownloadedArtifact, StoreArtifactSource};
-pub use folder::BackupFolder;
+pub use folder::{BackupFolder, LIVE_HEARTBEAT};
 pub use list::{CatalogEntry, ListFilter};
 
 use bytes::Bytes;

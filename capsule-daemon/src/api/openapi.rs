@@ -227,7 +227,7 @@ fn schemas() -> Value {
             "type": "object",
             "required": [
                 "backupId", "serviceType", "status", "requestType", "date", "startedAt",
-                "finishedAt", "sizeBytes", "durationMs", "cluster", "service", "endpoint",
+                "finishedAt", "sizeBytes", "durationMs", "heartbeatAt", "cluster", "service", "endpoint",
                 "database", "description",
                 "verified", "restores", "lastRestoreStatus", "error", "statefileVersion"
             ],
@@ -241,6 +241,7 @@ fn schemas() -> Value {
                 "finishedAt": { "type": "string", "format": "date-time", "nullable": true },
                 "sizeBytes": { "type": "integer", "minimum": 0, "nullable": true },
                 "durationMs": nullable("integer"),
+                "heartbeatAt": { "type": "string", "format": "date-time", "nullable": true },
                 "cluster": nullable("string"),
                 "service": nullable("string"),
                 "endpoint": nullable("string"),
