@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | the operation failed: store unreachable, backup not found, corrupt data, confirmation declined |
 //! | 2 | usage error: clap parse errors, bad flag values (unknown bucket type, malformed URL or id), no `--id` and no terminal, a destructive action without `--yes` and without a terminal |
-//! | 130 | interrupted (ctrl-c) |
+//! | 130 | interrupted (ctrl-c or SIGTERM) |
 
 use std::fmt;
 
@@ -38,7 +38,7 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// The operation was interrupted (ctrl-c). Exit code 130.
+/// The operation was interrupted (ctrl-c or SIGTERM). Exit code 130.
 #[derive(Debug)]
 pub struct Interrupted;
 

@@ -273,6 +273,18 @@ impl Target {
 /// Runs the binary in `cwd` with a clean environment: no `CNVRG_CAPSULE_*`
 /// from the caller, `CAPSULE_HOME` in the scratch dir, no colours.
 fn capsule(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
+    let out = capsule_command(args, env, cwd)
+        .output()
+        .expect("run capsule");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `capsule <args>` in `cwd`, with none of the caller's capsule settings.
+fn capsule_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsule"));
     cmd.args(args).current_dir(cwd);
     for (k, _) in std::env::vars() {
@@ -283,12 +295,56 @@ fn capsule(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
     cmd.env("CAPSULE_HOME", cwd.join("capsule-home"))
         .env("NO_COLOR", "1")
         .envs(env.iter().copied());
-    let out = cmd.output().expect("run capsule");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    cmd
+}
+
+/// SIGTERM (what `kill` and Kubernetes send) stops a backup as ctrl-c
+/// does: the job is cancelled, its statefile says failed, exit 130.
+#[test]
+fn sigterm_stops_a_backup_and_marks_it_failed() {
+    // A server that accepts and never answers: the backup waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let t = Target::file();
+    let mut all: Vec<String> = t.flags.clone();
+    all.extend(["es", "--create", "--es-url"].map(String::from));
+    all.push(format!("http://127.0.0.1:{port}"));
+    let args: Vec<&str> = all.iter().map(String::as_str).collect();
+    let child = capsule_command(&args, &[], t.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the backup is recorded as running, then stop it.
+    let running = || {
+        t.rt.block_on(t.store.list(""))
+            .unwrap()
+            .iter()
+            .any(|o| o.key.starts_with("elasticsearch-") && o.key.ends_with("/statefile.json"))
+    };
+    let start = std::time::Instant::now();
+    while !running() {
+        assert!(start.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    let list = t.run(&["es", "--list", "--json"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
+    assert_eq!(list[0]["status"], "failed", "{list:#}");
 }
 
 /// The `error: ...` line, the only line on stderr apart from the core's

@@ -228,9 +228,10 @@ impl Ctx<'_> {
             .backup_id("Download which backup?", Some("finished"))
             .await?;
         let progress = progress::for_output(self.g.json);
+        let mut signals = StopSignals::watch();
         let files = tokio::select! {
             r = self.catalog.download(&id, &self.g.dumpdir, progress.as_ref()) => r?,
-            _ = tokio::signal::ctrl_c() => return Err(Interrupted.into()),
+            () = signals.recv() => return Err(Interrupted.into()),
         };
         if self.g.json {
             let files: Vec<_> = files
@@ -376,7 +377,7 @@ pub(crate) async fn backup_id(
     picker::pick(prompt, &entries)?.ok_or_else(|| anyhow::anyhow!("no backup picked"))
 }
 
-/// Runs `job`, cancelling it on ctrl-c: the core stops the engine (its
+/// Runs `job`, cancelling it on ctrl-c or SIGTERM: the core stops the engine (its
 /// tools are killed) and marks the statefile; the error exits 130.
 ///
 /// # Errors
@@ -386,10 +387,10 @@ pub(crate) async fn cancellable<T>(
     job: impl std::future::Future<Output = capsule_core::Result<T>>,
 ) -> Result<T> {
     let cancel = ctx.cancel.clone();
+    let mut signals = StopSignals::watch();
     let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            cancel.cancel();
-        }
+        signals.recv().await;
+        cancel.cancel();
     });
     let result = job.await;
     watcher.abort();
@@ -398,6 +399,42 @@ pub(crate) async fn cancellable<T>(
             Err(anyhow::Error::new(Interrupted).context(format!("{what}: cancelled")))
         }
         r => Ok(r?),
+    }
+}
+
+/// Watches for ctrl-c (SIGINT) and SIGTERM (what `kill` and Kubernetes
+/// send): either stops a command the same way, so a job stopped by its
+/// pod's termination marks its statefile and cleans up as on ctrl-c.
+pub(crate) struct StopSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts watching now, before the job starts, so that no signal
+    /// takes the default action (death) in between.
+    pub(crate) fn watch() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Waits for either signal (for ever when neither can be watched).
+    pub(crate) async fn recv(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = one(&mut self.int) => {}
+            () = one(&mut self.term) => {}
+        }
     }
 }
 

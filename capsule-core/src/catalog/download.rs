@@ -115,6 +115,9 @@ impl Catalog {
         for a in &sf.artifacts {
             let path = folder.join(local_name(a));
             let partial = folder.join(format!(".{}.partial", local_name(a)));
+            // Removes the partial file however this ends early: an error,
+            // or the future dropped (ctrl-c).
+            let mut guard = PartialFile(Some(partial.clone()));
             let report = async {
                 let mut file = tokio::fs::File::create(&partial)
                     .await
@@ -138,17 +141,13 @@ impl Catalog {
                 Ok::<_, Error>(report)
             }
             .await;
-            match report {
-                Ok(report) => out.push(DownloadedArtifact {
-                    name: a.name.clone(),
-                    path,
-                    report,
-                }),
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&partial).await;
-                    return Err(e);
-                }
-            }
+            let report = report?;
+            guard.0 = None;
+            out.push(DownloadedArtifact {
+                name: a.name.clone(),
+                path,
+                report,
+            });
         }
         Ok(out)
     }
@@ -165,6 +164,18 @@ impl Catalog {
             statefile: sf,
             identities: self.identities.clone(),
         })
+    }
+}
+
+/// A download's partial file, removed when dropped unless disarmed (set to
+/// `None` once renamed into place).
+struct PartialFile(Option<std::path::PathBuf>);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

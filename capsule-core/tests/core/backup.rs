@@ -306,3 +306,46 @@ async fn the_engines_zstd_level_applies_unless_the_options_name_one() {
         );
     }
 }
+
+/// Signals on the first bytes written.
+struct FirstBytes(tokio::sync::Notify);
+
+impl capsule_core::Progress for FirstBytes {
+    fn advance(&self, _: u64) {
+        self.0.notify_one();
+    }
+}
+
+/// A download stopped part way (ctrl-c drops its future) leaves no partial
+/// file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_stopped_part_way_leaves_no_partial_file() {
+    let ts = stores::memory();
+    let catalog = Catalog::new(ts.store.clone());
+    let engine = ScriptedEngine {
+        len: 64 * 1024 * 1024,
+        fail: false,
+        hang: false,
+        level: None,
+    };
+    let report = run_backup(
+        &catalog,
+        &engine,
+        BackupOptions::default(),
+        &JobContext::new(&NoProgress),
+    )
+    .await
+    .unwrap();
+    let id = report.statefile.backup_id.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let progress = FirstBytes(tokio::sync::Notify::new());
+    tokio::select! {
+        r = catalog.download(&id, dir.path(), &progress) => panic!("finished first: {r:?}"),
+        () = progress.0.notified() => {}
+    }
+    let left: Vec<String> = std::fs::read_dir(dir.path().join(&id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
