@@ -23,6 +23,32 @@ struct ScriptedEngine {
     level: Option<i32>,
 }
 
+impl ScriptedEngine {
+    /// Produces `len` bytes and succeeds.
+    fn producing(len: usize) -> Self {
+        ScriptedEngine {
+            len,
+            fail: false,
+            hang: false,
+            level: None,
+        }
+    }
+}
+
+/// `run_backup` with default options and no progress.
+async fn backup_with(
+    catalog: &Catalog,
+    engine: &ScriptedEngine,
+) -> Result<capsule_core::BackupReport> {
+    run_backup(
+        catalog,
+        engine,
+        BackupOptions::default(),
+        &JobContext::new(&NoProgress),
+    )
+    .await
+}
+
 impl fmt::Display for ScriptedEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "scripted(test)")
@@ -102,12 +128,7 @@ impl tokio::io::AsyncRead for FailAfter {
 async fn finished_backup_records_checksums_and_restores_byte_for_byte() {
     for (name, ts) in stores::all() {
         let catalog = Catalog::new(ts.store.clone());
-        let engine = ScriptedEngine {
-            len: 6 * 1024 * 1024,
-            fail: false,
-            hang: false,
-            level: None,
-        };
+        let engine = ScriptedEngine::producing(6 * 1024 * 1024);
         let report = run_backup(
             &catalog,
             &engine,
@@ -166,14 +187,7 @@ async fn failing_engine_leaves_a_failed_statefile() {
             hang: false,
             level: None,
         };
-        let err = run_backup(
-            &catalog,
-            &engine,
-            BackupOptions::default(),
-            &JobContext::new(&NoProgress),
-        )
-        .await
-        .unwrap_err();
+        let err = backup_with(&catalog, &engine).await.unwrap_err();
         assert!(
             err.to_string().contains("redis connection reset"),
             "{name}: {err}"
@@ -322,20 +336,8 @@ impl capsule_core::Progress for FirstBytes {
 async fn a_download_stopped_part_way_leaves_no_partial_file() {
     let ts = stores::memory();
     let catalog = Catalog::new(ts.store.clone());
-    let engine = ScriptedEngine {
-        len: 64 * 1024 * 1024,
-        fail: false,
-        hang: false,
-        level: None,
-    };
-    let report = run_backup(
-        &catalog,
-        &engine,
-        BackupOptions::default(),
-        &JobContext::new(&NoProgress),
-    )
-    .await
-    .unwrap();
+    let engine = ScriptedEngine::producing(64 * 1024 * 1024);
+    let report = backup_with(&catalog, &engine).await.unwrap();
     let id = report.statefile.backup_id.to_string();
     let dir = tempfile::tempdir().unwrap();
     let progress = FirstBytes(tokio::sync::Notify::new());
