@@ -573,6 +573,36 @@ fn a_silent_running_backup_shows_how_long_it_has_been_silent() {
     );
 }
 
+/// A finished backup whose dump is gone from the bucket says so in the
+/// list (and --json), instead of looking restorable.
+#[test]
+fn a_finished_backup_missing_its_dump_says_so() {
+    let t = Target::file();
+    let all = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(
+        entry(&all, FINISHED)["missingArtifacts"],
+        serde_json::json!([])
+    );
+    t.rt.block_on(t.store.delete(&format!("{FINISHED}/{DUMP}")))
+        .unwrap();
+    let run = t.run(&["pg", "--list"]).ok();
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(FINISHED))
+        .unwrap();
+    assert!(
+        row.contains(&format!(" finished (missing {DUMP}) ")),
+        "{run:#?}"
+    );
+    let all = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(entry(&all, FINISHED)["status"], "finished");
+    assert_eq!(
+        entry(&all, FINISHED)["missingArtifacts"],
+        serde_json::json!([DUMP])
+    );
+}
+
 #[test]
 fn legacy_bucket_on_seaweedfs() {
     legacy_round_trip(&Target::seaweedfs());

@@ -73,6 +73,9 @@ impl BackupFolder for CachedBackup {
     fn statefile_modified_at(&self) -> Option<DateTime<Utc>> {
         self.modified_at
     }
+    fn has_object(&self, name: &str) -> bool {
+        self.sizes.contains_key(name)
+    }
 }
 
 impl CachedBackup {

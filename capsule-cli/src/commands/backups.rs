@@ -550,6 +550,8 @@ fn list_table(entries: &[CatalogEntry]) -> Table {
             None => "-",
         };
         // A running backup silent for long is probably abandoned: say so.
+        // ... and a finished one whose artifacts are gone cannot be restored.
+        let missing = e.missing_artifacts();
         let shown = match e.last_heartbeat() {
             Some(at)
                 if (now - at)
@@ -558,6 +560,7 @@ fn list_table(entries: &[CatalogEntry]) -> Table {
             {
                 format!("running (no heartbeat for {})", output::duration(now - at))
             }
+            _ if !missing.is_empty() => format!("{status} (missing {})", missing.join(", ")),
             _ => status.to_string(),
         };
         table.row(vec![

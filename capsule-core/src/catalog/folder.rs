@@ -30,6 +30,22 @@ pub trait BackupFolder {
     fn folder_stored_bytes(&self) -> u64;
     /// When the statefile object was last written.
     fn statefile_modified_at(&self) -> Option<DateTime<Utc>>;
+    /// Whether the folder holds an object `name` (besides the statefile).
+    fn has_object(&self, name: &str) -> bool;
+
+    /// The artifacts a finished backup's statefile names that its folder
+    /// lacks: such a backup cannot be restored.
+    fn missing_artifacts(&self) -> Vec<&str> {
+        match self.folder_statefile() {
+            Some(sf) if sf.status == crate::status::Status::Finished && !self.is_deleting() => sf
+                .artifacts
+                .iter()
+                .map(|a| a.name.as_str())
+                .filter(|n| !self.has_object(n))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 
     /// `finished`, `failed`, …; `deleting` for a half-deleted backup;
     /// `unreadable` when the statefile could not be read.
@@ -111,6 +127,7 @@ pub trait BackupFolder {
                 .map(|v| serde_json::to_value(v.status).unwrap_or_default()),
             "restores": sf.map_or(0, |s| s.restores.len()),
             "lastRestoreStatus": sf.and_then(|s| s.restores.last()).map(|r| r.status.as_str()),
+            "missingArtifacts": self.missing_artifacts(),
             "error": sf
                 .and_then(|s| s.error.clone())
                 .or_else(|| self.unreadable_reason().map(str::to_string)),

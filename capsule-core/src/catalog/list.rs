@@ -107,6 +107,9 @@ pub struct CatalogEntry {
     pub stored_bytes: u64,
     /// When the statefile object was last written.
     pub modified_at: Option<DateTime<Utc>>,
+    /// The folder's other objects and their sizes.
+    #[serde(skip)]
+    pub objects: BTreeMap<String, u64>,
 }
 
 impl BackupFolder for CatalogEntry {
@@ -127,6 +130,9 @@ impl BackupFolder for CatalogEntry {
     }
     fn statefile_modified_at(&self) -> Option<DateTime<Utc>> {
         self.modified_at
+    }
+    fn has_object(&self, name: &str) -> bool {
+        self.objects.contains_key(name)
     }
 }
 
@@ -219,6 +225,7 @@ impl Catalog {
             deleting: folder.deleting,
             stored_bytes: folder.stored_bytes,
             modified_at: folder.statefile,
+            objects: BTreeMap::new(),
         };
         let Some(handle) = handle else {
             entry.unreadable = Some("statefile missing".into());
@@ -235,6 +242,7 @@ impl Catalog {
             Err(Error::UnreadableStatefile { reason, .. }) => entry.unreadable = Some(reason),
             Err(e) => entry.unreadable = Some(e.to_string()),
         }
+        entry.objects = folder.sizes;
         entry
     }
 }

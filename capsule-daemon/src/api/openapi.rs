@@ -229,7 +229,8 @@ fn schemas() -> Value {
                 "backupId", "serviceType", "status", "requestType", "date", "startedAt",
                 "finishedAt", "sizeBytes", "durationMs", "heartbeatAt", "cluster", "service", "endpoint",
                 "database", "description",
-                "verified", "restores", "lastRestoreStatus", "error", "statefileVersion"
+                "verified", "restores", "lastRestoreStatus", "missingArtifacts", "error",
+                "statefileVersion"
             ],
             "properties": {
                 "backupId": { "type": "string" },
@@ -250,6 +251,7 @@ fn schemas() -> Value {
                 "verified": { "type": "string", "nullable": true, "enum": ["passed", "failed", null] },
                 "restores": { "type": "integer", "minimum": 0 },
                 "lastRestoreStatus": { "type": "string", "nullable": true, "enum": ["requested", "running", "finished", "failed", null] },
+                "missingArtifacts": { "type": "array", "items": { "type": "string" } },
                 "error": nullable("string"),
                 "statefileVersion": nullable("string"),
             }
