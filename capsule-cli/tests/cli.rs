@@ -537,6 +537,16 @@ fn listing_a_local_store_that_does_not_exist_says_so() {
     assert!(!run.stderr.contains("does not exist"), "{run:#?}");
 }
 
+/// `pg --list` and the table row of backup `id`.
+fn list_row(t: &Target, id: &str) -> (Run, String) {
+    let run = t.run(&["pg", "--list"]).ok();
+    let row = run.stdout.lines().find(|l| l.starts_with(id));
+    let row = row
+        .unwrap_or_else(|| panic!("{id} not listed: {run:#?}"))
+        .to_string();
+    (run, row)
+}
+
 /// A running backup that has been silent for long shows it in the table
 /// (and its last sign of life in --json); the status stays `running`.
 #[test]
@@ -547,12 +557,7 @@ fn a_silent_running_backup_shows_how_long_it_has_been_silent() {
     sf["status"] = "dumpingdb".into();
     t.rt.block_on(t.store.put(&key, sf.to_string().into_bytes().into()))
         .unwrap();
-    let run = t.run(&["pg", "--list"]).ok();
-    let row = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(FINISHED))
-        .unwrap();
+    let (run, row) = list_row(&t, FINISHED);
     assert!(row.contains(" running (no heartbeat for "), "{run:#?}");
     let list = t
         .run(&["pg", "--list", "--json", "--status", "running"])
@@ -585,12 +590,7 @@ fn a_finished_backup_missing_its_dump_says_so() {
     );
     t.rt.block_on(t.store.delete(&format!("{FINISHED}/{DUMP}")))
         .unwrap();
-    let run = t.run(&["pg", "--list"]).ok();
-    let row = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(FINISHED))
-        .unwrap();
+    let (run, row) = list_row(&t, FINISHED);
     assert!(
         row.contains(&format!(" finished (missing {DUMP}) ")),
         "{run:#?}"
