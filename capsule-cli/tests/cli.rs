@@ -446,11 +446,12 @@ fn legacy_round_trip(t: &Target) {
     assert_eq!(fin["endpoint"], "pg.cnvrg");
     assert_eq!(fin["database"], "cnvrg_production");
     assert_eq!(fin["sizeBytes"], 1_855_488);
-    assert!(
-        fin["date"]
-            .as_str()
-            .unwrap()
-            .starts_with("2021-06-10T09:15:42")
+    // Dates in UTC with Z, as the statefile and describe write them (the
+    // failed one was written with +03:00).
+    assert_eq!(fin["date"], "2021-06-10T09:15:42.532817263Z");
+    assert_eq!(
+        entry(&list, FAILED)["date"],
+        "2021-06-11T06:15:44.000000001Z"
     );
     assert_eq!(entry(&list, FAILED)["status"], "failed");
     assert_eq!(entry(&list, REQUESTED)["status"], "requested");

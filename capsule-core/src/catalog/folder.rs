@@ -105,7 +105,7 @@ pub trait BackupFolder {
     /// backup's recorded error, or why its statefile is unreadable.
     fn summary_json(&self) -> serde_json::Value {
         let sf = self.folder_statefile();
-        let date = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339());
+        let date = |d: Option<DateTime<Utc>>| d.map(crate::statefile::rfc3339);
         serde_json::json!({
             "backupId": self.folder_id(),
             "serviceType": self.service_type().map(|t| t.as_str()),

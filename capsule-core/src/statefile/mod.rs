@@ -36,6 +36,13 @@ pub fn declared_version(bytes: &[u8]) -> serde_json::Result<Option<String>> {
     serde_json::from_slice::<Probe>(bytes).map(|p| p.statefile_version)
 }
 
+/// `at` as statefiles, summaries and the API write dates: RFC 3339 in UTC
+/// with `Z`, fractional seconds only as far as they are needed
+/// (`2021-06-11T06:15:44.000000001Z`, `2026-11-26T12:00:00Z`).
+pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// Whether this capsule reads statefiles of `version`.
 pub fn is_known_version(version: &str) -> bool {
     matches!(version, STATEFILE_V1 | STATEFILE_V1ALPHA1)

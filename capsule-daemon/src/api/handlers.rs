@@ -371,7 +371,7 @@ pub(crate) async fn clusters(
             "lastBackupStatus": agg.last_status.map(|(_, s)| s),
             "lastGoodBackup": agg.last_good.map(|(d, id)| serde_json::json!({
                 "backupId": id,
-                "date": d.to_rfc3339(),
+                "date": capsule_core::statefile::rfc3339(d),
             })),
         }));
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use capsule_core::statefile::rfc3339;
 use capsule_core::{RequestType, RestoreStatus, ServiceType, Statefile, Status};
 use serde::Deserialize;
 
@@ -48,7 +49,7 @@ pub(crate) fn legacy_json(sf: &Statefile, deleting: bool) -> serde_json::Value {
         .iter()
         .map(|r| {
             serde_json::json!({
-                "date": r.requested_at.to_rfc3339(),
+                "date": rfc3339(r.requested_at),
                 "status": match r.status {
                     RestoreStatus::Requested => "restorerequest",
                     other => other.as_str(),
@@ -60,7 +61,7 @@ pub(crate) fn legacy_json(sf: &Statefile, deleting: bool) -> serde_json::Value {
         "backupId": sf.backup_id.as_str(),
         "requestType": request_type,
         "rotation": sf.schedule.as_ref().map(|s| s.rotation),
-        "date": sf.requested_at.to_rfc3339(),
+        "date": rfc3339(sf.requested_at),
         "period": sf.schedule.as_ref().map(|s| s.period.duration().as_secs_f64()),
         "serviceType": sf.service_type.as_str(),
         "service": {
