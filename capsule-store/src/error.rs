@@ -309,7 +309,7 @@ impl ErrorContext {
                 what: format!("{op} ({})", self.redactor.redact(&text)),
             },
             _ => {
-                let message = match self.hint(&err, &text) {
+                let message = match self.hint(op, &err, &text) {
                     Some(hint) => format!("{hint}: {text}"),
                     None => text,
                 };
@@ -377,7 +377,7 @@ impl ErrorContext {
     }
 
     /// A short explanation of common failures, from the error chain text.
-    fn hint(&self, err: &object_store::Error, text: &str) -> Option<String> {
+    fn hint(&self, op: &str, err: &object_store::Error, text: &str) -> Option<String> {
         let lower = text.to_ascii_lowercase();
         let endpoint = self
             .endpoint
@@ -416,29 +416,40 @@ impl ErrorContext {
         if let Some(hint) = self.missing_bucket(text) {
             return Some(hint);
         }
-        let denied = matches!(
-            err,
-            object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. }
-        ) || [
-            "signaturedoesnotmatch",
-            "invalidaccesskeyid",
-            "accessdenied",
-            "access denied",
-            "authorizationfailure",
-            "authenticationfailed",
-            "authorizationpermissionmismatch",
-            "invalid_grant",
-        ]
-        .iter()
-        .any(|m| lower.contains(m));
-        if denied {
-            let check = match self.kind {
-                BackendKind::Azure => "check account name and account key",
-                BackendKind::Gcs => "check the service account key",
-                _ => "check access key and secret key",
-            };
+        let check = match self.kind {
+            BackendKind::Azure => "check account name and account key",
+            BackendKind::Gcs => "check the service account key",
+            _ => "check access key and secret key",
+        };
+        // The server did not take the credentials at all.
+        let rejected = matches!(err, object_store::Error::Unauthenticated { .. })
+            || [
+                "signaturedoesnotmatch",
+                "invalidaccesskeyid",
+                "authenticationfailed",
+                "failed to authenticate",
+                "invalid_grant",
+            ]
+            .iter()
+            .any(|m| lower.contains(m));
+        if rejected {
             return Some(format!("access denied: {check}"));
+        }
+        // It took them, or cannot say: the key may lack the right.
+        let refused = matches!(err, object_store::Error::PermissionDenied { .. })
+            || [
+                "accessdenied",
+                "access denied",
+                "authorizationfailure",
+                "authorizationpermissionmismatch",
+            ]
+            .iter()
+            .any(|m| lower.contains(m));
+        if refused {
+            return Some(format!(
+                "access denied for {op}: the credentials may lack the permission for it \
+                 (a read-only key cannot write or delete), or be wrong: {check}"
+            ));
         }
         None
     }
@@ -505,7 +516,39 @@ pub(crate) fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    one_line(&text)
+    condense_xml_error(&one_line(&text))
+}
+
+/// Replaces an S3 or Azure XML error body quoted in `text`
+/// (`<?xml …><Error><Code>AccessDenied</Code><Message>Access Denied.</Message>
+/// <Resource>…</Resource><RequestId>…</RequestId></Error>`) by its code and
+/// message: the rest is noise in a one-line error.
+fn condense_xml_error(text: &str) -> String {
+    let Some(end) = text.find("</Error>") else {
+        return text.to_string();
+    };
+    let start = text[..end]
+        .find("<?xml")
+        .or_else(|| text[..end].find("<Error>"))
+        .unwrap_or(end);
+    let body = &text[start..end];
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let from = body.find(&open)? + open.len();
+        let to = body[from..].find(&format!("</{name}>"))? + from;
+        Some(body[from..to].trim().to_string())
+    };
+    let summary = match (field("Code"), field("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        (None, Some(m)) => m,
+        (None, None) => return text.to_string(),
+    };
+    format!(
+        "{}{summary}{}",
+        &text[..start],
+        &text[end + "</Error>".len()..]
+    )
 }
 
 /// Replaces each run of whitespace holding a line break by one space.
@@ -623,6 +666,21 @@ mod tests {
             "is not trusted (BadSignature)"
         );
         assert_eq!(certificate_problem("connection refused"), None);
+    }
+
+    #[test]
+    fn xml_error_bodies_shrink_to_code_and_message() {
+        let text = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\" \
+                    encoding=\"UTF-8\"?> <Error><Code>AccessDenied</Code><Message>Access Denied.\
+                    </Message><Resource>/b/k</Resource><RequestId>17A</RequestId></Error> (after 0 retries)";
+        assert_eq!(
+            condense_xml_error(text),
+            "Server returned non-2xx status code: 403 Forbidden: AccessDenied: Access Denied. (after 0 retries)"
+        );
+        let plain = "connection refused";
+        assert_eq!(condense_xml_error(plain), plain);
+        let odd = "x </Error> y";
+        assert_eq!(condense_xml_error(odd), odd);
     }
 
     #[test]

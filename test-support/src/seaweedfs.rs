@@ -56,6 +56,10 @@ pub struct SeaweedFs {
     pub access_key: String,
     /// Secret key of the admin identity.
     pub secret_key: String,
+    /// Access key of an identity that may only read and list.
+    pub reader_access_key: String,
+    /// Secret key of the read-only identity.
+    pub reader_secret_key: String,
     /// The region to sign with (`us-east-1`).
     pub region: String,
     process: ServerProcess,
@@ -84,8 +88,10 @@ impl SeaweedFs {
         let work = ServerProcess::work_dir_for("seaweedfs");
         let access_key = format!("AK{}", random_hex(8)).to_uppercase();
         let secret_key = random_hex(20);
+        let reader_access_key = format!("AKR{}", random_hex(8)).to_uppercase();
+        let reader_secret_key = random_hex(20);
         let identities = format!(
-            r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}},{{"name":"reader","credentials":[{{"accessKey":"{reader_access_key}","secretKey":"{reader_secret_key}"}}],"actions":["Read","List"]}}]}}"#
         );
         let config_path = work.path().join("s3.json");
         std::fs::write(&config_path, identities).expect("write s3.json");
@@ -167,6 +173,8 @@ impl SeaweedFs {
             https_port,
             access_key,
             secret_key,
+            reader_access_key,
+            reader_secret_key,
             region: "us-east-1".into(),
             process,
         }

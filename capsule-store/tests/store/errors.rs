@@ -284,6 +284,36 @@ async fn wrong_keys_on_seaweedfs_say_access_denied() {
     assert_no_secret(&text, &[&s3.secret_key, "AKUNKNOWN123"]);
 }
 
+/// A key that may read but not write: its writes say it may lack the
+/// permission, not only that the keys may be wrong; its reads work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_key_is_told_apart_from_a_wrong_one() {
+    let s3 = SeaweedFs::shared();
+    let bucket = unique_name("t");
+    s3.create_bucket(&bucket);
+    let store = StoreBuilder::from_url(&s3.s3_url(&bucket))
+        .unwrap()
+        .with_access_key(
+            Secret::new(&s3.reader_access_key),
+            Secret::new(&s3.reader_secret_key),
+        )
+        .build()
+        .unwrap();
+    assert!(store.list("").await.unwrap().is_empty());
+    let err = store
+        .put("k", bytes::Bytes::from_static(b"v"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("access denied for put"), "{err}");
+    assert!(
+        err.contains("a read-only key cannot write or delete"),
+        "{err}"
+    );
+    assert!(!err.contains("<?xml"), "the XML body is condensed: {err}");
+    assert_no_secret(&err, &[&s3.reader_secret_key]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_bucket_on_seaweedfs_is_named() {
     let bucket = unique_name("nosuch");
