@@ -6,12 +6,12 @@
 use chrono::{DateTime, Utc};
 
 use crate::id::ServiceType;
+use crate::statefile::Statefile;
 
 /// How long a running backup's owner may stay silent and still count as
 /// alive: [`Catalog::delete`](super::Catalog::delete) refuses to delete
 /// under it until then.
 pub const LIVE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(300);
-use crate::statefile::Statefile;
 
 /// One backup folder as seen in a listing: its statefile when readable and
 /// what the listing itself says (delete marker, bytes stored, statefile

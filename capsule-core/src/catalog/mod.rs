@@ -281,9 +281,7 @@ impl Catalog {
     pub async fn request_restore(&self, id: &str) -> Result<StatefileHandle> {
         let mut handle = self.load(id).await?;
         if self.being_deleted(id).await? {
-            let mut sf = handle.statefile.clone();
-            sf.status = Status::Deleting;
-            ensure_restorable(&sf)?;
+            return Err(being_deleted(&handle.statefile, "restored"));
         }
         for _ in 0..UPDATE_ATTEMPTS {
             ensure_restorable(&handle.statefile)?;
