@@ -44,6 +44,9 @@ pub struct CachedBackup {
     pub summary: String,
     tag: Option<Tag>,
     sizes: BTreeMap<String, u64>,
+    /// The statefile read is newer than the listing that gave `sizes` (a
+    /// backup finishing meanwhile): `sizes` cannot say what is missing.
+    sizes_stale: bool,
 }
 
 /// What identifies one version of a statefile object.
@@ -74,7 +77,7 @@ impl BackupFolder for CachedBackup {
         self.modified_at
     }
     fn has_object(&self, name: &str) -> bool {
-        self.sizes.contains_key(name)
+        self.sizes_stale || self.sizes.contains_key(name)
     }
 }
 
@@ -277,6 +280,7 @@ impl CatalogCache {
                         summary: String::new(),
                         tag: f.statefile,
                         sizes: f.sizes,
+                        sizes_stale: old.sizes_stale,
                     };
                     fill_sizes(&mut b);
                     b.render();
@@ -297,6 +301,7 @@ impl CatalogCache {
                     summary: String::new(),
                     tag,
                     sizes,
+                    sizes_stale: false,
                 };
                 if b.tag.is_none() {
                     b.unreadable = Some("statefile missing".into());
@@ -306,6 +311,10 @@ impl CatalogCache {
                         Ok(handle) => {
                             // Should it be newer than the listing's version,
                             // the next listing differs and reads it again.
+                            b.sizes_stale = !b
+                                .tag
+                                .as_ref()
+                                .is_some_and(|t| t.version.same_content(&handle.version));
                             b.statefile = Some(Arc::new(handle.statefile));
                             fill_sizes(&mut b);
                         }
@@ -365,6 +374,8 @@ impl CatalogCache {
                     // Unknown until the next listing: forces a re-read then.
                     tag: None,
                     sizes: old.map(|o| o.sizes.clone()).unwrap_or_default(),
+                    // ... and so are the folder's objects.
+                    sizes_stale: true,
                 };
                 fill_sizes(&mut b);
                 b.render();

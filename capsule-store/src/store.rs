@@ -30,6 +30,19 @@ pub struct Version {
     pub version: Option<String>,
 }
 
+impl Version {
+    /// Whether two reads of an object (a listing and a get, say) saw the
+    /// same content: equal entity tags when both have one, else equal
+    /// version ids when both have one; `false` when it cannot be told.
+    pub fn same_content(&self, other: &Version) -> bool {
+        match (&self.etag, &other.etag, &self.version, &other.version) {
+            (Some(a), Some(b), _, _) => a == b,
+            (_, _, Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// What a listing or [`Store::head`] says about an object.
 #[derive(Clone, Debug)]
 pub struct ObjectInfo {
@@ -680,4 +693,29 @@ fn version(etag: Option<String>, version: Option<String>) -> Version {
 
 fn meta_version(meta: &ObjectMeta) -> Version {
     version(meta.e_tag.clone(), meta.version.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Version;
+
+    fn v(etag: Option<&str>, version: Option<&str>) -> Version {
+        Version {
+            etag: etag.map(String::from),
+            version: version.map(String::from),
+        }
+    }
+
+    #[test]
+    fn same_content_compares_etags_first_then_version_ids() {
+        // A listing has no version id where a get has one (versioned S3).
+        assert!(v(Some("\"a\""), None).same_content(&v(Some("\"a\""), Some("7"))));
+        assert!(!v(Some("\"a\""), None).same_content(&v(Some("\"b\""), None)));
+        assert!(v(None, Some("3")).same_content(&v(None, Some("3"))));
+        assert!(!v(None, Some("3")).same_content(&v(None, Some("4"))));
+        assert!(
+            !v(None, None).same_content(&v(None, None)),
+            "unknown is not the same"
+        );
+    }
 }

@@ -107,9 +107,11 @@ pub struct CatalogEntry {
     pub stored_bytes: u64,
     /// When the statefile object was last written.
     pub modified_at: Option<DateTime<Utc>>,
-    /// The folder's other objects and their sizes.
+    /// The folder's other objects and their sizes; `None` when the
+    /// statefile read is newer than the listing (a backup finishing
+    /// meanwhile), so the listing cannot tell what is missing.
     #[serde(skip)]
-    pub objects: BTreeMap<String, u64>,
+    pub objects: Option<BTreeMap<String, u64>>,
 }
 
 impl BackupFolder for CatalogEntry {
@@ -132,13 +134,15 @@ impl BackupFolder for CatalogEntry {
         self.modified_at
     }
     fn has_object(&self, name: &str) -> bool {
-        self.objects.contains_key(name)
+        self.objects.as_ref().is_none_or(|o| o.contains_key(name))
     }
 }
 
 #[derive(Default)]
 struct Folder {
     statefile: Option<DateTime<Utc>>,
+    /// The statefile's version as listed.
+    listed_version: Option<capsule_store::Version>,
     deleting: bool,
     stored_bytes: u64,
     sizes: BTreeMap<String, u64>,
@@ -182,6 +186,7 @@ impl Catalog {
                     match name {
                         STATEFILE_NAME => {
                             f.statefile = Some(DateTime::<Utc>::from(o.last_modified));
+                            f.listed_version = Some(o.version.clone());
                             let id = folder.to_string();
                             loads.push(async move {
                                 let handle = self.load(&id).await;
@@ -225,14 +230,19 @@ impl Catalog {
             deleting: folder.deleting,
             stored_bytes: folder.stored_bytes,
             modified_at: folder.statefile,
-            objects: BTreeMap::new(),
+            objects: None,
         };
         let Some(handle) = handle else {
             entry.unreadable = Some("statefile missing".into());
             return entry;
         };
+        let mut listing_current = true;
         match handle {
             Ok(handle) => {
+                listing_current = folder
+                    .listed_version
+                    .as_ref()
+                    .is_some_and(|v| v.same_content(&handle.version));
                 let mut sf = handle.statefile;
                 for a in sf.artifacts.iter_mut().filter(|a| a.size_bytes.is_none()) {
                     a.size_bytes = folder.sizes.get(&a.name).copied();
@@ -242,7 +252,7 @@ impl Catalog {
             Err(Error::UnreadableStatefile { reason, .. }) => entry.unreadable = Some(reason),
             Err(e) => entry.unreadable = Some(e.to_string()),
         }
-        entry.objects = folder.sizes;
+        entry.objects = listing_current.then_some(folder.sizes);
         entry
     }
 }
