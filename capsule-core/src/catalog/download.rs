@@ -119,9 +119,12 @@ impl Catalog {
             // or the future dropped (ctrl-c).
             let mut guard = PartialFile(Some(partial.clone()));
             let report = async {
-                let mut file = tokio::fs::File::create(&partial)
-                    .await
+                // Created here, not on the blocking pool: a create still
+                // running there when the future is dropped would leave the
+                // file after the guard removed nothing.
+                let file = std::fs::File::create(&partial)
                     .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+                let mut file = tokio::fs::File::from_std(file);
                 let report = pipeline::download(
                     &self.store,
                     id,
