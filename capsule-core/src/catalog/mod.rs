@@ -167,14 +167,20 @@ impl Catalog {
     /// statefile may still say `finished` (a legacy statefile is never
     /// rewritten, and a v1 status change is best effort) while artifacts
     /// are already gone, so the backup must not be offered as finished.
+    ///
+    /// A marker that cannot be looked at counts as absent: on AWS a key
+    /// allowed to get objects but not to list the bucket is answered 403,
+    /// not 404, for a missing object, and such a restore-only key must
+    /// keep working. The reads that follow fail on their own if the store
+    /// is down.
     async fn being_deleted(&self, id: &str) -> Result<bool> {
         match self.store.head(&Self::key(id, list::DELETING_MARKER)).await {
             Ok(_) => Ok(true),
             Err(capsule_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::store(
-                format!("backup {id}: checking for a delete marker"),
-                e,
-            )),
+            Err(e) => {
+                tracing::debug!(backup = id, error = %e, "cannot check for a delete marker");
+                Ok(false)
+            }
         }
     }
 
