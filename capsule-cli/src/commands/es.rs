@@ -119,9 +119,33 @@ impl Now<'_> {
                 .as_ref()
                 .and_then(|e| e.fingerprint.clone())
                 .unwrap_or_default();
+            // The fingerprint counts the documents of every index backed
+            // up; without one (never for capsule's own backups) the prompt
+            // cannot name indices and stays general.
             let backed_up: Vec<String> = fp.counts.keys().cloned().collect();
-            let preview = engine.restore_preview(&backed_up).await?;
-            backups::ask("restore", &restore_prompt(&id, &sf, &engine, &preview))?;
+            let preview = if backed_up.is_empty() {
+                None
+            } else {
+                Some(engine.restore_preview(&backed_up).await?)
+            };
+            if let Some(p) = preview.as_ref().filter(|p| !p.unmatched.is_empty()) {
+                anyhow::bail!(
+                    "--indices {} matches no index of backup {id}: nothing was changed",
+                    p.unmatched.join(", ")
+                );
+            }
+            let prompt = match &preview {
+                Some(p) => restore_prompt(&id, &sf, &engine, p),
+                None => format!(
+                    "Restore backup {id} into {engine}{}?",
+                    if engine.options().replace {
+                        ", REPLACING existing indices of the same names"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            backups::ask("restore", &prompt)?;
         }
         let progress = progress::for_output(self.g.json);
         let ctx = JobContext::new(progress.as_ref());
