@@ -446,9 +446,17 @@ impl ErrorContext {
             .iter()
             .any(|m| lower.contains(m));
         if refused {
+            let writes = ["put", "create", "update", "upload", "delete", "write"]
+                .iter()
+                .any(|w| op.contains(w));
             return Some(format!(
-                "access denied for {op}: the credentials may lack the permission for it \
-                 (a read-only key cannot write or delete), or be wrong: {check}"
+                "access denied for {op}: the credentials may lack the permission for it{}, \
+                 or be wrong: {check}",
+                if writes {
+                    " (a read-only key cannot write or delete)"
+                } else {
+                    ""
+                }
             ));
         }
         None
@@ -538,12 +546,19 @@ fn condense_xml_error(text: &str) -> String {
         let to = body[from..].find(&format!("</{name}>"))? + from;
         Some(body[from..to].trim().to_string())
     };
-    let summary = match (field("Code"), field("Message")) {
+    let mut summary = match (field("Code"), field("Message")) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c,
         (None, Some(m)) => m,
         (None, None) => return text.to_string(),
     };
+    // Azure says why it refused a signature here (a clock skew: "Request
+    // date header too old"): its first sentence, which is the point.
+    if let Some(detail) = field("AuthenticationErrorDetail") {
+        let first = detail.split(". ").next().unwrap_or(&detail);
+        let first: String = first.chars().take(200).collect();
+        summary = format!("{summary} ({first})");
+    }
     format!(
         "{}{summary}{}",
         &text[..start],
@@ -676,6 +691,15 @@ mod tests {
         assert_eq!(
             condense_xml_error(text),
             "Server returned non-2xx status code: 403 Forbidden: AccessDenied: Access Denied. (after 0 retries)"
+        );
+        let azure = "403: <?xml?><Error><Code>AuthenticationFailed</Code><Message>Server failed \
+                     to authenticate the request.</Message><AuthenticationErrorDetail>Request date \
+                     header too old: 'Fri, 01 Jan 2021 00:00:00 GMT'. More text.\
+                     </AuthenticationErrorDetail></Error>";
+        assert_eq!(
+            condense_xml_error(azure),
+            "403: AuthenticationFailed: Server failed to authenticate the request. (Request date \
+             header too old: 'Fri, 01 Jan 2021 00:00:00 GMT')"
         );
         let plain = "connection refused";
         assert_eq!(condense_xml_error(plain), plain);
