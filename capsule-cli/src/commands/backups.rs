@@ -391,6 +391,19 @@ pub(crate) async fn cancellable<T>(
     let watcher = tokio::spawn(async move {
         signals.recv().await;
         cancel.cancel();
+        eprintln!(
+            "interrupted: stopping the job and leaving its target consistent; \
+             interrupt again to exit at once"
+        );
+        // A second signal while the job winds down (an engine's grace, a
+        // store that does not answer) is an operator who will not wait.
+        signals.recv().await;
+        eprintln!(
+            "error: interrupted again: exiting now, without waiting for the job to stop: its \
+             target may be left part way, and its statefile may say running until its \
+             heartbeat goes stale"
+        );
+        std::process::exit(i32::from(crate::exit::INTERRUPTED));
     });
     let result = job.await;
     watcher.abort();
@@ -538,7 +551,7 @@ fn list_filter(service_type: ServiceType, args: &ServiceArgs) -> Result<ListFilt
 fn list_table(entries: &[CatalogEntry]) -> Table {
     let now = chrono::Utc::now();
     let mut table = Table::new(&[
-        "ID", "SERVICE", "REQUEST", "STATUS", "DATE", "AGE", "SIZE", "DURATION", "VERIFIED",
+        "ID", "SERVICE", "REQUEST", "STATUS", "DATE", "AGE", "SIZE", "DURATION", "VERIFIED", "NOTE",
     ]);
     let dash = || "-".to_string();
     for e in entries {
@@ -549,25 +562,27 @@ fn list_table(entries: &[CatalogEntry]) -> Table {
             Some(_) => "no",
             None => "-",
         };
-        // A running backup silent for long is probably abandoned: say so.
-        // ... and a finished one whose artifacts are gone cannot be restored.
+        // A running backup silent for long is probably abandoned, and a
+        // finished one whose artifacts are gone cannot be restored: a
+        // last column says so (the others keep one word each, for scripts
+        // that split the table).
         let missing = e.missing_artifacts();
-        let shown = match e.last_heartbeat() {
+        let note = match e.last_heartbeat() {
             Some(at)
                 if (now - at)
                     .to_std()
                     .is_ok_and(|d| d > capsule_core::LIVE_HEARTBEAT) =>
             {
-                format!("running (no heartbeat for {})", output::duration(now - at))
+                format!("no heartbeat for {}", output::duration(now - at))
             }
-            _ if !missing.is_empty() => format!("{status} (missing {})", missing.join(", ")),
-            _ => status.to_string(),
+            _ if !missing.is_empty() => format!("missing {}", missing.join(", ")),
+            _ => String::new(),
         };
         table.row(vec![
             Cell::plain(&e.id),
             Cell::plain(sf.and_then(|s| s.service.label()).unwrap_or_else(dash)),
             Cell::plain(sf.map(|s| s.request_type.to_string()).unwrap_or_else(dash)),
-            Cell::styled(shown, output::status_style(status, false)),
+            Cell::styled(status, output::status_style(status, false)),
             Cell::plain(e.date().map(output::date).unwrap_or_else(dash)),
             Cell::plain(e.date().map(|d| output::age(d, now)).unwrap_or_else(dash)),
             Cell::plain(e.size_bytes().map(output::size).unwrap_or_else(dash)),
@@ -577,6 +592,7 @@ fn list_table(entries: &[CatalogEntry]) -> Table {
                     .unwrap_or_else(dash),
             ),
             Cell::plain(verified),
+            Cell::styled(note, output::status_style("failed", false)),
         ]);
     }
     table

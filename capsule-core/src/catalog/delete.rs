@@ -70,7 +70,7 @@ impl Catalog {
                             }
                         }
                         // A legacy backup records no heartbeat: judged by
-                        // when it started, as the daemon judges it abandoned.
+                        // when it started, with the same five minutes.
                         None => {
                             let age =
                                 (now - sf.started_at.unwrap_or(sf.requested_at)).num_seconds();
