@@ -609,6 +609,34 @@ fn a_finished_backup_missing_its_dump_says_so() {
     );
 }
 
+/// A folder the list shows whose name is not a well-formed id can be
+/// deleted (and only such a listed folder: other malformed ids stay usage
+/// errors).
+#[test]
+fn a_listed_folder_with_a_malformed_name_can_be_deleted() {
+    let t = Target::file();
+    let odd = "postgresql-has.dot";
+    let statefile = t.get(&format!("{FINISHED}/statefile.json"));
+    for (name, bytes) in [("statefile.json", statefile), ("dump", b"x".to_vec())] {
+        t.rt.block_on(t.store.put(&format!("{odd}/{name}"), bytes.into()))
+            .unwrap();
+    }
+    let list = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(entry(&list, odd)["status"], "unreadable");
+    let run = t.run(&["pg", "--delete", "--id", odd, "--yes"]).ok();
+    assert!(
+        run.stdout
+            .contains(&format!("deleted backup {odd} (2 objects")),
+        "{run:#?}"
+    );
+    assert!(t.objects(odd).is_empty());
+    for bad in ["postgresql-not.listed", "../etc"] {
+        t.run(&["pg", "--delete", "--id", bad, "--yes"])
+            .fails_with(2);
+    }
+    assert!(!t.objects(FINISHED).is_empty(), "nothing else touched");
+}
+
 #[test]
 fn legacy_bucket_on_seaweedfs() {
     legacy_round_trip(&Target::seaweedfs());

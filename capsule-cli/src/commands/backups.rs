@@ -287,7 +287,15 @@ impl Ctx<'_> {
     }
 
     async fn delete(&self) -> Result<()> {
-        let id = self.backup_id("Delete which backup?", None).await?;
+        let id = match self.backup_id("Delete which backup?", None).await {
+            Ok(id) => id,
+            // A folder the list shows whose name is not a well-formed id
+            // (written by hand or by another tool) can still be deleted.
+            Err(e) => match self.args.id.as_deref() {
+                Some(raw) if self.listed_folder(raw).await? => raw.to_string(),
+                _ => return Err(e),
+            },
+        };
         if !self.g.yes {
             can_confirm("delete")?;
             let what = match self.catalog.describe(&id).await {
@@ -302,6 +310,9 @@ impl Ctx<'_> {
                     format!("unreadable: {reason}")
                 }
                 Err(capsule_core::Error::BackupNotFound { .. }) => "no statefile".into(),
+                Err(capsule_core::Error::Invalid { .. }) => {
+                    "a folder whose name is not a backup id".into()
+                }
                 Err(e) => return Err(e.into()),
             };
             ask("delete", &format!("Delete backup {id} ({what})?"))?;
@@ -322,6 +333,17 @@ impl Ctx<'_> {
             ))?;
         }
         Ok(())
+    }
+
+    /// Whether `--list` of this service type shows a folder named `name`.
+    async fn listed_folder(&self, name: &str) -> Result<bool> {
+        let filter = ListFilter::default().with_service_type(self.service_type);
+        Ok(self
+            .catalog
+            .list(&filter)
+            .await?
+            .iter()
+            .any(|e| e.id == name))
     }
 
     /// The backup to act on: `--id` (checked), else one picked on the

@@ -35,7 +35,7 @@ impl Catalog {
     /// [`Error::BackupNotFound`]; [`Error::Invalid`] for a backup that is
     /// running with a live owner; storage errors (the backup stays listed).
     pub async fn delete(&self, id: &str) -> Result<DeleteReport> {
-        super::check_id(id)?;
+        super::check_folder_name(id)?;
         let objects = self
             .store
             .list(&format!("{id}/"))
@@ -47,7 +47,17 @@ impl Catalog {
                 store: self.store.url().to_string(),
             });
         }
-        match self.load(id).await {
+        // A folder whose name is not a backup id has no statefile this
+        // capsule can load: what is left of it is deleted as for an
+        // unreadable one.
+        let loaded = match super::check_id(id) {
+            Ok(()) => self.load(id).await,
+            Err(_) => Err(Error::UnreadableStatefile {
+                id: id.to_string(),
+                reason: "the folder name is not a backup id".into(),
+            }),
+        };
+        match loaded {
             Ok(mut handle) => {
                 let sf = &handle.statefile;
                 if sf.status == Status::Running {

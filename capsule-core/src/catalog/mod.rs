@@ -350,3 +350,36 @@ fn being_deleted(sf: &Statefile, what: &str) -> Error {
 fn check_id(id: &str) -> Result<()> {
     id.parse::<BackupId>().map(|_| ())
 }
+
+/// What a delete accepts: a backup id, or the name of any folder a listing
+/// shows (one path segment, not hidden, no control characters), so that a
+/// folder whose name is not a well-formed id can still be cleaned up.
+fn check_folder_name(name: &str) -> Result<()> {
+    if check_id(name).is_ok() {
+        return Ok(());
+    }
+    let safe = !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control);
+    if safe { Ok(()) } else { check_id(name) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_folder_name;
+
+    #[test]
+    fn delete_takes_ids_and_plain_folder_names_only() {
+        for ok in [
+            "postgresql-9nVJ8sGmQbXc3RkHzW2tLp",
+            "postgresql-has.dot",
+            "Postgresql-X",
+        ] {
+            assert!(check_folder_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", ".leases", "a/b", "a\\b", "x\ny"] {
+            assert!(check_folder_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
