@@ -637,6 +637,26 @@ fn a_listed_folder_with_a_malformed_name_can_be_deleted() {
     assert!(!t.objects(FINISHED).is_empty(), "nothing else touched");
 }
 
+/// A folder whose statefile is gone is listed as unreadable; describe
+/// says what it holds instead of "not found", and delete removes it.
+#[test]
+fn a_folder_without_statefile_is_described_and_deletable() {
+    let t = Target::file();
+    t.rt.block_on(t.store.delete(&format!("{FINISHED}/statefile.json")))
+        .unwrap();
+    let list = t.run(&["pg", "--list", "--json"]).ok().json();
+    assert_eq!(entry(&list, FINISHED)["status"], "unreadable");
+    let run = t.run(&["pg", "--describe", "--id", FINISHED]).fails_with(1);
+    assert!(
+        error(&run).contains("has no statefile: its folder holds 1 object (1.8 MiB)"),
+        "{run:#?}"
+    );
+    t.run(&["pg", "--delete", "--id", FINISHED, "--yes"]).ok();
+    assert!(t.objects(FINISHED).is_empty());
+    let run = t.run(&["pg", "--describe", "--id", FINISHED]).fails_with(1);
+    assert!(error(&run).contains("not found"), "{run:#?}");
+}
+
 #[test]
 fn legacy_bucket_on_seaweedfs() {
     legacy_round_trip(&Target::seaweedfs());

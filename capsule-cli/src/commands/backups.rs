@@ -145,7 +145,26 @@ impl Ctx<'_> {
 
     async fn describe(&self) -> Result<()> {
         let id = self.backup_id("Describe which backup?", None).await?;
-        let sf = self.catalog.describe(&id).await?;
+        let sf = match self.catalog.describe(&id).await {
+            Ok(sf) => sf,
+            // The list shows a folder without a statefile as unreadable:
+            // say what it holds rather than that it is not there.
+            Err(e) if e.is_not_found() => {
+                let objects = self.catalog.store().list(&format!("{id}/")).await?;
+                if objects.is_empty() {
+                    return Err(e.into());
+                }
+                let bytes: u64 = objects.iter().map(|o| o.size).sum();
+                anyhow::bail!(
+                    "backup {id} has no statefile: its folder holds {} object{} ({}) but \
+                     nothing says what they are; --delete removes them",
+                    objects.len(),
+                    if objects.len() == 1 { "" } else { "s" },
+                    output::size(bytes)
+                );
+            }
+            Err(e) => return Err(e.into()),
+        };
         output::json(&sf.to_display_json())?;
         Ok(())
     }
