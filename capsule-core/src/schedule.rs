@@ -123,18 +123,8 @@ impl fmt::Display for DueReason {
 /// Whether a `running` statefile's owner stopped heartbeating: no owner,
 /// or a heartbeat older than `owner_timeout` at `now`.
 pub fn is_abandoned(sf: &Statefile, owner_timeout: Duration, now: DateTime<Utc>) -> bool {
-    if sf.status != Status::Running {
-        return false;
-    }
-    match &sf.owner {
-        None => {
-            after(
-                sf.started_at.unwrap_or(sf.requested_at),
-                to_chrono(owner_timeout),
-            ) <= now
-        }
-        Some(o) => after(o.heartbeat_at, to_chrono(owner_timeout)) <= now,
-    }
+    sf.last_heartbeat()
+        .is_some_and(|at| after(at, to_chrono(owner_timeout)) <= now)
 }
 
 /// Decides whether a periodic backup is due, from the backups of **one

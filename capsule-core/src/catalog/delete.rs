@@ -60,43 +60,29 @@ impl Catalog {
         match loaded {
             Ok(mut handle) => {
                 let sf = &handle.statefile;
-                if sf.status == Status::Running {
-                    let now = Utc::now();
-                    match &sf.owner {
-                        Some(owner) => {
-                            let age = (now - owner.heartbeat_at).num_seconds();
-                            if age < LIVE_HEARTBEAT_SECS {
-                                return Err(Error::invalid(
-                                    "backup",
-                                    format!(
-                                        "backup {id} is running (owner {}, last heartbeat {age}s ago): wait \
-                                         for it to end; if its process is gone (killed, its pod evicted), \
-                                         it can be deleted once it has had no heartbeat for {} min, in {}s",
-                                        owner.id,
-                                        LIVE_HEARTBEAT_SECS / 60,
-                                        LIVE_HEARTBEAT_SECS - age.max(0)
-                                    ),
-                                ));
-                            }
-                        }
-                        // A legacy backup records no heartbeat: judged by
-                        // when it started, with the same five minutes.
-                        None => {
-                            let age =
-                                (now - sf.started_at.unwrap_or(sf.requested_at)).num_seconds();
-                            if age < LIVE_HEARTBEAT_SECS {
-                                return Err(Error::invalid(
-                                    "backup",
-                                    format!(
-                                        "backup {id} is running: it started {age}s ago and records no \
-                                         heartbeat (a legacy statefile); it can be deleted {} min after \
-                                         it started, in {}s",
-                                        LIVE_HEARTBEAT_SECS / 60,
-                                        LIVE_HEARTBEAT_SECS - age.max(0)
-                                    ),
-                                ));
-                            }
-                        }
+                if let Some(at) = sf.last_heartbeat() {
+                    let age = (Utc::now() - at).num_seconds();
+                    if age < LIVE_HEARTBEAT_SECS {
+                        let (mins, left) =
+                            (LIVE_HEARTBEAT_SECS / 60, LIVE_HEARTBEAT_SECS - age.max(0));
+                        return Err(Error::invalid(
+                            "backup",
+                            match &sf.owner {
+                                Some(owner) => format!(
+                                    "backup {id} is running (owner {}, last heartbeat {age}s ago): wait \
+                                     for it to end; if its process is gone (killed, its pod evicted), \
+                                     it can be deleted once it has had no heartbeat for {mins} min, in {left}s",
+                                    owner.id
+                                ),
+                                // A legacy backup records no heartbeat: judged
+                                // by when it started, with the same five minutes.
+                                None => format!(
+                                    "backup {id} is running: it started {age}s ago and records no \
+                                     heartbeat (a legacy statefile); it can be deleted {mins} min after \
+                                     it started, in {left}s"
+                                ),
+                            },
+                        ));
                     }
                 }
                 self.mark(id).await?;

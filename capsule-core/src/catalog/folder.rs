@@ -64,14 +64,10 @@ pub trait BackupFolder {
     /// silent for longer than [`LIVE_HEARTBEAT`] is probably abandoned
     /// (its process killed) and can be deleted.
     fn last_heartbeat(&self) -> Option<DateTime<Utc>> {
-        let sf = self.folder_statefile()?;
-        if self.is_deleting() || sf.status != crate::status::Status::Running {
+        if self.is_deleting() {
             return None;
         }
-        Some(match &sf.owner {
-            Some(o) => o.heartbeat_at,
-            None => sf.started_at.unwrap_or(sf.requested_at),
-        })
+        self.folder_statefile()?.last_heartbeat()
     }
 
     /// The service type, from the statefile or the folder name.

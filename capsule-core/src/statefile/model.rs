@@ -119,6 +119,19 @@ impl Statefile {
         Some(self.finished_at? - self.started_at?)
     }
 
+    /// For a `running` backup, when it last showed life: its owner's
+    /// heartbeat, or its start when it records none (a legacy statefile).
+    /// `None` for any other status.
+    pub fn last_heartbeat(&self) -> Option<DateTime<Utc>> {
+        if self.status != Status::Running {
+            return None;
+        }
+        Some(match &self.owner {
+            Some(o) => o.heartbeat_at,
+            None => self.started_at.unwrap_or(self.requested_at),
+        })
+    }
+
     /// The newest verification, if any.
     pub fn last_verification(&self) -> Option<&Verification> {
         self.verifications.last()
