@@ -294,6 +294,15 @@ impl Default for EsOptions {
 }
 
 impl EsOptions {
+    /// The name index `name` of a backup is restored to: after
+    /// [`EsOptions::rename`], when set.
+    pub(crate) fn restored_name(&self, name: &str) -> String {
+        match &self.rename {
+            Some(r) => r.apply(name),
+            None => name.to_string(),
+        }
+    }
+
     /// Options for `connection`, everything else default.
     pub fn new(connection: EsConnection) -> Self {
         EsOptions {

@@ -14,7 +14,7 @@ use super::client::EsClient;
 use super::inventory;
 use super::metadata::{EsMetadata, portable_settings};
 use super::restore::Mode;
-use super::selection::{Candidate, IndexPatterns};
+use super::selection::IndexPatterns;
 use super::server::ServerInfo;
 use super::swap::{self, SwapMethod};
 
@@ -83,17 +83,8 @@ pub(crate) async fn plan(
     mode: Mode,
 ) -> Result<Plan> {
     let options = engine.options();
-    let patterns = IndexPatterns::new(&options.indices);
-    let candidates: Vec<Candidate> = metadata
-        .indices
-        .keys()
-        .map(|n| Candidate {
-            name: n.clone(),
-            hidden: false,
-        })
-        .collect();
-    let selection = patterns.select(&candidates);
-    if patterns.is_explicit() && !selection.unmatched.is_empty() {
+    let selection = IndexPatterns::new(&options.indices).select_backed_up(metadata.indices.keys());
+    if !selection.unmatched.is_empty() {
         return Err(Error::invalid(
             "indices",
             format!(
@@ -103,10 +94,9 @@ pub(crate) async fn plan(
         ));
     }
     let tag = scratch_tag();
-    let rename = |name: &str| match (mode, &options.rename) {
-        (Mode::Scratch, _) => name.to_string(),
-        (Mode::Restore, Some(r)) => r.apply(name),
-        (Mode::Restore, None) => name.to_string(),
+    let rename = |name: &str| match mode {
+        Mode::Scratch => name.to_string(),
+        Mode::Restore => options.restored_name(name),
     };
     let mut indices = Vec::new();
     let mut seen = BTreeSet::new();

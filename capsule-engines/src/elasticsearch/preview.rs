@@ -6,7 +6,7 @@ use capsule_core::Result;
 
 use super::EsEngine;
 use super::apply;
-use super::selection::{Candidate, IndexPatterns};
+use super::selection::IndexPatterns;
 
 /// One index of the backup that a restore covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,22 +64,11 @@ impl EsEngine {
     /// refuses the credentials.
     pub async fn restore_preview(&self, backed_up: &[String]) -> Result<EsRestorePreview> {
         let options = self.options();
-        let candidates: Vec<Candidate> = backed_up
-            .iter()
-            .map(|n| Candidate {
-                name: n.clone(),
-                hidden: false,
-            })
-            .collect();
-        let patterns = IndexPatterns::new(&options.indices);
-        let selection = patterns.select(&candidates);
+        let selection = IndexPatterns::new(&options.indices).select_backed_up(backed_up);
         let targets: Vec<String> = selection
             .names
             .iter()
-            .map(|n| match &options.rename {
-                Some(r) => r.apply(n),
-                None => n.clone(),
-            })
+            .map(|n| options.restored_name(n))
             .collect();
         let existing = apply::existing(&self.client()?, &targets).await?;
         let indices = selection
@@ -94,11 +83,7 @@ impl EsEngine {
             .collect();
         Ok(EsRestorePreview {
             indices,
-            unmatched: if patterns.is_explicit() {
-                selection.unmatched
-            } else {
-                Vec::new()
-            },
+            unmatched: selection.unmatched,
         })
     }
 }

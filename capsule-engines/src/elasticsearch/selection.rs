@@ -88,6 +88,24 @@ impl IndexPatterns {
             .collect();
         Selection { names, unmatched }
     }
+
+    /// Selects among a backup's index names (none hidden: the backup
+    /// holds what its own selection took). `unmatched` lists only include
+    /// patterns the user named, since the default `*` may match nothing.
+    pub fn select_backed_up<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Selection {
+        let candidates: Vec<Candidate> = names
+            .into_iter()
+            .map(|n| Candidate {
+                name: n.clone(),
+                hidden: false,
+            })
+            .collect();
+        let mut selection = self.select(&candidates);
+        if !self.explicit {
+            selection.unmatched.clear();
+        }
+        selection
+    }
 }
 
 fn pattern_matches(pattern: &str, c: &Candidate) -> bool {
