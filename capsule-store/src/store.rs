@@ -447,9 +447,7 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.ctx().translate("delete", key, e)),
         }
-        if self.backend.locks.is_some() {
-            self.remove_empty_dirs(&path).await;
-        }
+        self.remove_empty_dirs(&path).await;
         Ok(())
     }
 
@@ -460,7 +458,9 @@ impl Store {
     /// got there first) stops it, and a writer whose directory vanished
     /// creates it again.
     async fn remove_empty_dirs(&self, path: &Path) {
-        let stop = std::path::PathBuf::from(format!("/{}", self.view.full));
+        let Some(stop) = self.local_dir() else {
+            return;
+        };
         let object = std::path::PathBuf::from(format!("/{}", path.as_ref()));
         let removed = tokio::task::spawn_blocking(move || {
             let mut dir = object.parent();
