@@ -123,52 +123,29 @@ impl StoreBuilder {
                 .filter(|s| !s.expose().trim().is_empty())
                 .cloned()
         };
-        let required = |value: Option<String>, flag: &str| {
+        let required = |value: Option<String>, flag: &Setting| {
             value
                 .ok_or_else(|| Error::invalid(format!("{flag} is required for bucket type {kind}")))
         };
         let bucket_flag = match kind {
-            BucketType::Azure => setting(
-                "--bucket-name",
-                "CNVRG_CAPSULE_BUCKET_NAME",
-                "CNVRG_STORAGE_AZURE_CONTAINER",
-            ),
-            _ => setting(
-                "--bucket-name",
-                "CNVRG_CAPSULE_BUCKET_NAME",
-                "CNVRG_STORAGE_BUCKET",
-            ),
+            BucketType::Azure => &AZURE_CONTAINER,
+            _ => &BUCKET,
         };
-        let bucket = required(text(&settings.bucket_name), &bucket_flag)?;
+        let bucket = required(text(&settings.bucket_name), bucket_flag)?;
         let mut options: Vec<(String, String)> = Vec::new();
         let mut opt = |k: &str, v: &str| options.push((k.to_string(), v.to_string()));
         let endpoint = text(&settings.endpoint);
         let location = match kind {
             BucketType::Minio => {
-                let endpoint = required(
-                    endpoint,
-                    &setting(
-                        "--endpoint",
-                        "CNVRG_CAPSULE_ENDPOINT",
-                        "CNVRG_STORAGE_ENDPOINT",
-                    ),
-                )?;
+                let endpoint = required(endpoint, &ENDPOINT)?;
                 let endpoint = endpoint_with_scheme(&endpoint, settings.use_ssl)?;
                 let access = required(
                     secret(&settings.access_key).map(|s| s.expose().to_string()),
-                    &setting(
-                        "--access-key",
-                        "CNVRG_CAPSULE_ACCESS_KEY",
-                        "CNVRG_STORAGE_ACCESS_KEY",
-                    ),
+                    &ACCESS_KEY,
                 )?;
                 let secret_key = required(
                     secret(&settings.secret_key).map(|s| s.expose().to_string()),
-                    &setting(
-                        "--secret-key",
-                        "CNVRG_CAPSULE_SECRET_KEY",
-                        "CNVRG_STORAGE_SECRET_KEY",
-                    ),
+                    &SECRET_KEY,
                 )?;
                 opt(
                     "allow_http",
@@ -218,35 +195,20 @@ impl StoreBuilder {
                     (Some(_), None) => {
                         return Err(Error::invalid(format!(
                             "{} is required with --access-key for bucket type aws (or give neither to use the default credential chain)",
-                            setting(
-                                "--secret-key",
-                                "CNVRG_CAPSULE_SECRET_KEY",
-                                "CNVRG_STORAGE_SECRET_KEY"
-                            )
+                            SECRET_KEY
                         )));
                     }
                     (None, Some(_)) => {
                         return Err(Error::invalid(format!(
                             "{} is required with --secret-key for bucket type aws (or give neither to use the default credential chain)",
-                            setting(
-                                "--access-key",
-                                "CNVRG_CAPSULE_ACCESS_KEY",
-                                "CNVRG_STORAGE_ACCESS_KEY"
-                            )
+                            ACCESS_KEY
                         )));
                     }
                 }
                 Location::S3 { bucket }
             }
             BucketType::Azure => {
-                let account = required(
-                    text(&settings.account_name),
-                    &setting(
-                        "--account-name",
-                        "CNVRG_CAPSULE_ACCOUNT_NAME",
-                        "CNVRG_STORAGE_AZURE_ACCOUNT_NAME",
-                    ),
-                )?;
+                let account = required(text(&settings.account_name), &ACCOUNT_NAME)?;
                 opt("account_name", &account);
                 if let Some(key) = secret(&settings.account_key) {
                     opt("account_key", key.expose());
@@ -469,11 +431,64 @@ struct RetrySettings {
     roots: Vec<Certificate>,
 }
 
-/// How a storage setting is named in messages: the CLI flag, its
-/// environment variable, and its key in a bucket Secret (the daemon's).
-fn setting(flag: &str, env: &str, secret_key: &str) -> String {
-    format!("{flag} ({env}; {secret_key} in a bucket Secret)")
+/// A storage setting as messages name it: the CLI flag, its environment
+/// variable, and its key in a bucket Secret (the daemon's).
+struct Setting {
+    flag: &'static str,
+    env: &'static str,
+    secret_key: &'static str,
 }
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}; {} in a bucket Secret)",
+            self.flag, self.env, self.secret_key
+        )
+    }
+}
+
+impl Setting {
+    const fn new(flag: &'static str, env: &'static str, secret_key: &'static str) -> Self {
+        Setting {
+            flag,
+            env,
+            secret_key,
+        }
+    }
+}
+
+const BUCKET: Setting = Setting::new(
+    "--bucket-name",
+    "CNVRG_CAPSULE_BUCKET_NAME",
+    "CNVRG_STORAGE_BUCKET",
+);
+const AZURE_CONTAINER: Setting = Setting::new(
+    "--bucket-name",
+    "CNVRG_CAPSULE_BUCKET_NAME",
+    "CNVRG_STORAGE_AZURE_CONTAINER",
+);
+const ENDPOINT: Setting = Setting::new(
+    "--endpoint",
+    "CNVRG_CAPSULE_ENDPOINT",
+    "CNVRG_STORAGE_ENDPOINT",
+);
+const ACCESS_KEY: Setting = Setting::new(
+    "--access-key",
+    "CNVRG_CAPSULE_ACCESS_KEY",
+    "CNVRG_STORAGE_ACCESS_KEY",
+);
+const SECRET_KEY: Setting = Setting::new(
+    "--secret-key",
+    "CNVRG_CAPSULE_SECRET_KEY",
+    "CNVRG_STORAGE_SECRET_KEY",
+);
+const ACCOUNT_NAME: Setting = Setting::new(
+    "--account-name",
+    "CNVRG_CAPSULE_ACCOUNT_NAME",
+    "CNVRG_STORAGE_AZURE_ACCOUNT_NAME",
+);
 
 /// `endpoint` with a scheme: as given, or `https://` when `use_ssl` is true
 /// and `http://` otherwise.
@@ -483,11 +498,7 @@ fn endpoint_with_scheme(endpoint: &str, use_ssl: Option<bool>) -> Result<String>
         if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
             return Err(Error::invalid(format!(
                 "{} {} must be http:// or https:// (or a host:port without scheme)",
-                setting(
-                    "--endpoint",
-                    "CNVRG_CAPSULE_ENDPOINT",
-                    "CNVRG_STORAGE_ENDPOINT"
-                ),
+                ENDPOINT,
                 redact_input(endpoint)
             )));
         }

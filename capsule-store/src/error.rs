@@ -421,30 +421,27 @@ impl ErrorContext {
             BackendKind::Gcs => "check the service account key",
             _ => "check access key and secret key",
         };
+        let says = |marks: &[&str]| marks.iter().any(|m| lower.contains(m));
         // The server did not take the credentials at all.
         let rejected = matches!(err, object_store::Error::Unauthenticated { .. })
-            || [
+            || says(&[
                 "signaturedoesnotmatch",
                 "invalidaccesskeyid",
                 "authenticationfailed",
                 "failed to authenticate",
                 "invalid_grant",
-            ]
-            .iter()
-            .any(|m| lower.contains(m));
+            ]);
         if rejected {
             return Some(format!("access denied: {check}"));
         }
         // It took them, or cannot say: the key may lack the right.
         let refused = matches!(err, object_store::Error::PermissionDenied { .. })
-            || [
+            || says(&[
                 "accessdenied",
                 "access denied",
                 "authorizationfailure",
                 "authorizationpermissionmismatch",
-            ]
-            .iter()
-            .any(|m| lower.contains(m));
+            ]);
         if refused {
             let writes = ["put", "create", "update", "upload", "delete", "write"]
                 .iter()
