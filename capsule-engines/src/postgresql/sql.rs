@@ -81,6 +81,10 @@ pub(crate) fn sql_error(context: &str, e: &tokio_postgres::Error, conn: &PgConne
     }
 }
 
+/// Time allowed for the startup handshake (TLS, authentication) beyond
+/// the connection's `connect_timeout`.
+const HANDSHAKE_EXTRA: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects to `conn`, with TLS as its `sslmode` says.
 ///
 /// # Errors
@@ -88,10 +92,6 @@ pub(crate) fn sql_error(context: &str, e: &tokio_postgres::Error, conn: &PgConne
 /// without a CA file, an unreadable CA file); [`Error::Engine`] naming the
 /// server (never the password) and the reason, in plain words for a
 /// refused certificate or a server without TLS.
-/// Time allowed for the startup handshake (TLS, authentication) beyond
-/// the connection's `connect_timeout`.
-const HANDSHAKE_EXTRA: std::time::Duration = std::time::Duration::from_secs(5);
-
 pub(crate) async fn connect(conn: &PgConnection) -> Result<Session> {
     let (ssl_mode, tls) = super::tls::connector(conn)?;
     let mut config = tokio_postgres::Config::new();
