@@ -321,14 +321,15 @@ fn selected_contents(fp: &Fingerprint, preview: &EsRestorePreview) -> String {
         .filter_map(|i| fp.counts.get(&i.original))
         .sum();
     let n = preview.indices.len();
-    let of = if n < fp.counts.len() {
-        format!(" of {}", fp.counts.len())
-    } else {
-        String::new()
-    };
+    counted(n, (n < fp.counts.len()).then_some(fp.counts.len()), docs)
+}
+
+/// `3 indices, 1200 documents`, or `2 of 5 indices, …` with `of`.
+fn counted(n: usize, of: Option<usize>, docs: u64) -> String {
+    let of_total = of.map(|t| format!(" of {t}")).unwrap_or_default();
     format!(
-        "{n}{of} {}, {docs} document{}",
-        if n == 1 && of.is_empty() {
+        "{n}{of_total} {}, {docs} document{}",
+        if n == 1 && of.is_none() {
             "index"
         } else {
             "indices"
@@ -354,13 +355,7 @@ fn name_list(names: &[&str]) -> String {
 
 /// `3 indices, 1200 documents`.
 fn contents(fp: &Fingerprint) -> String {
-    let docs: u64 = fp.counts.values().sum();
-    let n = fp.counts.len();
-    format!(
-        "{n} {}, {docs} document{}",
-        if n == 1 { "index" } else { "indices" },
-        if docs == 1 { "" } else { "s" }
-    )
+    counted(fp.counts.len(), None, fp.counts.values().sum())
 }
 
 #[cfg(test)]
