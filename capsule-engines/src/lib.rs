@@ -22,7 +22,7 @@
 //!   Secret keys, the [`RedisCapture`] path). Captures a point-in-time RDB
 //!   as a replica (or by SCAN + DUMP when replication is refused) streamed
 //!   through the pipeline and verified on the way; restores with pipelined
-//!   `RESTORE`s from a streaming RDB parser of its own; runs restore drills
+//!   `RESTORE`s (`SET`s for strings) from a streaming RDB parser of its own; runs restore drills
 //!   on a scratch server.
 //!
 //! This crate holds no domain logic of its own beyond driving each database's tools

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::backup::FORMAT_RDB;
 use super::client::{Client, ServerInfo, engine_error};
 use super::connection::RedisConnection;
-use super::feed::{self, FeedStats, Op};
+use super::feed::{self, FeedConfig, FeedStats, Op};
 use super::primary::{self, Attempt};
 use super::resp::Reply;
 use super::sender;
@@ -235,12 +235,15 @@ pub(crate) async fn restore(
     let stream = source.open(&name).await.map_err(noted)?;
     let (chunks, pump) = feed::pump(stream);
     let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
-    let max_inflight = engine.options.max_inflight_bytes.max(1);
-    let semaphore = Arc::new(Semaphore::new(max_inflight));
-    let max_value = engine.options.max_value_bytes;
+    let config = FeedConfig {
+        max_inflight: engine.options.max_inflight_bytes.max(1),
+        max_value_bytes: engine.options.max_value_bytes,
+        set_pxat: server.at_least(6, 2),
+    };
+    let semaphore = Arc::new(Semaphore::new(config.max_inflight));
     let runtime = tokio::runtime::Handle::current();
     let producer = tokio::task::spawn_blocking(move || {
-        feed::produce(chunks, ops_tx, semaphore, max_inflight, max_value, runtime)
+        feed::produce(chunks, ops_tx, semaphore, config, runtime)
     });
     let corrupt = |reason: String| Error::Corrupt {
         id: id.clone(),

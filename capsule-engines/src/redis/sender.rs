@@ -102,8 +102,8 @@ async fn read_replies(
         match resp::read_reply(reader).await.map_err(failed)? {
             Reply::Error(e) => {
                 let what = match command {
-                    Command::Restore { db, key } => format!(
-                        "RESTORE of key \"{}\" in db {db}",
+                    Command::Key { db, key, verb } => format!(
+                        "{verb} of key \"{}\" in db {db}",
                         show_key(&batch.bytes[key.clone()])
                     ),
                     Command::Select(db) => format!("SELECT {db}"),
@@ -120,7 +120,7 @@ async fn read_replies(
 
 fn count(command: &Command, stats: &mut SendStats) {
     match command {
-        Command::Restore { db, .. } => *stats.restored.entry(*db).or_default() += 1,
+        Command::Key { db, .. } => *stats.restored.entry(*db).or_default() += 1,
         Command::Function => stats.functions += 1,
         Command::Select(_) => {}
     }

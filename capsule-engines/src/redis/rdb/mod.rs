@@ -30,6 +30,7 @@ pub use crc64::{Crc64, crc64};
 pub use error::RdbError;
 pub use parser::{ParseOptions, RdbEntry, RdbItem, RdbParser};
 pub use value::Value;
+pub(crate) use value::string_bytes;
 pub use writer::{RdbWriter, dump_payload, split_dump_payload};
 
 /// The highest RDB version this parser understands (Redis 7.4 and 8.x

@@ -32,9 +32,16 @@ pub(crate) struct Source<R> {
 
 impl<R: Read> Source<R> {
     pub(crate) fn new(inner: R) -> Self {
+        Source::with_buffer(inner, BUFFER)
+    }
+
+    /// A source whose buffer holds `size` bytes (at least 64): for a short
+    /// input, such as one value, which a full-size buffer would cost more
+    /// to allocate than to read.
+    pub(crate) fn with_buffer(inner: R, size: usize) -> Self {
         Source {
             inner,
-            buf: vec![0u8; BUFFER].into_boxed_slice(),
+            buf: vec![0u8; size.max(64)].into_boxed_slice(),
             start: 0,
             end: 0,
             crc_from: 0,

@@ -80,7 +80,7 @@ impl Value {
         // times), so the encoding's size is no limit; the output grows
         // only with what the input really produces.
         let limit = ParseOptions::default().max_value_bytes;
-        let mut src = Source::new(value);
+        let mut src = Source::with_buffer(value, value.len().min(1 << 16) + 1);
         let t = src.byte()?;
         let v = match t {
             vtype::STRING => Value::String(src.string(limit, "string")?),
@@ -132,6 +132,28 @@ impl Value {
         }
         Ok(v)
     }
+}
+
+/// The bytes of a string value (its type byte first, as the parser
+/// captures it), decoded from any of its encodings (plain, integer, LZF);
+/// `None` for a value of another type. Lengths over `limit` are refused
+/// before anything is allocated for them.
+///
+/// # Errors
+/// [`RdbError::Corrupt`]/[`RdbError::Truncated`] for a malformed string
+/// or bytes after it; [`RdbError::TooLarge`] over `limit`.
+pub(crate) fn string_bytes(value: &[u8], limit: u64) -> Result<Option<Vec<u8>>, RdbError> {
+    let mut src = Source::with_buffer(value, value.len().min(1 << 16) + 1);
+    if value.first() != Some(&vtype::STRING) {
+        return Ok(None);
+    }
+    src.byte()?;
+    let s = src.string(limit, "string")?;
+    let at = src.offset();
+    if !src.at_end()? {
+        return Err(RdbError::corrupt(at, "bytes after the value"));
+    }
+    Ok(Some(s))
 }
 
 fn text_score(src: &mut Source<&[u8]>) -> Result<f64, RdbError> {

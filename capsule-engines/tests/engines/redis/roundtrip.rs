@@ -76,6 +76,13 @@ async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
     let restored = wipe_and_restore(&redis, &fc, &engine, &id).await;
     assert_eq!(restored.outcome.mode, "replace");
     assert_eq!(redis.digest(), digest);
+    // Strings went as SET (every encoding: int, short, raw, LZF, binary,
+    // empty, one with an expiry), the other keys as RESTORE.
+    let strings = info.details["keysByType"]["string"].as_u64().unwrap();
+    let keys: u64 = keyspace.iter().map(|(_, n)| n).sum();
+    assert!(strings >= 8, "{strings} strings");
+    assert_eq!(calls(&redis, "set"), strings);
+    assert_eq!(calls(&redis, "restore"), keys - strings);
     assert_eq!(digest_values(&redis, &SAMPLE_KEYS), values);
     assert_eq!(redis.keyspace(), keyspace);
     let after = redis

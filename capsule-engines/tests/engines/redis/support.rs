@@ -219,11 +219,22 @@ pub fn digest_values(redis: &Redis, keys: &[&[u8]]) -> Vec<String> {
     }
 }
 
-/// Empties `redis`: every key and function.
+/// Empties `redis`: every key and function; resets its command counts.
 pub fn wipe(redis: &Redis) {
     redis.cmd(&[b"FLUSHALL"]);
     redis.cmd(&[b"FUNCTION", b"FLUSH"]);
+    redis.cmd(&[b"CONFIG", b"RESETSTAT"]);
     assert_eq!(redis.keyspace(), vec![]);
+}
+
+/// How many times `redis` ran `command` (lower case) since its counts
+/// were last reset (`INFO commandstats`).
+pub fn calls(redis: &Redis, command: &str) -> u64 {
+    let info = redis.cmd(&[b"INFO", b"commandstats"]).text();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
 /// A backup of every type (plus 20k small keys, so the RDB spans many
