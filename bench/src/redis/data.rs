@@ -1,11 +1,11 @@
 //! The benchmark's data: the mixed dataset loaded into the source server,
-//! and the file of `RESTORE` commands `redis-cli --pipe` replays.
+//! and the files of commands `redis-cli --pipe` replays.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use capsule_engines::redis::rdb::{ParseOptions, RdbItem, RdbParser, dump_payload};
+use capsule_engines::redis::rdb::{ParseOptions, RdbItem, RdbParser, Value, dump_payload};
 use test_support::redis::{Redis, RedisClient, Reply};
 
 /// Loads `keys` keys of mixed types: 50% strings of 150 bytes, 20% hashes
@@ -89,9 +89,19 @@ pub(super) fn load(redis: &Redis, keys: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes one `RESTORE key ttl payload REPLACE [ABSTTL]` per key of the
-/// RDB at `rdb` (with `SELECT`s), as RESP, to `out`.
-pub(super) fn write_restore_commands(rdb: &Path, out: &Path) -> Result<()> {
+/// Which commands [`write_commands`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Commands {
+    /// `RESTORE key ttl payload REPLACE [ABSTTL]` for every key.
+    Restore,
+    /// What capsule sends: `SET key value [PXAT ms]` for strings, `RESTORE`
+    /// for the rest.
+    Capsule,
+}
+
+/// Writes one command per key of the RDB at `rdb` (with `SELECT`s), as
+/// RESP, to `out`.
+pub(super) fn write_commands(rdb: &Path, out: &Path, commands: Commands) -> Result<()> {
     let input = std::io::BufReader::new(std::fs::File::open(rdb)?);
     let mut parser = RdbParser::new(input, ParseOptions::default().with_capture_values(true))?;
     let version = parser.version() as u16;
@@ -109,7 +119,20 @@ pub(super) fn write_restore_commands(rdb: &Path, out: &Path) -> Result<()> {
         match item {
             RdbItem::SelectDb(db) => put(&mut w, &[b"SELECT", db.to_string().as_bytes()])?,
             RdbItem::Entry(e) => {
-                let payload = dump_payload(e.value.unwrap_or_default(), version);
+                let value = e.value.unwrap_or_default();
+                if commands == Commands::Capsule
+                    && let Ok(Value::String(s)) = Value::decode(&value)
+                {
+                    match e.expire_ms {
+                        Some(ms) => put(
+                            &mut w,
+                            &[b"SET", &e.key, &s, b"PXAT", ms.to_string().as_bytes()],
+                        )?,
+                        None => put(&mut w, &[b"SET", &e.key, &s])?,
+                    }
+                    continue;
+                }
+                let payload = dump_payload(value, version);
                 match e.expire_ms {
                     Some(ms) => put(
                         &mut w,
