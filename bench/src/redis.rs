@@ -125,7 +125,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ("capsule → file:// (zstd, sha256)", &file),
         ("capsule → SeaweedFS (zstd, sha256)", &seaweed),
     ] {
-        let secs = median(&r.iter().map(|x| x.secs).collect::<Vec<_>>());
+        let secs = median(&walls(r));
         let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
         let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
@@ -140,6 +140,11 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ]);
     }
     capture.note(format!("median of {runs} runs; repl-diskless-sync-delay 0 on the server; capsule verifies the RDB (header, framing, CRC-64) while it streams"));
+    capture.note(format!(
+        "per run, capsule against the reference run just before it: file:// {}; SeaweedFS {}",
+        paired(&cli_secs, &walls(&file)),
+        paired(&cli_secs, &walls(&seaweed))
+    ));
 
     eprintln!("writing the commands…");
     let restores = work.path().join("restore.resp");
@@ -238,7 +243,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
             false,
         ),
     ] {
-        let secs = median(&r.iter().map(|x| x.secs).collect::<Vec<_>>());
+        let secs = median(&walls(r));
         let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
         let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
@@ -259,6 +264,12 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     restore.note("capsule's time includes verifying the stored SHA-256 first, downloading, decompressing and parsing; the target is empty before each run");
     restore.note("commands: the default restore, which keeps the target's other keys: SET key value [PXAT ms] for each string, RESTORE for the rest; --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
     restore.note("ratio: against a RESTORE per key (the reference); vs same commands: against redis-cli --pipe of exactly what capsule sends");
+    restore.note(format!(
+        "per run, against the RESTORE-per-key run of the same round: capsule's commands piped {}; capsule ← file:// {}; ← SeaweedFS {}",
+        paired(&pipe_secs, &same_secs),
+        paired(&pipe_secs, &walls(&restore_file)),
+        paired(&pipe_secs, &walls(&restore_s3))
+    ));
     let cold = cold_start(&rdb)?;
     restore.note(format!(
         "for scale: a cold redis-server start loading the same RDB takes {cold:.2} s"
@@ -302,6 +313,20 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         tables.push(t);
     }
     Ok(tables)
+}
+
+/// The ratio of each run to the reference run of the same round, and
+/// their median: `1.02 0.98 … (median 1.01)`. Paired ratios cancel the
+/// drift of a shared machine between rounds.
+fn paired(reference: &[f64], secs: &[f64]) -> String {
+    let ratios: Vec<f64> = reference.iter().zip(secs).map(|(r, s)| s / r).collect();
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    format!("{} (median {:.2})", each.join(" "), median(&ratios))
+}
+
+/// The wall times of `runs`.
+fn walls(runs: &[ChildRun]) -> Vec<f64> {
+    runs.iter().map(|r| r.secs).collect()
 }
 
 /// Wall time of `cmd`, which must succeed.
