@@ -280,7 +280,11 @@ pub(crate) fn join_path(parts: &[&str]) -> String {
 /// and secret-looking query values become `***`. Never panics.
 pub(crate) fn redact_input(input: &str) -> String {
     let mut text = input.to_string();
-    if let Some(at) = text.rfind('@') {
+    if let Some(span) = nested_userinfo(&text) {
+        // `s3://bucket?endpoint=http://user:pw@host`: the credentials are
+        // the endpoint's; the bucket and the host stay readable.
+        text.replace_range(span, "***");
+    } else if let Some(at) = text.rfind('@') {
         let head = &text[..at];
         // Keep the scheme (and slashes after it) when it comes before the '@'.
         // A `://` after the userinfo (`az:user:pw@host://…`) is not the
@@ -301,6 +305,25 @@ pub(crate) fn redact_input(input: &str) -> String {
         text.push_str("#***");
     }
     redact_url_text(&text)
+}
+
+/// The userinfo of an `http(s)://` URL given as a query value (an
+/// `endpoint=`), when the text holds no other `@` before that URL: the
+/// span from after its `://` to the last `@`.
+fn nested_userinfo(text: &str) -> Option<std::ops::Range<usize>> {
+    let query = text.find('?')?;
+    let at = text.rfind('@')?;
+    if at < query {
+        return None;
+    }
+    let between = &text[query..at];
+    let nested = ["=http://", "=https://"]
+        .iter()
+        .filter_map(|m| between.find(m).map(|i| i + m.len()))
+        .min()?;
+    let start = query + nested;
+    // Any other `@` before it may end a userinfo holding that text.
+    (!text[..start].contains('@')).then_some(start..at)
 }
 
 /// Whether `s` is a scheme this crate (or an endpoint) uses; anything
@@ -441,6 +464,21 @@ mod tests {
         assert_eq!(redact_input("az:user:pw@host"), "az:***@host");
         assert_eq!(redact_input("/x:y@z"), "***@z");
         assert_eq!(redact_input("s3://b?x=1#y"), "s3://b?x=1#***");
+        // Credentials in an endpoint URL: the bucket stays readable.
+        assert_eq!(
+            redact_input("s3://bucket/p?endpoint=http://AK:p/w@host:9000&region=x"),
+            "s3://bucket/p?endpoint=http://***@host:9000&region=x"
+        );
+        assert_eq!(
+            redact_input("s3://b?region=x&endpoint=https://u:p&w@h"),
+            "s3://b?region=x&endpoint=https://***@h"
+        );
+        // A password holding `?` is still redacted whole.
+        assert_eq!(redact_input("s3://AK:p?w@bucket"), "s3://***@bucket");
+        assert_eq!(
+            redact_input("s3://AK:p?endpoint=x@bucket?endpoint=http://u:p@h"),
+            "s3://***@h"
+        );
         assert_eq!(
             display_endpoint("http://u:p@h:1/acct?sig=x"),
             "http://h:1/acct"
