@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Local, Offset, TimeZone, Utc};
 use console::Style;
 
 use crate::logging::redact;
@@ -67,11 +67,22 @@ pub fn size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// A local date: `2021-06-10 12:15`.
+/// A date in the machine's time zone, which it names: `2021-06-10 12:15
+/// UTC`, `2021-06-10 14:15 +02:00` (an operator comparing it with a log
+/// or another machine's output must know which clock it is).
 pub fn date(at: DateTime<Utc>) -> String {
-    at.with_timezone(&Local)
-        .format("%Y-%m-%d %H:%M")
-        .to_string()
+    zoned(at.with_timezone(&Local))
+}
+
+fn zoned<Tz: TimeZone>(at: DateTime<Tz>) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    if at.offset().fix().local_minus_utc() == 0 {
+        at.format("%Y-%m-%d %H:%M UTC").to_string()
+    } else {
+        at.format("%Y-%m-%d %H:%M %:z").to_string()
+    }
 }
 
 /// How long before `now`: `just now`, `5m ago`, `3h ago`, `3d ago`, `2y ago`.
@@ -140,8 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn dates_have_minutes() {
-        let s = date(Utc::now());
-        assert_eq!(s.len(), "2021-06-10 12:15".len());
+    fn dates_name_their_zone() {
+        let at = Utc.with_ymd_and_hms(2021, 6, 10, 12, 15, 42).unwrap();
+        assert_eq!(zoned(at), "2021-06-10 12:15 UTC");
+        let paris = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
+        assert_eq!(zoned(at.with_timezone(&paris)), "2021-06-10 14:15 +02:00");
+        let west = chrono::FixedOffset::west_opt(5 * 3600 + 1800).unwrap();
+        assert_eq!(zoned(at.with_timezone(&west)), "2021-06-10 06:45 -05:30");
+        assert!(date(at).starts_with("2021-06-1"));
     }
 }
