@@ -1598,6 +1598,8 @@ mod redis {
             line.contains("authentication") && line.contains("127.0.0.1"),
             "{line}"
         );
+        // Said once: no log line repeating the error above it.
+        assert_eq!(run.stderr.matches("WRONGPASS").count(), 1, "{run:#?}");
         let run = t
             .run(&[
                 "redis",

@@ -295,7 +295,9 @@ pub async fn run_backup(
             if let Err(e) = marked {
                 tracing::warn!(backup = %id, error = %e, "could not mark the backup failed");
             }
-            tracing::warn!(backup = %id, error = %message, "backup failed");
+            // The error is returned: the caller reports it (a warning here
+            // printed it twice, once as a log line and once as the error).
+            tracing::debug!(backup = %id, error = %message, "backup failed");
             Err(err)
         }
     }
