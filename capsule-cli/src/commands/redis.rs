@@ -42,7 +42,7 @@ pub async fn run(g: &GlobalArgs, args: &RedisArgs) -> Result<()> {
     {
         return Err(UsageError::new(
             "--redis-load replication needs --flush: a load by replication replaces the whole \
-             target, and a restore that keeps its other keys sends RESTORE commands",
+             target, and a restore that keeps its other keys sends SET/RESTORE commands",
         )
         .into());
     }

@@ -42,7 +42,7 @@ pub struct RedisEngineArgs {
     #[arg(long)]
     pub flush: bool,
     /// How --restore --flush and --verify load the target: auto
-    /// (replication where the target allows it, else RESTORE commands),
+    /// (replication where the target allows it, else SET/RESTORE commands),
     /// replication (the target replicates the RDB from capsule, which it
     /// must be able to connect to), or commands.
     #[arg(long, value_name = "MODE", default_value = "auto")]

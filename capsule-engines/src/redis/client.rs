@@ -306,37 +306,4 @@ impl ServerInfo {
             rdb_version,
         })
     }
-
-    /// Whether the server's version is `major.minor` or later (false when
-    /// it reports no readable version).
-    pub(crate) fn at_least(&self, major: u32, minor: u32) -> bool {
-        let mut parts = self.version.trim().split('.').map(|p| p.parse::<u32>());
-        match (parts.next(), parts.next()) {
-            (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
-            (Some(Ok(a)), None) => a > major,
-            _ => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ServerInfo;
-
-    #[test]
-    fn at_least_compares_major_then_minor() {
-        let info = |v: &str| ServerInfo {
-            version: v.to_string(),
-            rdb_version: None,
-        };
-        assert!(info("6.2.0").at_least(6, 2));
-        assert!(info("7.0.15").at_least(6, 2));
-        assert!(info("10.0").at_least(6, 2));
-        assert!(info("8").at_least(6, 2));
-        assert!(!info("6.0.20").at_least(6, 2));
-        assert!(!info("5.0.7").at_least(6, 2));
-        assert!(!info("6").at_least(6, 2));
-        assert!(!info("").at_least(6, 2));
-        assert!(!info("unknown").at_least(6, 2));
-    }
 }

@@ -31,6 +31,11 @@ const BATCH_BYTES: usize = 1 << 20;
 /// values (a command's fixed cost).
 const SET_MAX_BYTES: usize = 64 * 1024;
 
+/// Strings expiring sooner than this after they are read go as
+/// `RESTORE`, whose `ABSTTL` creates nothing once passed (the server's
+/// clock may run ahead of capsule's, and a batch waits for its turn).
+const SET_EXPIRY_MARGIN_MS: i64 = 60_000;
+
 /// Keys expiring this far after the restore started are tracked by the
 /// second, so a later count can tell "expired since" from "missing".
 const EXPIRY_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -189,6 +194,8 @@ pub(crate) struct FeedConfig {
     pub(crate) max_inflight: usize,
     /// The largest value accepted.
     pub(crate) max_value_bytes: u64,
+    /// Whether strings may go as `SET` (the target's user may run it).
+    pub(crate) set_strings: bool,
     /// Whether the target takes `SET … PXAT` (Redis 6.2 and later): without
     /// it, strings with an expiry are sent as `RESTORE`s.
     pub(crate) set_pxat: bool,
@@ -257,16 +264,21 @@ impl Batcher {
 
     /// Appends `SET key value [PXAT ms]` when `value` is a string that
     /// command restores exactly: no LRU/LFU hint to carry (only `RESTORE`
-    /// takes them), an expiry only where the target takes `PXAT`. For the
+    /// takes them), an expiry only where the target takes `PXAT` and at
+    /// least [`SET_EXPIRY_MARGIN_MS`] after `now_ms` (a `RESTORE` whose
+    /// `ABSTTL` has passed creates nothing; a `SET` whose `PXAT` has
+    /// passed may create the key, already expired). For the
     /// server, a `SET` costs about a fifth less than the `RESTORE` of the
     /// same string (no payload to check and load). False when `RESTORE`
     /// must carry it, including a string that does not decode (the server
     /// judges its `RESTORE` and names the key if it refuses it).
-    fn set(&mut self, db: u64, key: &[u8], entry: &RestoreArgs, value: &[u8]) -> bool {
-        if value.len() > SET_MAX_BYTES
+    fn set(&mut self, db: u64, key: &[u8], entry: &RestoreArgs, value: &[u8], now_ms: i64) -> bool {
+        let expiry_ok = |ms: i64| self.config.set_pxat && ms > now_ms + SET_EXPIRY_MARGIN_MS;
+        if !self.config.set_strings
+            || value.len() > SET_MAX_BYTES
             || entry.lru_idle.is_some()
             || entry.lfu_freq.is_some()
-            || (entry.expire_ms.is_some() && !self.config.set_pxat)
+            || entry.expire_ms.is_some_and(|ms| !expiry_ok(ms))
         {
             return false;
         }
@@ -410,7 +422,7 @@ pub(crate) fn produce(
                     lfu_freq: e.lfu_freq,
                 };
                 let value = e.value.as_deref().unwrap_or_default();
-                if !out.set(e.db, &e.key, &args, value) {
+                if !out.set(e.db, &e.key, &args, value, now) {
                     out.restore(e.db, &e.key, &args, value);
                 }
             }
@@ -456,12 +468,16 @@ mod tests {
             config: FeedConfig {
                 max_inflight: 1 << 20,
                 max_value_bytes: 1 << 20,
+                set_strings: true,
                 set_pxat: true,
             },
             runtime: tokio::runtime::Handle::current(),
         };
         (b, rx)
     }
+
+    /// "Now" for the expiry checks: well before the expiries used.
+    const NOW: i64 = 1_700_000_000_000;
 
     fn plain() -> RestoreArgs {
         RestoreArgs {
@@ -478,23 +494,23 @@ mod tests {
         let (mut b, _rx) = batcher();
         let mut want = Vec::new();
         // Plain, as the parser captures it: type byte, length, bytes.
-        assert!(b.set(0, b"k", &plain(), b"\x00\x05hello"));
+        assert!(b.set(0, b"k", &plain(), b"\x00\x05hello", NOW));
         resp::encode(&mut want, &[b"SET", b"k", b"hello"]);
         // An integer encoding (0xC1: 16 bits, little endian).
-        assert!(b.set(0, b"i", &plain(), &[0x00, 0xC1, 0x39, 0x30]));
+        assert!(b.set(0, b"i", &plain(), &[0x00, 0xC1, 0x39, 0x30], NOW));
         resp::encode(&mut want, &[b"SET", b"i", b"12345"]);
         // LZF: 0xC3, compressed length, raw length, then "aaaaaaaaaa"
         // as a literal and a back reference.
         let lzf = [0x00, 0xC3, 0x05, 0x0A, 0x00, b'a', 0xE0, 0x00, 0x00];
         let decoded = crate::redis::rdb::string_bytes(&lzf, 1 << 20).unwrap();
         assert_eq!(decoded.as_deref(), Some(&b"aaaaaaaaaa"[..]));
-        assert!(b.set(2, b"z", &plain(), &lzf));
+        assert!(b.set(2, b"z", &plain(), &lzf, NOW));
         resp::encode(&mut want, &[b"SET", b"z", b"aaaaaaaaaa"]);
         let ttl = RestoreArgs {
             expire_ms: Some(1_795_000_000_123),
             ..plain()
         };
-        assert!(b.set(0, b"t", &ttl, b"\x00\x01v"));
+        assert!(b.set(0, b"t", &ttl, b"\x00\x01v", NOW));
         resp::encode(&mut want, &[b"SET", b"t", b"v", b"PXAT", b"1795000000123"]);
         assert_eq!(b.buf, want);
         assert_eq!(
@@ -518,22 +534,40 @@ mod tests {
             lfu_freq: Some(3),
             ..plain()
         };
-        assert!(!b.set(0, b"k", &idle, b"\x00\x01v"));
-        assert!(!b.set(0, b"k", &freq, b"\x00\x01v"));
-        assert!(!b.set(0, b"k", &plain(), b"\x02\x01\x01v"), "a set");
-        assert!(!b.set(0, b"k", &plain(), b"\x00\x05hel"), "truncated");
-        assert!(!b.set(0, b"k", &plain(), b"\x00\x01vv"), "trailing bytes");
+        assert!(!b.set(0, b"k", &idle, b"\x00\x01v", NOW));
+        assert!(!b.set(0, b"k", &freq, b"\x00\x01v", NOW));
+        assert!(!b.set(0, b"k", &plain(), b"\x02\x01\x01v", NOW), "a set");
+        assert!(!b.set(0, b"k", &plain(), b"\x00\x05hel", NOW), "truncated");
+        assert!(
+            !b.set(0, b"k", &plain(), b"\x00\x01vv", NOW),
+            "trailing bytes"
+        );
+        // An expiry too close to pass a SET PXAT (it might create the key
+        // already expired; RESTORE ABSTTL creates nothing).
+        let soon = RestoreArgs {
+            expire_ms: Some(NOW + SET_EXPIRY_MARGIN_MS),
+            ..plain()
+        };
+        assert!(!b.set(0, b"t", &soon, b"\x00\x01v", NOW));
+        let later = RestoreArgs {
+            expire_ms: Some(NOW + SET_EXPIRY_MARGIN_MS + 1),
+            ..plain()
+        };
+        assert!(b.set(0, b"t", &later, b"\x00\x01v", NOW));
+        b.config.set_strings = false;
+        assert!(!b.set(0, b"k", &plain(), b"\x00\x01v", NOW), "SET refused");
+        b.config.set_strings = true;
         b.config.set_pxat = false;
-        assert!(!b.set(0, b"t", &ttl, b"\x00\x01v"));
-        assert!(b.set(0, b"k", &plain(), b"\x00\x01v"));
+        assert!(!b.set(0, b"t", &ttl, b"\x00\x01v", NOW));
+        assert!(b.set(0, b"k", &plain(), b"\x00\x01v", NOW));
         let big = crate::redis::rdb::Value::String(vec![b'x'; SET_MAX_BYTES + 1]).encode();
-        assert!(!b.set(0, b"k", &plain(), &big), "a big string");
+        assert!(!b.set(0, b"k", &plain(), &big, NOW), "a big string");
         b.config.max_value_bytes = 4;
         assert!(
-            !b.set(0, b"k", &plain(), b"\x00\x05hello"),
+            !b.set(0, b"k", &plain(), b"\x00\x05hello", NOW),
             "over the limit"
         );
-        assert_eq!(b.commands.len(), 5);
+        assert_eq!(b.commands.len(), 6);
     }
 
     /// The commands encoded in place are byte for byte what the generic

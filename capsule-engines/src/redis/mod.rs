@@ -16,8 +16,8 @@
 //!   Redis version checked first; then the RDB streams through the
 //!   parser and every key is sent as a pipelined `RESTORE key ttl payload
 //!   ABSTTL REPLACE` (the payload is the value's raw RDB encoding plus the
-//!   version and CRC-64, so nothing is decoded), or, for a string, as the
-//!   cheaper `SET key value [PXAT ms]`, with bounded bytes in flight. Keys that have expired by now are skipped and counted.
+//!   version and CRC-64, so no collection is decoded), or, for a string, as
+//!   the cheaper `SET key value [PXAT ms]`, with bounded bytes in flight. Keys that have expired by now are skipped and counted.
 //!   [`RedisOptions::flush`] empties the target first; such a restore
 //!   (and every drill) instead has the target replicate the RDB from
 //!   capsule (`REPLICAOF`) where it can, so it loads at RDB speed

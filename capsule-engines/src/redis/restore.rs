@@ -205,11 +205,11 @@ pub(crate) async fn restore(
                 return Ok(report);
             }
             Attempt::Declined(reason) if load == RedisLoad::Auto => {
-                tracing::info!(target = %endpoint, %reason, "not loading by replication; restoring with RESTORE commands");
+                tracing::info!(target = %endpoint, %reason, "not loading by replication; restoring with commands");
             }
             Attempt::Failed(reason) if load == RedisLoad::Auto => {
                 (touched, failed_load) = (true, true);
-                tracing::warn!(target = %endpoint, %reason, "the load by replication failed; emptying the target and restoring with RESTORE commands");
+                tracing::warn!(target = %endpoint, %reason, "the load by replication failed; emptying the target and restoring with commands");
             }
             Attempt::Declined(reason) => {
                 return Err(engine_error(&endpoint, "restore by replication", reason));
@@ -235,10 +235,12 @@ pub(crate) async fn restore(
     let stream = source.open(&name).await.map_err(noted)?;
     let (chunks, pump) = feed::pump(stream);
     let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
+    let (set_strings, set_pxat) = probe_set(&mut client).await.map_err(noted)?;
     let config = FeedConfig {
         max_inflight: engine.options.max_inflight_bytes.max(1),
         max_value_bytes: engine.options.max_value_bytes,
-        set_pxat: server.at_least(6, 2),
+        set_strings,
+        set_pxat,
     };
     let semaphore = Arc::new(Semaphore::new(config.max_inflight));
     let runtime = tokio::runtime::Handle::current();
@@ -319,6 +321,42 @@ pub(crate) async fn restore(
     })?;
     log_report(&id, &report);
     Ok(report)
+}
+
+/// Whether the target takes strings as `SET` (its user may run `SET`)
+/// and `SET … PXAT` (Redis 6.2 and later). Asked with `SET <probe> "" XX
+/// [PXAT ms]`, which meets the same ACL and syntax checks as the real
+/// commands and writes nothing (`XX`: only a key that exists, and the
+/// probe's name is new). Any refusal leaves strings to `RESTORE`.
+async fn probe_set(client: &mut Client) -> Result<(bool, bool)> {
+    let now = chrono::Utc::now();
+    let key = format!(
+        "capsule:set-probe:{}:{}",
+        std::process::id(),
+        now.timestamp_nanos_opt().unwrap_or_default()
+    );
+    let at = (now.timestamp_millis() + 3_600_000).to_string();
+    let probe = |pxat: bool| -> Vec<&[u8]> {
+        let mut args: Vec<&[u8]> = vec![b"SET", key.as_bytes(), b"", b"XX"];
+        if pxat {
+            args.extend([b"PXAT".as_slice(), at.as_bytes()]);
+        }
+        args
+    };
+    let refused = |reply: &Reply| matches!(reply, Reply::Error(_));
+    let with_pxat = client.raw_call(&probe(true)).await?;
+    if !refused(&with_pxat) {
+        return Ok((true, true));
+    }
+    let plain = client.raw_call(&probe(false)).await?;
+    if refused(&plain) {
+        tracing::info!(
+            target = %client.endpoint,
+            reply = ?plain,
+            "the target refuses SET: every key goes as RESTORE"
+        );
+    }
+    Ok((!refused(&plain), false))
 }
 
 fn log_report(id: &str, report: &RedisRestoreReport) {

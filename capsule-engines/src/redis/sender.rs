@@ -48,7 +48,7 @@ pub(crate) async fn send(client: Client, mut ops: mpsc::Receiver<Op>) -> Result<
     } = client;
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Batch>();
     let writing = async {
-        let io = |e: std::io::Error| engine_error(&endpoint, "sending RESTORE commands", e);
+        let io = |e: std::io::Error| engine_error(&endpoint, "sending restore commands", e);
         while let Some(op) = ops.recv().await {
             let Op::Batch(batch) = op else { continue };
             writer.write_all(&batch.bytes).await.map_err(io)?;
@@ -80,7 +80,7 @@ async fn read_replies(
     batch: &Batch,
     stats: &mut SendStats,
 ) -> Result<()> {
-    let failed = |e| engine_error(endpoint, "reading RESTORE replies", e);
+    let failed = |e| engine_error(endpoint, "reading restore replies", e);
     let mut done = 0;
     while done < batch.commands.len() {
         // Nearly every reply is `+OK`: take all those buffered at once.

@@ -81,7 +81,11 @@ async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
     let strings = info.details["keysByType"]["string"].as_u64().unwrap();
     let keys: u64 = keyspace.iter().map(|(_, n)| n).sum();
     assert!(strings >= 8, "{strings} strings");
-    assert_eq!(calls(&redis, "set"), strings);
+    assert_eq!(
+        calls(&redis, "set"),
+        strings + 1,
+        "one per string, and the probe"
+    );
     assert_eq!(calls(&redis, "restore"), keys - strings);
     assert_eq!(digest_values(&redis, &SAMPLE_KEYS), values);
     assert_eq!(redis.keyspace(), keyspace);
@@ -226,4 +230,28 @@ async fn a_download_is_a_dump_rdb_that_redis_server_loads() {
     let loaded = Redis::start_with(RedisConfig::default().with_rdb(&files[0].path));
     assert_eq!(loaded.digest(), redis.digest());
     assert_eq!(loaded.keyspace(), redis.keyspace());
+}
+
+/// An ACL user that may RESTORE but not SET still restores every key: the
+/// probe before the stream finds SET refused, and strings go as RESTORE.
+#[tokio::test]
+async fn a_user_without_set_restores_strings_with_restore() {
+    let source = Redis::start();
+    fill_every_type(&source);
+    let digest = source.digest();
+    let fc = FileCatalog::new();
+    let id = backup(&fc.catalog, &engine(&source.url()))
+        .await
+        .unwrap()
+        .statefile
+        .backup_id
+        .to_string();
+    let target =
+        Redis::start_with(RedisConfig::default().with_user("restorer", "r3store-pw", "+@all -set"));
+    let url = format!("redis://restorer:r3store-pw@127.0.0.1:{}", target.port);
+    wipe_and_restore(&target, &fc, &engine(&url), &id).await;
+    assert_eq!(target.digest(), digest);
+    let keys: u64 = target.keyspace().iter().map(|(_, n)| n).sum();
+    assert_eq!(calls(&target, "set"), 0, "the probes were refused");
+    assert_eq!(calls(&target, "restore"), keys);
 }
