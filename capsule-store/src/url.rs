@@ -276,8 +276,10 @@ pub(crate) fn join_path(parts: &[&str]) -> String {
 }
 
 /// A user-supplied URL made safe to show, whatever its shape: everything
-/// between `://` and the last `@` becomes `***`, a fragment becomes `#***`,
-/// and secret-looking query values become `***`. Never panics.
+/// between `://` and the last `@` becomes `***` (only the endpoint's
+/// userinfo for `scheme://bucket?endpoint=http://user:pw@host`), a
+/// fragment becomes `#***`, and secret-looking query values become `***`.
+/// Never panics.
 pub(crate) fn redact_input(input: &str) -> String {
     let mut text = input.to_string();
     if let Some(span) = nested_userinfo(&text) {
@@ -307,20 +309,32 @@ pub(crate) fn redact_input(input: &str) -> String {
     redact_url_text(&text)
 }
 
-/// The userinfo of an `http(s)://` URL given as a query value (an
-/// `endpoint=`), when the text holds no other `@` before that URL: the
-/// span from after its `://` to the last `@`.
+/// The userinfo of an `http(s)://` URL given as the `endpoint` query
+/// parameter (`s3://bucket/p?endpoint=http://user:pw@host`): the span
+/// from after its `://` to the last `@`. `None` unless the text before the
+/// query is a plain `scheme://bucket/path`, without `:` or `@` (either may
+/// belong to a password holding `?endpoint=http://`, which the caller then
+/// redacts whole).
 fn nested_userinfo(text: &str) -> Option<std::ops::Range<usize>> {
     let query = text.find('?')?;
     let at = text.rfind('@')?;
-    if at < query {
+    let scheme_end = text.find("://")? + 3;
+    if at < query || scheme_end > query || !is_scheme(&text[..scheme_end - 3]) {
+        return None;
+    }
+    if text[scheme_end..query].contains([':', '@']) {
         return None;
     }
     let between = &text[query..at];
-    let nested = ["=http://", "=https://"]
-        .iter()
-        .filter_map(|m| between.find(m).map(|i| i + m.len()))
-        .min()?;
+    let nested = [
+        "?endpoint=http://",
+        "&endpoint=http://",
+        "?endpoint=https://",
+        "&endpoint=https://",
+    ]
+    .iter()
+    .filter_map(|m| between.find(m).map(|i| i + m.len()))
+    .min()?;
     let start = query + nested;
     // Any other `@` before it may end a userinfo holding that text.
     (!text[..start].contains('@')).then_some(start..at)
@@ -473,8 +487,21 @@ mod tests {
             redact_input("s3://b?region=x&endpoint=https://u:p&w@h"),
             "s3://b?region=x&endpoint=https://***@h"
         );
-        // A password holding `?` is still redacted whole.
+        // A password holding `?` is still redacted whole, even one that
+        // looks like an endpoint.
         assert_eq!(redact_input("s3://AK:p?w@bucket"), "s3://***@bucket");
+        assert_eq!(
+            redact_input("s3://AK:pa?x=http://ss@bucket"),
+            "s3://***@bucket"
+        );
+        assert_eq!(
+            redact_input("s3://AK:pa?endpoint=http://ss@bucket"),
+            "s3://***@bucket"
+        );
+        assert_eq!(
+            redact_input("s3://AK:SECRET/b?endpoint=http://u:p@h"),
+            "s3://***@h"
+        );
         assert_eq!(
             redact_input("s3://AK:p?endpoint=x@bucket?endpoint=http://u:p@h"),
             "s3://***@h"
