@@ -297,7 +297,8 @@ pub async fn run_backup(
             }
             // The error is returned: the caller reports it (a warning here
             // printed it twice, once as a log line and once as the error).
-            tracing::debug!(backup = %id, error = %message, "backup failed");
+            // At info, the status change, with the id the caller may lack.
+            tracing::info!(backup = %id, error = %message, "backup marked failed");
             Err(err)
         }
     }

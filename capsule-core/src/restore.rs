@@ -196,8 +196,8 @@ pub async fn run_restore(
             .await
         }
         Err(e) => {
-            // Returned, and reported by the caller: not logged twice.
-            tracing::debug!(backup = %id, error = %e, "restore failed");
+            // Returned, and reported by the caller: not a warning too.
+            tracing::info!(backup = %id, error = %e, "restore failed");
             let message = e.to_string();
             record_restore(
                 catalog,
@@ -397,8 +397,8 @@ pub async fn run_verify(
             })
         }
         Err(e) => {
-            // Returned, and reported by the caller: not logged twice.
-            tracing::debug!(backup = %id, error = %e, "restore drill failed");
+            // Returned, and reported by the caller: not a warning too.
+            tracing::info!(backup = %id, error = %e, "restore drill failed");
             Err(e)
         }
     }
