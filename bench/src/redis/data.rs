@@ -94,8 +94,9 @@ pub(super) fn load(redis: &Redis, keys: u64) -> Result<()> {
 pub(super) enum Commands {
     /// `RESTORE key ttl payload REPLACE [ABSTTL]` for every key.
     Restore,
-    /// What capsule sends: `SET key value [PXAT ms]` for strings, `RESTORE`
-    /// for the rest.
+    /// What capsule sends for this data: `SET key value [PXAT ms]` for
+    /// strings, `RESTORE` for the rest (its strings are short, carry no
+    /// LRU/LFU hint and expire a day away, so none stays `RESTORE`).
     Capsule,
 }
 
