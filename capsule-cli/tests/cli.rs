@@ -351,8 +351,8 @@ fn sigterm_stops_a_backup_and_marks_it_failed() {
     assert_eq!(list[0]["status"], "failed", "{list:#}");
 }
 
-/// The `error: ...` line, the only line on stderr apart from the core's
-/// own warning about the failed job (logs are at `warn`).
+/// The `error: ...` line, the only line on stderr apart from warnings
+/// (logs are at `warn`; a failed job itself is not logged at that level).
 fn error(run: &Run) -> &str {
     let errors: Vec<&str> = run
         .stderr
