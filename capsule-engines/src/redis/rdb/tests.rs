@@ -126,6 +126,21 @@ proptest! {
         }
         let _ = Value::decode(&tail);
         let _ = split_dump_payload(&tail);
+        let mut string = vec![vtype::STRING];
+        string.extend_from_slice(&tail);
+        let _ = string_bytes(&string, 4096);
+    }
+
+    /// `string_bytes` (borrowing plain strings, decoding the rest) reads
+    /// every string as the generic decoder does, at every length form.
+    #[test]
+    fn string_bytes_agrees_with_the_decoder(
+        s in prop_oneof![bytes(300), prop::collection::vec(any::<u8>(), 16_000..17_000)],
+    ) {
+        let encoded = Value::String(s.clone()).encode();
+        let got = string_bytes(&encoded, 1 << 20).unwrap();
+        prop_assert_eq!(got.as_deref(), Some(&s[..]));
+        prop_assert_eq!(Value::decode(&encoded).unwrap(), Value::String(s));
     }
 
     #[test]

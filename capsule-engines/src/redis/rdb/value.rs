@@ -5,6 +5,8 @@
 //! are not decoded here: the engine never needs to, it moves them as they
 //! are.
 
+use std::borrow::Cow;
+
 use super::error::RdbError;
 use super::parser::ParseOptions;
 use super::source::Source;
@@ -136,16 +138,24 @@ impl Value {
 
 /// The bytes of a string value (its type byte first, as the parser
 /// captures it), decoded from any of its encodings (plain, integer, LZF);
-/// `None` for a value of another type. Lengths over `limit` are refused
-/// before anything is allocated for them.
+/// `None` for a value of another type. A plain string, nearly every one,
+/// is borrowed from `value`; lengths over `limit` are refused before
+/// anything is allocated for them.
 ///
 /// # Errors
 /// [`RdbError::Corrupt`]/[`RdbError::Truncated`] for a malformed string
 /// or bytes after it; [`RdbError::TooLarge`] over `limit`.
-pub(crate) fn string_bytes(value: &[u8], limit: u64) -> Result<Option<Vec<u8>>, RdbError> {
-    if value.first() != Some(&vtype::STRING) {
+pub(crate) fn string_bytes(value: &[u8], limit: u64) -> Result<Option<Cow<'_, [u8]>>, RdbError> {
+    let Some((&vtype::STRING, encoded)) = value.split_first() else {
         return Ok(None);
+    };
+    if let Some((len, head)) = plain_length(encoded)
+        && head + len == encoded.len()
+        && len as u64 <= limit
+    {
+        return Ok(Some(Cow::Borrowed(&encoded[head..])));
     }
+    // Integers, LZF, and anything malformed (which the source names).
     let mut src = Source::with_buffer(value, value.len().min(1 << 16) + 1);
     src.byte()?;
     let s = src.string(limit, "string")?;
@@ -155,7 +165,26 @@ pub(crate) fn string_bytes(value: &[u8], limit: u64) -> Result<Option<Vec<u8>>, 
     if at != value.len() as u64 {
         return Err(RdbError::corrupt(at, "bytes after the value"));
     }
-    Ok(Some(s))
+    Ok(Some(Cow::Owned(s)))
+}
+
+/// A plain string length at the start of `encoded` (the 6-, 14- and
+/// 32-bit forms of [`Source::length`]) and the bytes it takes; `None` for
+/// a special encoding, the 64-bit form or too few bytes.
+fn plain_length(encoded: &[u8]) -> Option<(usize, usize)> {
+    let first = *encoded.first()?;
+    match first >> 6 {
+        0 => Some(((first & 0x3f) as usize, 1)),
+        1 => Some((
+            (((first & 0x3f) as usize) << 8) | *encoded.get(1)? as usize,
+            2,
+        )),
+        _ if first == 0x80 => {
+            let n = u32::from_be_bytes(encoded.get(1..5)?.try_into().ok()?);
+            Some((n as usize, 5))
+        }
+        _ => None,
+    }
 }
 
 fn text_score(src: &mut Source<&[u8]>) -> Result<f64, RdbError> {
