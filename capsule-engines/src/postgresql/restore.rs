@@ -325,8 +325,32 @@ async fn rename(admin: &Client, conn: &PgConnection, from: &str, to: &str) -> Re
     ))
 }
 
-/// Drops database `name` after ending its sessions.
+/// Drops database `name` after ending its sessions. New connections are
+/// refused while it tries; when the drop fails, a database that accepted
+/// connections does so again, so what is kept can still be used.
 pub(crate) async fn drop_database(admin: &Client, conn: &PgConnection, name: &str) -> Result<()> {
+    let was_open = admin
+        .query_opt(
+            "SELECT datallowconn FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|row| row.get::<_, bool>(0));
+    let dropped = drop_closed(admin, conn, name).await;
+    if dropped.is_err()
+        && was_open
+        && let Err(e) = allow_connections(admin, conn, name, true).await
+    {
+        tracing::warn!(database = name, error = %e, "the database could not be dropped, nor opened to connections again");
+    }
+    dropped
+}
+
+/// [`drop_database`]'s attempts: closes `name` to new connections, ends
+/// its sessions and drops it, retrying while sessions come back.
+async fn drop_closed(admin: &Client, conn: &PgConnection, name: &str) -> Result<()> {
     let stmt = format!("DROP DATABASE IF EXISTS {}", ident(name));
     let mut last = None;
     for _ in 0..20 {

@@ -213,6 +213,49 @@ async fn a_flipped_byte_is_refused_before_the_target_is_touched() {
     );
 }
 
+/// `drop_previous` with a previous database that PostgreSQL will not drop
+/// (a logical replication subscription lives in it): the restore stands,
+/// and the previous database is kept, whole and open to connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_database_that_cannot_be_dropped_is_kept_open() {
+    let db = small_database("undroppable", 500);
+    let fc = FileCatalog::new();
+    let id = backed_up(&fc, &db).await;
+    let original = content_checksums(&db);
+    pg().psql(&db, "INSERT INTO public.notes VALUES (1000, 'live change')");
+    let live = content_checksums(&db);
+    // DROP DATABASE refuses a database with a subscription (55006, as a
+    // busy database does, so it is retried first). `connect = false`
+    // makes one without a publisher.
+    let sub = format!("{db}_sub");
+    pg().psql(
+        &db,
+        &format!(
+            "CREATE SUBSCRIPTION {sub} CONNECTION 'dbname=postgres' PUBLICATION absent \
+             WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE)"
+        ),
+    );
+
+    let engine = engine_with(&db, capsule_engines::PgRestoreMode::Safe, true);
+    let ctx = JobContext::new(&NoProgress);
+    run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(content_checksums(&db), original, "the backup is live");
+    let prev = pg().databases_like(&format!("{db}__capsule_prev_"));
+    assert_eq!(prev.len(), 1, "the previous database is kept: {prev:?}");
+    assert_eq!(
+        content_checksums(&prev[0]),
+        live,
+        "the kept database still opens and holds what was live"
+    );
+    let sf = fc.catalog.load(&id).await.unwrap().statefile;
+    assert_eq!(sf.restores[0].status, RestoreStatus::Finished);
+
+    pg().psql(&prev[0], &format!("DROP SUBSCRIPTION {sub}"));
+    pg().psql("postgres", &format!("DROP DATABASE {}", prev[0]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_failing_half_way_leaves_the_live_database_untouched() {
     let db = small_database("halfway", 20000);
