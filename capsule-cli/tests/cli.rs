@@ -21,6 +21,7 @@ use tempfile::TempDir;
 use test_support::azurite::Azurite;
 use test_support::fixtures::legacy_bucket_dir;
 use test_support::seaweedfs::SeaweedFs;
+use test_support::tcp_proxy::{NetFault, TcpProxy};
 
 const PREFIX: &str = "cnvrg-smart-backups";
 const FINISHED: &str = "postgresql-9nVJ8sGmQbXc3RkHzW2tLp";
@@ -298,11 +299,9 @@ fn capsule_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
     cmd
 }
 
-/// SIGTERM (what `kill` and Kubernetes send) stops a backup as ctrl-c
-/// does: the job is cancelled, its statefile says failed, exit 130.
-#[test]
-fn sigterm_stops_a_backup_and_marks_it_failed() {
-    // A server that accepts and never answers: the backup waits on it.
+/// A port where a server accepts connections and never answers: a job
+/// talking to it waits until it is stopped.
+fn silent_server() -> u16 {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -311,6 +310,14 @@ fn sigterm_stops_a_backup_and_marks_it_failed() {
             held.push(conn);
         }
     });
+    port
+}
+
+/// SIGTERM (what `kill` and Kubernetes send) stops a backup as ctrl-c
+/// does: the job is cancelled, its statefile says failed, exit 130.
+#[test]
+fn sigterm_stops_a_backup_and_marks_it_failed() {
+    let port = silent_server();
     let t = Target::file();
     let mut all: Vec<String> = t.flags.clone();
     all.extend(["es", "--create", "--es-url"].map(String::from));
@@ -349,6 +356,105 @@ fn sigterm_stops_a_backup_and_marks_it_failed() {
     let list = t.run(&["es", "--list", "--json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
     assert_eq!(list[0]["status"], "failed", "{list:#}");
+}
+
+/// A second SIGTERM while a cancelled job winds down exits at once, saying
+/// what may be left: here the store stops answering after the backup
+/// started, so marking its statefile failed would wait on it.
+#[test]
+fn a_second_sigterm_exits_without_waiting_for_the_job_to_stop() {
+    let es_port = silent_server();
+    let s3 = SeaweedFs::shared();
+    let bucket = unique("cli");
+    s3.create_bucket(&bucket);
+    let proxy = TcpProxy::start(s3.port);
+    let url = format!(
+        "s3://{bucket}?endpoint=http://127.0.0.1:{}&region={}&allow_http=true",
+        proxy.port, s3.region
+    );
+    let dir = TempDir::new().unwrap();
+    let es_url = format!("http://127.0.0.1:{es_port}");
+    let args = [
+        "--store",
+        &url,
+        "--access-key",
+        &s3.access_key,
+        "--secret-key",
+        &s3.secret_key,
+        "es",
+        "--create",
+        "--es-url",
+        &es_url,
+    ];
+    let mut child = capsule_command(&args, &[], dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The store as the test sees it, not through the proxy.
+    let rt = runtime();
+    let store = StoreBuilder::from_url(&s3.s3_url(&bucket))
+        .unwrap()
+        .with_access_key(
+            Secret::new(s3.access_key.clone()),
+            Secret::new(s3.secret_key.clone()),
+        )
+        .build()
+        .unwrap()
+        .with_prefix(PREFIX)
+        .unwrap();
+    let statefile = || -> Option<Value> {
+        let objects = rt.block_on(store.list("")).unwrap();
+        let key = &objects
+            .iter()
+            .find(|o| o.key.ends_with("/statefile.json"))?
+            .key;
+        let bytes = rt.block_on(store.get(key)).unwrap().bytes;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    };
+    let start = Instant::now();
+    while statefile().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The store stops answering: each chunk now waits an hour.
+    proxy.set(NetFault::Delay(Duration::from_secs(3600)));
+    let kill = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    kill(child.id());
+    // The first signal cancels; winding down waits on the store.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "capsule exited on the first signal although marking its statefile could not finish"
+    );
+    let second = Instant::now();
+    kill(child.id());
+    let out = child.wait_with_output().unwrap();
+    let took = second.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?} after the second signal"
+    );
+    assert!(
+        stderr.contains("interrupt again to exit at once"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("interrupted again: exiting now")
+            && stderr.contains("statefile may say running"),
+        "{stderr}"
+    );
+    // What the message warns of: the statefile was not marked.
+    let sf = statefile().unwrap();
+    assert_eq!(sf["status"], "running", "{sf:#}");
 }
 
 /// The `error: ...` line, the only line on stderr apart from warnings
