@@ -21,6 +21,7 @@ mod pipeline;
 mod redis;
 mod rss;
 mod server;
+mod sink;
 mod table;
 
 use std::process::ExitCode;

@@ -3,7 +3,9 @@
 //! - capture: capsule (replication → zstd → SHA-256 → `file://` or
 //!   SeaweedFS, with the RDB verified on the way) against
 //!   `redis-cli --rdb <file>`, both with `repl-diskless-sync-delay 0`;
-//!   target ≤ 1.1× its wall time;
+//!   target ≤ 1.1× its wall time; plus, not a target, the same capture to
+//!   an S3 endpoint that discards what it gets (`sink.rs`), which shows
+//!   what SeaweedFS's own work on the shared cores adds;
 //! - restore: capsule (download → verify → parse → pipelined `SET` for
 //!   strings and `RESTORE` for the rest), and capsule `--flush` (the target
 //!   replicates the RDB from capsule), against `redis-cli --pipe` of one
@@ -32,6 +34,7 @@ use data::{Commands, load, write_commands};
 
 use crate::measure::{MIB, median, self_status_kib};
 use crate::server::S3Server;
+use crate::sink::S3Sink;
 use crate::table::{Table, num, verdict};
 
 const BUCKET: &str = "bench-redis";
@@ -73,6 +76,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         .prefix("capsule-bench-redis-")
         .tempdir()?;
     let s3 = S3Server::start(&[BUCKET]).await?;
+    let sink = S3Sink::start().await?;
     let source = tokio::task::spawn_blocking(Redis::start).await?;
     let target = tokio::task::spawn_blocking(Redis::start).await?;
     eprintln!("loading {} keys…", args.keys);
@@ -82,7 +86,8 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     let s3_store = s3.url(BUCKET);
     let rdb = work.path().join("ref.rdb");
 
-    let (mut cli_secs, mut file, mut seaweed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cli_secs, mut file, mut seaweed, mut discard) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ids = (String::new(), String::new());
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
@@ -98,6 +103,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         let (r, id) = child("backup", &source.url(), &s3_store, None)?;
         seaweed.push(r);
         ids.1 = id;
+        discard.push(child("backup", &source.url(), &sink.url(BUCKET), None)?.0);
     }
     let rdb_mib = std::fs::metadata(&rdb)?.len() as f64 / MIB as f64;
     let reference = median(&cli_secs);
@@ -139,11 +145,30 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
             verdict(ratio <= 1.1),
         ]);
     }
+    // Not a target row: what the SeaweedFS row costs without SeaweedFS.
+    let secs = median(&walls(&discard));
+    capture.row(vec![
+        "capsule → S3 that discards (zstd, sha256)".into(),
+        num(secs, 2),
+        format!("{:.2}×", secs / reference),
+        "".into(),
+        num(
+            median(&discard.iter().map(|x| x.cpu_secs).collect::<Vec<_>>()),
+            2,
+        ),
+        num(discard.iter().map(|x| x.peak_mib).fold(0.0, f64::max), 1),
+        "".into(),
+    ]);
     capture.note(format!("median of {runs} runs; repl-diskless-sync-delay 0 on the server; capsule verifies the RDB (header, framing, CRC-64) while it streams"));
     capture.note(format!(
-        "per run, capsule against the reference run just before it: file:// {}; SeaweedFS {}",
+        "per run, capsule against the reference run just before it: file:// {}; SeaweedFS {}; discarding S3 {}",
         paired(&cli_secs, &walls(&file)),
-        paired(&cli_secs, &walls(&seaweed))
+        paired(&cli_secs, &walls(&seaweed)),
+        paired(&cli_secs, &walls(&discard))
+    ));
+    capture.note(format!(
+        "S3 that discards: capsule's whole S3 client path (SigV4, HTTP, multipart, {:.0} MiB of parts per run) to an endpoint in this bench's process that stores nothing, so the cores carry no storage work; not a target row, it shows what SeaweedFS itself adds",
+        sink.discarded_bytes() as f64 / runs.max(1) as f64 / MIB as f64
     ));
 
     eprintln!("writing the commands…");
