@@ -32,6 +32,10 @@ pub struct BackupOptions {
     pub heartbeat: Duration,
     /// Run this queued request (a `requested` statefile) instead of a new backup.
     pub request: Option<BackupId>,
+    /// The id of the new backup (default: a fresh one), so that a caller
+    /// can name the backup in its own logs even when it fails; must be of
+    /// the engine's service type. Not used with `request`.
+    pub id: Option<BackupId>,
 }
 
 impl Default for BackupOptions {
@@ -44,6 +48,7 @@ impl Default for BackupOptions {
             pipeline: PipelineOptions::default(),
             heartbeat: Duration::from_secs(30),
             request: None,
+            id: None,
         }
     }
 }
@@ -82,6 +87,11 @@ impl BackupOptions {
     /// Runs a queued request instead of creating a new backup.
     pub fn with_request(mut self, id: BackupId) -> Self {
         self.request = Some(id);
+        self
+    }
+    /// Gives the new backup this id instead of a fresh one.
+    pub fn with_id(mut self, id: BackupId) -> Self {
+        self.id = Some(id);
         self
     }
 }
@@ -208,11 +218,21 @@ pub async fn run_backup(
             h
         }
         None => {
-            let mut sf = Statefile::new(
-                BackupId::generate(engine.service_type()),
-                options.request_type,
-                now,
-            );
+            let id = match &options.id {
+                Some(id) if id.service_type() != engine.service_type() => {
+                    return Err(Error::invalid(
+                        "backup id",
+                        format!(
+                            "{id} is a {} backup id; the engine backs up {}",
+                            id.service_type(),
+                            engine.service_type()
+                        ),
+                    ));
+                }
+                Some(id) => id.clone(),
+                None => BackupId::generate(engine.service_type()),
+            };
+            let mut sf = Statefile::new(id, options.request_type, now);
             sf.service = engine.identity();
             if sf.service.cluster.is_none() {
                 sf.service.cluster = options.cluster.clone();

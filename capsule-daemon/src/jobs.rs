@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capsule_core::{
-    Acquisition, BackupOptions, Catalog, Error as CoreError, JobContext, NoProgress, Recipients,
-    Renewal, RequestType, RestoreOptions, RestoreStatus, Statefile, Status, periodic_due,
-    plan_rotation, run_backup, run_restore,
+    Acquisition, BackupId, BackupOptions, Catalog, Error as CoreError, JobContext, NoProgress,
+    Recipients, Renewal, RequestType, RestoreOptions, RestoreStatus, Statefile, Status,
+    periodic_due, plan_rotation, run_backup, run_restore,
 };
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -250,6 +250,15 @@ async fn backup(
     if let Some(to) = job.encryption {
         options.pipeline = options.pipeline.with_encryption(to);
     }
+    // The id up front, so that a failure is logged with it.
+    let id = match (&options.request, &options.id) {
+        (Some(id), _) | (None, Some(id)) => id.clone(),
+        (None, None) => {
+            let id = BackupId::generate(job.engine.service_type());
+            options = options.with_id(id.clone());
+            id
+        }
+    };
     let result = run_backup(&job.catalog, job.engine.as_ref(), options, &ctx).await;
     drop(job.engine);
     let took = started.elapsed();
@@ -268,7 +277,7 @@ async fn backup(
             t.view.cache.refresh_one(sf.backup_id.as_str()).await;
         }
         Err(e) => {
-            tracing::warn!(service = %t.target.name, error = %e, "backup failed");
+            tracing::warn!(backup = %id, service = %t.target.name, error = %e, "backup failed");
             shared
                 .metrics
                 .backup(&labels, Outcome::Failed, took, None, Utc::now());

@@ -129,3 +129,45 @@ fn sigterm_cancels_a_job_past_the_grace_period_and_exits_zero() {
     let log = a.log();
     assert!(log.contains("grace period over"), "{log}");
 }
+
+/// A periodic backup that fails (a wrong password) is logged with its
+/// backup id, so the operator reading the daemon's log finds its statefile.
+#[test]
+fn a_failed_periodic_backup_is_logged_with_its_id() {
+    let _serial = serial();
+    let bucket = Bucket::new();
+    let db = database("failedlog", 5);
+    let catalog = bucket.catalog("cnvrg-smart-backups");
+    let mut a = Spec::new("a", &bucket.url, "c1")
+        .config(service_toml("cnvrg/pg-storage", "PG_URL", "1h", 5, ""))
+        .env("PG_URL", &pg().url_with_password(&db, "not-the-password"))
+        .start();
+    let mut failed = None;
+    wait_until(
+        Duration::from_secs(60),
+        "a failed periodic backup",
+        || {
+            failed = statefiles(&catalog)
+                .into_iter()
+                .find(|s| s.status == Status::Failed);
+            failed.is_some()
+        },
+        || a.log_tail(40),
+    );
+    let id = failed.unwrap().backup_id.to_string();
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon's warning",
+        || a.log().contains("backup failed"),
+        || a.log_tail(40),
+    );
+    assert!(a.terminate(Duration::from_secs(30)).success());
+    let log = a.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("backup failed"))
+        .unwrap_or_else(|| panic!("no 'backup failed' line:\n{log}"));
+    assert!(line.contains(&id), "the warning names {id}: {line}");
+    assert!(line.contains("cnvrg/pg-storage"), "{line}");
+    assert!(!line.contains("not-the-password"), "{line}");
+}

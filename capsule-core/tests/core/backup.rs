@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use capsule_core::{
-    ArtifactSink, ArtifactSource, ArtifactSpec, BackupOptions, Capabilities, Catalog, Engine,
-    EngineInfo, Error, Fingerprint, JobContext, ListFilter, NoProgress, RestoreOutcome, Result,
-    ServiceIdentity, ServiceType, Status, run_backup,
+    ArtifactSink, ArtifactSource, ArtifactSpec, BackupId, BackupOptions, Capabilities, Catalog,
+    Engine, EngineInfo, Error, Fingerprint, JobContext, ListFilter, NoProgress, RestoreOutcome,
+    Result, ServiceIdentity, ServiceType, Status, run_backup,
 };
 use tokio::io::AsyncReadExt;
 
@@ -206,6 +206,39 @@ async fn failing_engine_leaves_a_failed_statefile() {
         let objects = ts.store.list(&format!("{}/", sf.backup_id)).await.unwrap();
         assert_eq!(objects.len(), 1, "{name}: only the statefile: {objects:?}");
     }
+}
+
+/// An id chosen by the caller (the daemon logs a failure with it) is the
+/// backup's; one of another service type is refused before anything is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_takes_the_id_its_caller_chose() {
+    let ts = stores::memory();
+    let catalog = Catalog::new(ts.store.clone());
+    let ctx = JobContext::new(&NoProgress);
+    let mut failing = ScriptedEngine::producing(1000);
+    failing.fail = true;
+    let id = BackupId::generate(ServiceType::Redis);
+    let options = BackupOptions::default().with_id(id.clone());
+    run_backup(&catalog, &failing, options, &ctx)
+        .await
+        .unwrap_err();
+    let sf = catalog.load(id.as_str()).await.unwrap().statefile;
+    assert_eq!(sf.backup_id, id);
+    assert_eq!(sf.status, Status::Failed);
+
+    let pg_id = BackupId::generate(ServiceType::Postgresql);
+    let options = BackupOptions::default().with_id(pg_id.clone());
+    let err = run_backup(&catalog, &ScriptedEngine::producing(10), options, &ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(pg_id.as_str()) && err.contains("redis"),
+        "{err}"
+    );
+    let list = catalog.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(list.len(), 1, "nothing written for the refused id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
