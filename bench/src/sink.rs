@@ -134,11 +134,9 @@ async fn handle(
 ) -> Response {
     let q = query(&uri);
     let path = uri.path().trim_start_matches('/');
+    // capsule's keys (ids, artifact names) need no percent-decoding.
     let (_bucket, key) = path.split_once('/').unwrap_or((path, ""));
-    let key = url::form_urlencoded::parse(format!("k={key}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    let key = key.to_string();
     let tag = || format!("\"{}\"", state.next.fetch_add(1, Ordering::Relaxed));
     match method {
         Method::GET if key.is_empty() => list(state, &q),

@@ -140,6 +140,18 @@ fn load_fixture(rt: &tokio::runtime::Runtime, root: &Store) {
     });
 }
 
+/// `bucket` on `s3` at its root, with the admin keys, as the tests see it.
+fn seaweedfs_root(s3: &SeaweedFs, bucket: &str) -> Store {
+    StoreBuilder::from_url(&s3.s3_url(bucket))
+        .unwrap()
+        .with_access_key(
+            Secret::new(s3.access_key.clone()),
+            Secret::new(s3.secret_key.clone()),
+        )
+        .build()
+        .unwrap()
+}
+
 impl Target {
     /// A `file://` store: a copy of the fixture directory.
     fn file() -> Target {
@@ -170,14 +182,7 @@ impl Target {
         s3.create_bucket(&bucket);
         let url = s3.s3_url(&bucket);
         let rt = runtime();
-        let root = StoreBuilder::from_url(&url)
-            .unwrap()
-            .with_access_key(
-                Secret::new(s3.access_key.clone()),
-                Secret::new(s3.secret_key.clone()),
-            )
-            .build()
-            .unwrap();
+        let root = seaweedfs_root(s3, &bucket);
         load_fixture(&rt, &root);
         Target {
             name: "seaweedfs",
@@ -313,6 +318,15 @@ fn silent_server() -> u16 {
     port
 }
 
+/// Sends SIGTERM to `pid`, as `kill` and Kubernetes do.
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// SIGTERM (what `kill` and Kubernetes send) stops a backup as ctrl-c
 /// does: the job is cancelled, its statefile says failed, exit 130.
 #[test]
@@ -340,11 +354,7 @@ fn sigterm_stops_a_backup_and_marks_it_failed() {
         assert!(start.elapsed() < Duration::from_secs(30), "never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(child.id());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
@@ -393,16 +403,7 @@ fn a_second_sigterm_exits_without_waiting_for_the_job_to_stop() {
         .unwrap();
     // The store as the test sees it, not through the proxy.
     let rt = runtime();
-    let store = StoreBuilder::from_url(&s3.s3_url(&bucket))
-        .unwrap()
-        .with_access_key(
-            Secret::new(s3.access_key.clone()),
-            Secret::new(s3.secret_key.clone()),
-        )
-        .build()
-        .unwrap()
-        .with_prefix(PREFIX)
-        .unwrap();
+    let store = seaweedfs_root(s3, &bucket).with_prefix(PREFIX).unwrap();
     let statefile = || -> Option<Value> {
         let objects = rt.block_on(store.list("")).unwrap();
         let key = &objects
@@ -419,14 +420,7 @@ fn a_second_sigterm_exits_without_waiting_for_the_job_to_stop() {
     }
     // The store stops answering: each chunk now waits an hour.
     proxy.set(NetFault::Delay(Duration::from_secs(3600)));
-    let kill = |pid: u32| {
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    kill(child.id());
+    sigterm(child.id());
     // The first signal cancels; winding down waits on the store.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -434,7 +428,7 @@ fn a_second_sigterm_exits_without_waiting_for_the_job_to_stop() {
         "capsule exited on the first signal although marking its statefile could not finish"
     );
     let second = Instant::now();
-    kill(child.id());
+    sigterm(child.id());
     let out = child.wait_with_output().unwrap();
     let took = second.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
