@@ -31,6 +31,8 @@ pub struct ServerProcess {
     watchdog: Option<Child>,
     log_path: PathBuf,
     launch: Launch,
+    /// Files the server creates outside its work directory, removed with it.
+    outside: Vec<PathBuf>,
     // Dropped last: the server is dead by then.
     work_dir: TempDir,
 }
@@ -54,7 +56,23 @@ impl ServerProcess {
     ///
     /// # Panics
     /// If the log file cannot be created or the command cannot be spawned.
-    pub fn spawn(name: &str, mut command: Command, work_dir: TempDir) -> ServerProcess {
+    pub fn spawn(name: &str, command: Command, work_dir: TempDir) -> ServerProcess {
+        Self::spawn_leaving(name, command, work_dir, Vec::new())
+    }
+
+    /// As [`ServerProcess::spawn`], for a server that also creates the
+    /// files `outside` elsewhere than in `work_dir` (e.g. `weed`'s gRPC
+    /// sockets in `/tmp`): they are removed with the work directory, once
+    /// the server is gone, however the test process ends.
+    ///
+    /// # Panics
+    /// As [`ServerProcess::spawn`].
+    pub fn spawn_leaving(
+        name: &str,
+        mut command: Command,
+        work_dir: TempDir,
+        outside: Vec<PathBuf>,
+    ) -> ServerProcess {
         let launch = Launch::of(&command);
         let log_path = work_dir.path().join(format!("{name}.log"));
         let log = File::create(&log_path)
@@ -70,13 +88,14 @@ impl ServerProcess {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        let watchdog = spawn_watchdog(child.id(), work_dir.path());
+        let watchdog = spawn_watchdog(child.id(), work_dir.path(), &outside);
         ServerProcess {
             name: name.to_string(),
             child,
             watchdog,
             log_path,
             launch,
+            outside,
             work_dir,
         }
     }
@@ -158,7 +177,7 @@ impl ServerProcess {
         self.child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot restart {} ({command:?}): {e}", self.name));
-        self.watchdog = spawn_watchdog(self.child.id(), self.work_dir.path());
+        self.watchdog = spawn_watchdog(self.child.id(), self.work_dir.path(), &self.outside);
     }
 
     /// Polls `probe` every 100 ms until it returns true.
@@ -191,6 +210,9 @@ impl Drop for ServerProcess {
         kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for path in &self.outside {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -244,14 +266,15 @@ fn kill_group(pgid: u32) {
 
 /// Starts `sh` blocked on reading a pipe whose write end only this process
 /// holds: when this process exits, the read returns and the shell kills the
-/// server's group and removes its work directory.
-fn spawn_watchdog(pgid: u32, work_dir: &Path) -> Option<Child> {
-    let script = r#"read _unused; env kill -KILL -- "-$0" 2>/dev/null; sleep 0.3; rm -rf -- "$1""#;
+/// server's group and removes its work directory and the files `outside`.
+fn spawn_watchdog(pgid: u32, work_dir: &Path, outside: &[PathBuf]) -> Option<Child> {
+    let script = r#"read _unused; env kill -KILL -- "-$0" 2>/dev/null; sleep 0.3; rm -rf -- "$@""#;
     let child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg(pgid.to_string())
         .arg(work_dir)
+        .args(outside)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

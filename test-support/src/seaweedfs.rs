@@ -117,6 +117,8 @@ impl SeaweedFs {
         };
         let mut cmd = Command::new(&weed);
         cmd.current_dir(work.path()).args([
+            // glog's files, else in /tmp (errors also go to stderr, the log).
+            format!("-logdir={}", work.path().display()),
             "mini".to_string(),
             format!("-dir={}", data_dir.display()),
             "-ip=127.0.0.1".into(),
@@ -145,7 +147,24 @@ impl SeaweedFs {
             // nothing until written.
             "-volume.max=1000".into(),
             format!("-s3.config={}", config_path.display()),
+            // Unix sockets for local clients, else `/tmp/seaweedfs-*.sock`.
+            format!("-s3.localSocket={}", work.path().join("s3.sock").display()),
+            format!(
+                "-filer.localSocket={}",
+                work.path().join("filer.sock").display()
+            ),
         ]);
+        // The gRPC servers' sockets have no flag: `weed` puts them in /tmp
+        // and removes them only on a clean shutdown, not on SIGKILL.
+        let grpc_sockets = [
+            ("master", master_grpc),
+            ("volume", volume_grpc),
+            ("filer", filer_grpc),
+            ("s3", s3_grpc),
+            ("admin", admin_grpc),
+        ]
+        .map(|(server, port)| PathBuf::from(format!("/tmp/seaweedfs-{server}-grpc-{port}.sock")))
+        .to_vec();
         // The plain port stays open too: the readiness probe uses it.
         let https_port = config.tls.then(|| {
             let ca = TestCa::new("capsule test CA (seaweedfs)");
@@ -158,7 +177,7 @@ impl SeaweedFs {
             ]);
             https
         });
-        let mut process = ServerProcess::spawn("seaweedfs", cmd, work);
+        let mut process = ServerProcess::spawn_leaving("seaweedfs", cmd, work, grpc_sockets);
         // The S3 API answers (an authenticated ListBuckets succeeds) once the
         // filer behind it is up.
         let probe = server_probe(s3, &access_key, &secret_key);
