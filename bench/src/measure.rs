@@ -94,6 +94,47 @@ pub fn set_affinity(pid: u32, cpus: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which cores the client side and the server side of a benchmark may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Every process may use every core.
+    Shared,
+    /// The server on CPU 1, the client side (this process, the children it
+    /// starts, the other groups named as clients) on CPU 0: as if the
+    /// server ran on a machine of its own.
+    Split,
+}
+
+impl Layout {
+    /// For table rows and notes.
+    pub fn label(self) -> &'static str {
+        match self {
+            Layout::Shared => "shared",
+            Layout::Split => "split 1+1",
+        }
+    }
+
+    /// Pins this process (and the children it starts from now on) and
+    /// every process of the groups `clients` to the client side's cores,
+    /// and every process of the groups `servers` to the server's.
+    ///
+    /// # Errors
+    /// When `taskset` fails for one of them.
+    pub fn apply(self, clients: &[u32], servers: &[u32]) -> anyhow::Result<()> {
+        let (client, server) = match self {
+            Layout::Shared => ("0-1", "0-1"),
+            Layout::Split => ("0", "1"),
+        };
+        set_affinity(std::process::id(), client)?;
+        for (groups, cpus) in [(clients, client), (servers, server)] {
+            for pid in groups.iter().flat_map(|&pgid| group_pids(pgid)) {
+                set_affinity(pid, cpus)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A `VmXxx:` line of `/proc/self/status`, in KiB (e.g. `VmHWM`, `VmRSS`).
 pub fn self_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

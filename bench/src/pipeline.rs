@@ -24,9 +24,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
 use crate::data::Counter;
 use crate::data::{DataKind, GenReader, Generator};
-use crate::measure::{
-    CpuMeter, CpuUse, MIB, group_pids, median, mib_per_sec, set_affinity, wait_for_quiet,
-};
+use crate::measure::{CpuMeter, CpuUse, Layout, MIB, median, mib_per_sec, wait_for_quiet};
 use crate::server::S3Server;
 use crate::table::{Table, num, pct, verdict};
 
@@ -83,37 +81,6 @@ impl Case {
             Case::Pipeline(Compression::Zstd) => "pipeline-zstd",
             Case::Pipeline(_) => "pipeline-none",
         }
-    }
-}
-
-/// Which cores the client and the server may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
-    /// Both may use every core.
-    Shared,
-    /// The server on CPU 1, this process on CPU 0.
-    Split,
-}
-
-impl Layout {
-    fn label(self) -> &'static str {
-        match self {
-            Layout::Shared => "shared",
-            Layout::Split => "split 1+1",
-        }
-    }
-
-    /// Pins this process and the server's process group.
-    fn apply(self, server_pgid: u32) -> Result<()> {
-        let (client, server) = match self {
-            Layout::Shared => ("0-1", "0-1"),
-            Layout::Split => ("0", "1"),
-        };
-        set_affinity(std::process::id(), client)?;
-        for pid in group_pids(server_pgid) {
-            set_affinity(pid, server)?;
-        }
-        Ok(())
     }
 }
 
@@ -174,11 +141,11 @@ impl PipelineBench {
             store.delete("warm-up").await?;
         }
         for layout in [Layout::Shared, Layout::Split] {
-            layout.apply(server.pgid())?;
+            layout.apply(&[], &[server.pgid()])?;
             let result = self
                 .measure_layout(layout, &server, &store, &raw, &mut t)
                 .await;
-            Layout::Shared.apply(server.pgid())?;
+            Layout::Shared.apply(&[], &[server.pgid()])?;
             result?;
         }
         t.note("MiB/s counts source bytes (before compression); \"stored MiB\" is what reached the bucket.");

@@ -15,8 +15,13 @@
 //! - peak RSS of capsule's backup and restore processes (each a child
 //!   process: this binary with `redis --child`), at the main size and at
 //!   `--rss-keys`; target ≤ 64 MiB.
+//!
+//! The capture and restore series run twice (`--layout both`): with the
+//! cores shared by every process (the Redis fork, capsule and SeaweedFS
+//! compete for two cores), then split (the Redis servers on CPU 1, the
+//! rest on CPU 0), as if Redis ran on a machine of its own.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,7 +37,7 @@ mod data;
 
 use data::{Commands, load, write_commands};
 
-use crate::measure::{MIB, median, self_status_kib};
+use crate::measure::{Layout, MIB, median, self_status_kib};
 use crate::server::S3Server;
 use crate::sink::S3Sink;
 use crate::table::{Table, num, verdict};
@@ -54,6 +59,11 @@ pub struct RedisArgs {
     /// Keys of the memory-only run (0 to skip).
     #[arg(long, default_value_t = 4_000_000)]
     pub rss_keys: u64,
+    /// Cores: `shared` (every process on both), `split` (the Redis
+    /// servers on CPU 1, everything else on CPU 0, as if Redis ran on a
+    /// machine of its own), or `both`, one after the other.
+    #[arg(long, value_enum, default_value_t = Layouts::Both)]
+    pub layout: Layouts,
     /// Internal: run one capsule backup or restore and print a JSON line.
     #[arg(long, hide = true, value_name = "backup|restore|restore-flush")]
     pub child: Option<String>,
@@ -67,6 +77,67 @@ struct ChildRun {
     peak_mib: f64,
 }
 
+/// The core layouts `--layout` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layouts {
+    /// Every process on both cores.
+    Shared,
+    /// The Redis servers on CPU 1, everything else on CPU 0.
+    Split,
+    /// Shared, then split.
+    Both,
+}
+
+impl Layouts {
+    fn list(self) -> Vec<Layout> {
+        match self {
+            Layouts::Shared => vec![Layout::Shared],
+            Layouts::Split => vec![Layout::Split],
+            Layouts::Both => vec![Layout::Shared, Layout::Split],
+        }
+    }
+}
+
+/// What one note says of each layout.
+fn layout_note(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Shared => {
+            "cores shared: every process may use both cores, so the Redis fork that writes the RDB, the server, capsule and SeaweedFS compete for them (the worst case: everything on one 2-core machine)"
+        }
+        Layout::Split => {
+            "cores split 1+1: the Redis servers (and the forks that write their RDBs) pinned to CPU 1, this bench, capsule, redis-cli and SeaweedFS to CPU 0 (taskset), as if Redis ran in a pod whose CPU the backup does not take"
+        }
+    }
+}
+
+/// The servers, stores and files every series uses.
+struct Setup {
+    runs: usize,
+    keys: u64,
+    s3: S3Server,
+    sink: S3Sink,
+    source: Redis,
+    target: Redis,
+    file_store: String,
+    s3_store: String,
+    /// `redis-cli --rdb`'s output.
+    rdb: PathBuf,
+    /// A `RESTORE` per key, for `redis-cli --pipe`.
+    restores: PathBuf,
+    /// The commands capsule sends, for `redis-cli --pipe`.
+    same: PathBuf,
+}
+
+impl Setup {
+    /// Pins the processes as `layout` says.
+    fn apply(&self, layout: Layout) -> Result<()> {
+        layout.apply(
+            &[self.s3.pgid()],
+            &[self.source.process().pid(), self.target.process().pid()],
+        )
+    }
+}
+
 /// Runs the benchmark; `runs` timed runs per measurement (median).
 ///
 /// # Errors
@@ -76,39 +147,115 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         .prefix("capsule-bench-redis-")
         .tempdir()?;
     let s3 = S3Server::start(&[BUCKET]).await?;
-    let sink = S3Sink::start().await?;
-    let source = tokio::task::spawn_blocking(Redis::start).await?;
-    let target = tokio::task::spawn_blocking(Redis::start).await?;
+    let setup = Setup {
+        runs,
+        keys: args.keys,
+        s3_store: s3.url(BUCKET),
+        s3,
+        sink: S3Sink::start().await?,
+        source: tokio::task::spawn_blocking(Redis::start).await?,
+        target: tokio::task::spawn_blocking(Redis::start).await?,
+        file_store: format!("file://{}", work.path().join("store").display()),
+        rdb: work.path().join("ref.rdb"),
+        restores: work.path().join("restore.resp"),
+        same: work.path().join("capsule.resp"),
+    };
     eprintln!("loading {} keys…", args.keys);
-    load(&source, args.keys)?;
+    load(&setup.source, args.keys)?;
     std::fs::create_dir_all(work.path().join("store"))?;
-    let file_store = format!("file://{}", work.path().join("store").display());
-    let s3_store = s3.url(BUCKET);
-    let rdb = work.path().join("ref.rdb");
 
+    let mut tables = Vec::new();
+    let (mut backup_peak, mut restore_peak) = (0.0f64, 0.0f64);
+    for layout in args.layout.list() {
+        setup.apply(layout)?;
+        let series = async {
+            let (capture, ids, peak) = capture(&setup, layout).await?;
+            backup_peak = backup_peak.max(peak);
+            if !setup.same.exists() {
+                eprintln!("writing the commands…");
+                write_commands(&setup.rdb, &setup.restores, Commands::Restore)?;
+                write_commands(&setup.rdb, &setup.same, Commands::Capsule)?;
+            }
+            let (restore, peak) = restore(&setup, layout, &ids).await?;
+            restore_peak = restore_peak.max(peak);
+            anyhow::Ok([capture, restore])
+        }
+        .await;
+        setup.apply(Layout::Shared)?;
+        tables.extend(series?);
+    }
+    let cold = cold_start(&setup.rdb)?;
+    if let Some(restore) = tables.get_mut(1) {
+        restore.note(format!(
+            "for scale: a cold redis-server start loading the same RDB takes {cold:.2} s (cores shared)"
+        ));
+    }
+
+    if args.rss_keys > 0 {
+        let (source, target) = (&setup.source, &setup.target);
+        let file_store = &setup.file_store;
+        eprintln!("memory run: loading {} keys…", args.rss_keys);
+        flush(source)?;
+        load(source, args.rss_keys)?;
+        let (b, id) = child("backup", &source.url(), file_store, None)?;
+        flush(target)?;
+        let (r, _) = child("restore", &target.url(), file_store, Some(&id))?;
+        flush(target)?;
+        let (rf, _) = child("restore-flush", &target.url(), file_store, Some(&id))?;
+        let mut t = Table::new(
+            "Redis peak RSS of capsule",
+            &["keys", "backup MiB", "restore MiB", "target", "result"],
+        );
+        for (keys, bk, rs) in [
+            (args.keys, backup_peak, restore_peak),
+            (args.rss_keys, b.peak_mib, r.peak_mib.max(rf.peak_mib)),
+        ] {
+            t.row(vec![
+                keys.to_string(),
+                num(bk, 1),
+                num(rs, 1),
+                format!("≤ {RSS_TARGET_MIB:.0}"),
+                verdict(bk <= RSS_TARGET_MIB && rs <= RSS_TARGET_MIB),
+            ]);
+        }
+        t.note("VmHWM of the child process doing one backup (replication capture to file://) or one restore (from file://, with RESTORE commands and by replication)");
+        tables.push(t);
+    }
+    Ok(tables)
+}
+
+/// The capture series in `layout`: its table, the ids of the last
+/// backups to `file://` and to SeaweedFS, and capsule's peak RSS.
+async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, String), f64)> {
+    let (runs, source) = (setup.runs, &setup.source);
     let (mut cli_secs, mut file, mut seaweed, mut discard) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut ids = (String::new(), String::new());
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
-        eprintln!("capture run {}/{runs}…", run + 1);
+        eprintln!("capture ({}) run {}/{runs}…", layout.label(), run + 1);
         cli_secs.push(timed(
             Command::new("redis-cli")
                 .args(["-p", &source.port.to_string(), "--rdb"])
-                .arg(&rdb),
+                .arg(&setup.rdb),
         )?);
-        let (r, id) = child("backup", &source.url(), &file_store, None)?;
+        let (r, id) = child("backup", &source.url(), &setup.file_store, None)?;
         file.push(r);
         ids.0 = id;
-        let (r, id) = child("backup", &source.url(), &s3_store, None)?;
+        let (r, id) = child("backup", &source.url(), &setup.s3_store, None)?;
         seaweed.push(r);
         ids.1 = id;
-        discard.push(child("backup", &source.url(), &sink.url(BUCKET), None)?.0);
+        discard.push(child("backup", &source.url(), &setup.sink.url(BUCKET), None)?.0);
     }
-    let rdb_mib = std::fs::metadata(&rdb)?.len() as f64 / MIB as f64;
+    let rdb_mib = std::fs::metadata(&setup.rdb)?.len() as f64 / MIB as f64;
     let reference = median(&cli_secs);
     let mut capture = Table::new(
-        format!("Redis capture: {} keys, RDB {:.0} MiB", args.keys, rdb_mib),
+        format!(
+            "Redis capture, cores {}: {} keys, RDB {:.0} MiB",
+            layout.label(),
+            setup.keys,
+            rdb_mib
+        ),
         &[
             "case",
             "seconds",
@@ -135,7 +282,6 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ("capsule → S3 that discards (zstd, sha256)", &discard, false),
     ] {
         let secs = median(&walls(r));
-        let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
         let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
         capture.row(vec![
@@ -148,7 +294,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
                 "".into()
             },
             num(cpu, 2),
-            num(peak, 1),
+            num(peak(r), 1),
             if target {
                 verdict(ratio <= 1.1)
             } else {
@@ -157,6 +303,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ]);
     }
     capture.note(format!("median of {runs} runs; repl-diskless-sync-delay 0 on the server; capsule verifies the RDB (header, framing, CRC-64) while it streams"));
+    capture.note(layout_note(layout));
     capture.note(format!(
         "per run, capsule against the reference run just before it: file:// {}; SeaweedFS {}; discarding S3 {}",
         paired(&cli_secs, &walls(&file)),
@@ -165,19 +312,22 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     ));
     capture.note(format!(
         "S3 that discards: capsule's whole S3 client path (SigV4, HTTP, multipart, {:.0} MiB of parts per run) to an endpoint in this bench's process that stores nothing, so the cores carry no storage work; not a target row, it shows what SeaweedFS itself adds",
-        sink.discarded_bytes() as f64 / runs.max(1) as f64 / MIB as f64
+        setup.sink.take_discarded_bytes() as f64 / runs.max(1) as f64 / MIB as f64
     ));
+    let peak = peak(&file).max(peak(&seaweed));
+    Ok((capture, ids, peak))
+}
 
-    eprintln!("writing the commands…");
-    let restores = work.path().join("restore.resp");
-    write_commands(&rdb, &restores, Commands::Restore)?;
-    let same = work.path().join("capsule.resp");
-    write_commands(&rdb, &same, Commands::Capsule)?;
+/// The restore series in `layout`, from the backups `ids` (`file://`,
+/// SeaweedFS): its table and capsule's peak RSS.
+async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Result<(Table, f64)> {
+    let (runs, source, target) = (setup.runs, &setup.source, &setup.target);
+    let (file_store, s3_store) = (&setup.file_store, &setup.s3_store);
     let (mut pipe_secs, mut same_secs) = (Vec::new(), Vec::new());
     let (mut restore_file, mut restore_s3) = (Vec::new(), Vec::new());
     let (mut flush_file, mut flush_s3) = (Vec::new(), Vec::new());
     let pipe = |commands: &Path| -> Result<f64> {
-        flush(&target)?;
+        flush(target)?;
         let input = std::fs::File::open(commands)
             .with_context(|| format!("opening {}", commands.display()))?;
         let secs = timed(
@@ -194,25 +344,25 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     };
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
-        eprintln!("restore run {}/{runs}…", run + 1);
-        pipe_secs.push(pipe(&restores)?);
-        same_secs.push(pipe(&same)?);
-        flush(&target)?;
-        restore_file.push(child("restore", &target.url(), &file_store, Some(&ids.0))?.0);
-        flush(&target)?;
-        restore_s3.push(child("restore", &target.url(), &s3_store, Some(&ids.1))?.0);
+        eprintln!("restore ({}) run {}/{runs}…", layout.label(), run + 1);
+        pipe_secs.push(pipe(&setup.restores)?);
+        same_secs.push(pipe(&setup.same)?);
+        flush(target)?;
+        restore_file.push(child("restore", &target.url(), file_store, Some(&ids.0))?.0);
+        flush(target)?;
+        restore_s3.push(child("restore", &target.url(), s3_store, Some(&ids.1))?.0);
         ensure!(
             target.digest() == source.digest(),
             "the restored server differs from the source"
         );
-        flush(&target)?;
-        flush_file.push(child("restore-flush", &target.url(), &file_store, Some(&ids.0))?.0);
+        flush(target)?;
+        flush_file.push(child("restore-flush", &target.url(), file_store, Some(&ids.0))?.0);
         ensure!(
             target.digest() == source.digest(),
             "the server restored by replication differs from the source"
         );
-        flush(&target)?;
-        flush_s3.push(child("restore-flush", &target.url(), &s3_store, Some(&ids.1))?.0);
+        flush(target)?;
+        flush_s3.push(child("restore-flush", &target.url(), s3_store, Some(&ids.1))?.0);
         ensure!(
             target.digest() == source.digest(),
             "the server restored by replication differs from the source"
@@ -221,7 +371,11 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
     let reference = median(&pipe_secs);
     let same_reference = median(&same_secs);
     let mut restore = Table::new(
-        format!("Redis restore: {} keys", args.keys),
+        format!(
+            "Redis restore, cores {}: {} keys",
+            layout.label(),
+            setup.keys
+        ),
         &[
             "case",
             "seconds",
@@ -266,7 +420,6 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         ),
     ] {
         let secs = median(&walls(r));
-        let peak = r.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
         let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
         restore.row(vec![
@@ -279,11 +432,12 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
                 false => String::new(),
             },
             num(cpu, 2),
-            num(peak, 1),
+            num(peak(r), 1),
             verdict(ratio <= 1.0),
         ]);
     }
     restore.note("capsule's time includes verifying the stored SHA-256 first, downloading, decompressing and parsing; the target is empty before each run");
+    restore.note(layout_note(layout));
     restore.note("commands: the default restore, which keeps the target's other keys: SET key value [PXAT ms] for each string, RESTORE for the rest; --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
     restore.note("ratio: against a RESTORE per key (the reference); vs same commands: against redis-cli --pipe of exactly what capsule sends");
     restore.note(format!(
@@ -292,49 +446,16 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
         paired(&pipe_secs, &walls(&restore_file)),
         paired(&pipe_secs, &walls(&restore_s3))
     ));
-    let cold = cold_start(&rdb)?;
-    restore.note(format!(
-        "for scale: a cold redis-server start loading the same RDB takes {cold:.2} s"
-    ));
+    let peak = [&restore_file, &restore_s3, &flush_file, &flush_s3]
+        .into_iter()
+        .map(|r| peak(r))
+        .fold(0.0, f64::max);
+    Ok((restore, peak))
+}
 
-    let mut tables = vec![capture, restore];
-    if args.rss_keys > 0 {
-        eprintln!("memory run: loading {} keys…", args.rss_keys);
-        flush(&source)?;
-        load(&source, args.rss_keys)?;
-        let (b, id) = child("backup", &source.url(), &file_store, None)?;
-        flush(&target)?;
-        let (r, _) = child("restore", &target.url(), &file_store, Some(&id))?;
-        flush(&target)?;
-        let (rf, _) = child("restore-flush", &target.url(), &file_store, Some(&id))?;
-        let mut t = Table::new(
-            "Redis peak RSS of capsule",
-            &["keys", "backup MiB", "restore MiB", "target", "result"],
-        );
-        let peak = |rs: &[ChildRun]| rs.iter().map(|x| x.peak_mib).fold(0.0, f64::max);
-        let main = (
-            peak(&file).max(peak(&seaweed)),
-            peak(&restore_file)
-                .max(peak(&restore_s3))
-                .max(peak(&flush_file))
-                .max(peak(&flush_s3)),
-        );
-        for (keys, bk, rs) in [
-            (args.keys, main.0, main.1),
-            (args.rss_keys, b.peak_mib, r.peak_mib.max(rf.peak_mib)),
-        ] {
-            t.row(vec![
-                keys.to_string(),
-                num(bk, 1),
-                num(rs, 1),
-                format!("≤ {RSS_TARGET_MIB:.0}"),
-                verdict(bk <= RSS_TARGET_MIB && rs <= RSS_TARGET_MIB),
-            ]);
-        }
-        t.note("VmHWM of the child process doing one backup (replication capture to file://) or one restore (from file://, with RESTORE commands and by replication)");
-        tables.push(t);
-    }
-    Ok(tables)
+/// The highest peak RSS of `runs`, in MiB.
+fn peak(runs: &[ChildRun]) -> f64 {
+    runs.iter().map(|x| x.peak_mib).fold(0.0, f64::max)
 }
 
 /// The ratio of each run to the reference run of the same round, and

@@ -78,9 +78,10 @@ impl S3Sink {
         )
     }
 
-    /// Bytes received in multipart parts so far (and thrown away).
-    pub fn discarded_bytes(&self) -> u64 {
-        self.state.discarded.load(Ordering::Relaxed)
+    /// Bytes received in multipart parts (and thrown away) since the
+    /// last call; the count starts again from zero.
+    pub fn take_discarded_bytes(&self) -> u64 {
+        self.state.discarded.swap(0, Ordering::Relaxed)
     }
 }
 
