@@ -234,18 +234,26 @@ async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, Strin
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
         eprintln!("capture ({}) run {}/{runs}…", layout.label(), run + 1);
-        cli_secs.push(timed(
-            Command::new("redis-cli")
-                .args(["-p", &source.port.to_string(), "--rdb"])
-                .arg(&setup.rdb),
-        )?);
-        let (r, id) = child("backup", &source.url(), &setup.file_store, None)?;
-        file.push(r);
-        ids.0 = id;
-        let (r, id) = child("backup", &source.url(), &setup.s3_store, None)?;
-        seaweed.push(r);
-        ids.1 = id;
-        discard.push(child("backup", &source.url(), &setup.sink.url(BUCKET), None)?.0);
+        for case in rotation(run, 4) {
+            match case {
+                0 => cli_secs.push(timed(
+                    Command::new("redis-cli")
+                        .args(["-p", &source.port.to_string(), "--rdb"])
+                        .arg(&setup.rdb),
+                )?),
+                1 => {
+                    let (r, id) = child("backup", &source.url(), &setup.file_store, None)?;
+                    file.push(r);
+                    ids.0 = id;
+                }
+                2 => {
+                    let (r, id) = child("backup", &source.url(), &setup.s3_store, None)?;
+                    seaweed.push(r);
+                    ids.1 = id;
+                }
+                _ => discard.push(child("backup", &source.url(), &setup.sink.url(BUCKET), None)?.0),
+            }
+        }
     }
     let rdb_mib = std::fs::metadata(&setup.rdb)?.len() as f64 / MIB as f64;
     let reference = median(&cli_secs);
@@ -302,10 +310,10 @@ async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, Strin
             },
         ]);
     }
-    capture.note(format!("median of {runs} runs; repl-diskless-sync-delay 0 on the server; capsule verifies the RDB (header, framing, CRC-64) while it streams"));
+    capture.note(format!("median of {runs} runs; each round runs the cases in turn, starting one case later than the round before; repl-diskless-sync-delay 0 on the server; capsule verifies the RDB (header, framing, CRC-64) while it streams"));
     capture.note(layout_note(layout));
     capture.note(format!(
-        "per run, capsule against the reference run just before it: file:// {}; SeaweedFS {}; discarding S3 {}",
+        "per run, capsule against the reference run of the same round: file:// {}; SeaweedFS {}; discarding S3 {}",
         paired(&cli_secs, &walls(&file)),
         paired(&cli_secs, &walls(&seaweed)),
         paired(&cli_secs, &walls(&discard))
@@ -327,46 +335,39 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
     let (mut restore_file, mut restore_s3) = (Vec::new(), Vec::new());
     let (mut flush_file, mut flush_s3) = (Vec::new(), Vec::new());
     let pipe = |commands: &Path| -> Result<f64> {
-        flush(target)?;
         let input = std::fs::File::open(commands)
             .with_context(|| format!("opening {}", commands.display()))?;
-        let secs = timed(
+        timed(
             Command::new("redis-cli")
                 .args(["-p", &target.port.to_string(), "--pipe"])
                 .stdin(input),
-        )?;
-        ensure!(
-            target.digest() == source.digest(),
-            "redis-cli --pipe of {} did not restore the source",
-            commands.display()
-        );
-        Ok(secs)
+        )
     };
+    let restored = |what: &str, store: &str, id: &str| -> Result<ChildRun> {
+        Ok(child(what, &target.url(), store, Some(id))?.0)
+    };
+    let want = source.digest();
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
         eprintln!("restore ({}) run {}/{runs}…", layout.label(), run + 1);
-        pipe_secs.push(pipe(&setup.restores)?);
-        same_secs.push(pipe(&setup.same)?);
-        flush(target)?;
-        restore_file.push(child("restore", &target.url(), file_store, Some(&ids.0))?.0);
-        flush(target)?;
-        restore_s3.push(child("restore", &target.url(), s3_store, Some(&ids.1))?.0);
-        ensure!(
-            target.digest() == source.digest(),
-            "the restored server differs from the source"
-        );
-        flush(target)?;
-        flush_file.push(child("restore-flush", &target.url(), file_store, Some(&ids.0))?.0);
-        ensure!(
-            target.digest() == source.digest(),
-            "the server restored by replication differs from the source"
-        );
-        flush(target)?;
-        flush_s3.push(child("restore-flush", &target.url(), s3_store, Some(&ids.1))?.0);
-        ensure!(
-            target.digest() == source.digest(),
-            "the server restored by replication differs from the source"
-        );
+        // Every case starts on an empty target right after the same work
+        // (a FLUSHALL after a DEBUG DIGEST of the previous case's result).
+        for case in rotation(run, RESTORE_CASES.len()) {
+            flush(target)?;
+            match case {
+                0 => pipe_secs.push(pipe(&setup.restores)?),
+                1 => same_secs.push(pipe(&setup.same)?),
+                2 => restore_file.push(restored("restore", file_store, &ids.0)?),
+                3 => restore_s3.push(restored("restore", s3_store, &ids.1)?),
+                4 => flush_file.push(restored("restore-flush", file_store, &ids.0)?),
+                _ => flush_s3.push(restored("restore-flush", s3_store, &ids.1)?),
+            }
+            ensure!(
+                target.digest() == want,
+                "{} did not restore the source",
+                RESTORE_CASES[case]
+            );
+        }
     }
     let reference = median(&pipe_secs);
     let same_reference = median(&same_secs);
@@ -436,7 +437,8 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
             verdict(ratio <= 1.0),
         ]);
     }
-    restore.note("capsule's time includes verifying the stored SHA-256 first, downloading, decompressing and parsing; the target is empty before each run");
+    restore.note(format!("median of {runs} runs; each round runs the cases in turn, starting one case later than the round before; before each case the target is emptied (FLUSHALL), after it its DEBUG DIGEST must equal the source's"));
+    restore.note("capsule's time includes verifying the stored SHA-256 first, downloading, decompressing and parsing");
     restore.note(layout_note(layout));
     restore.note("commands: the default restore, which keeps the target's other keys: SET key value [PXAT ms] for each string, RESTORE for the rest; --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
     restore.note("ratio: against a RESTORE per key (the reference); vs same commands: against redis-cli --pipe of exactly what capsule sends");
@@ -451,6 +453,22 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
         .map(|r| peak(r))
         .fold(0.0, f64::max);
     Ok((restore, peak))
+}
+
+/// The restore cases, in the order of their first round.
+const RESTORE_CASES: [&str; 6] = [
+    "redis-cli --pipe of a RESTORE per key",
+    "redis-cli --pipe of capsule's commands",
+    "capsule's restore from file://",
+    "capsule's restore from SeaweedFS",
+    "capsule's restore --flush from file://",
+    "capsule's restore --flush from SeaweedFS",
+];
+
+/// The indexes `0..n` starting at `run % n`: round `run` of cases that
+/// take turns, so that every case runs at every place of a round alike.
+fn rotation(run: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + run) % n)
 }
 
 /// The highest peak RSS of `runs`, in MiB.
@@ -594,4 +612,16 @@ fn cold_start(rdb: &Path) -> Result<f64> {
     let _ = server.kill();
     let _ = server.wait();
     ready
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotation;
+
+    #[test]
+    fn each_round_starts_one_case_later() {
+        assert_eq!(rotation(0, 4).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(rotation(1, 4).collect::<Vec<_>>(), [1, 2, 3, 0]);
+        assert_eq!(rotation(6, 4).collect::<Vec<_>>(), [2, 3, 0, 1]);
+    }
 }
