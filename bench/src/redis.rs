@@ -37,7 +37,7 @@ mod data;
 
 use data::{Commands, load, write_commands};
 
-use crate::measure::{Layout, MIB, median, self_status_kib};
+use crate::measure::{CpuMeter, Layout, MIB, median, self_status_kib};
 use crate::server::S3Server;
 use crate::sink::S3Sink;
 use crate::table::{Table, num, verdict};
@@ -347,6 +347,9 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
         Ok(child(what, &target.url(), store, Some(id))?.0)
     };
     let want = source.digest();
+    let target_pgid = target.process().pid();
+    // The target server's CPU seconds, per case and run.
+    let mut server_cpu = vec![Vec::new(); RESTORE_CASES.len()];
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
         eprintln!("restore ({}) run {}/{runs}…", layout.label(), run + 1);
@@ -354,6 +357,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
         // (a FLUSHALL after a DEBUG DIGEST of the previous case's result).
         for case in rotation(run, RESTORE_CASES.len()) {
             flush(target)?;
+            let meter = CpuMeter::start(Some(target_pgid));
             match case {
                 0 => pipe_secs.push(pipe(&setup.restores)?),
                 1 => same_secs.push(pipe(&setup.same)?),
@@ -362,6 +366,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
                 4 => flush_file.push(restored("restore-flush", file_store, &ids.0)?),
                 _ => flush_s3.push(restored("restore-flush", s3_store, &ids.1)?),
             }
+            server_cpu[case].push(meter.stop().server);
             ensure!(
                 target.digest() == want,
                 "{} did not restore the source",
@@ -371,6 +376,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
     }
     let reference = median(&pipe_secs);
     let same_reference = median(&same_secs);
+    let server_secs = |case: usize| num(median(&server_cpu[case]), 2);
     let mut restore = Table::new(
         format!(
             "Redis restore, cores {}: {} keys",
@@ -383,6 +389,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
             "ratio",
             "target",
             "vs same commands",
+            "server CPU s",
             "capsule CPU s",
             "peak RSS MiB",
             "result",
@@ -394,6 +401,8 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
         "1.00×".into(),
         "".into(),
         "".into(),
+        server_secs(0),
+        "".into(),
         "".into(),
         "".into(),
     ]);
@@ -403,10 +412,12 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
         format!("{:.2}×", same_reference / reference),
         "".into(),
         "1.00×".into(),
+        server_secs(1),
+        "".into(),
         "".into(),
         "".into(),
     ]);
-    for (name, r, by_commands) in [
+    for (case, (name, r, by_commands)) in (2..).zip([
         ("capsule ← file:// (commands)", &restore_file, true),
         ("capsule ← SeaweedFS (commands)", &restore_s3, true),
         (
@@ -419,7 +430,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
             &flush_s3,
             false,
         ),
-    ] {
+    ]) {
         let secs = median(&walls(r));
         let cpu = median(&r.iter().map(|x| x.cpu_secs).collect::<Vec<_>>());
         let ratio = secs / reference;
@@ -432,6 +443,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
                 true => format!("{:.2}×", secs / same_reference),
                 false => String::new(),
             },
+            server_secs(case),
             num(cpu, 2),
             num(peak(r), 1),
             verdict(ratio <= 1.0),
@@ -442,6 +454,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
     restore.note(layout_note(layout));
     restore.note("commands: the default restore, which keeps the target's other keys: SET key value [PXAT ms] for each string, RESTORE for the rest; --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
     restore.note("ratio: against a RESTORE per key (the reference); vs same commands: against redis-cli --pipe of exactly what capsule sends");
+    restore.note("server CPU s: CPU time of the target redis-server over the case (median), from /proc: the work the restore cost the server, whatever the wall time");
     restore.note(format!(
         "per run, against the RESTORE-per-key run of the same round: capsule's commands piped {}; capsule ← file:// {}; ← SeaweedFS {}",
         paired(&pipe_secs, &same_secs),
