@@ -6,11 +6,12 @@
 //!   target ≤ 1.1× its wall time; plus, not a target, the same capture to
 //!   an S3 endpoint that discards what it gets (`sink.rs`), which shows
 //!   what SeaweedFS's own work on the shared cores adds;
-//! - restore: capsule (download → verify → parse → pipelined `SET` for
-//!   strings and `RESTORE` for the rest), and capsule `--flush` (the target
+//! - restore: capsule (download → verify → parse → pipelined `MSET`s and
+//!   `SET`s for strings, `RESTORE` for the rest), and capsule `--flush` (the target
 //!   replicates the RDB from capsule), against `redis-cli --pipe` of one
 //!   `RESTORE` per key read from a file; target ≤ 1.0×; also against
-//!   `redis-cli --pipe` of the very commands capsule sends;
+//!   `redis-cli --pipe` of the very commands capsule sends (checked: the
+//!   server counts as many `SET`s, `MSET`s and `RESTORE`s for both);
 //! - the cold start of a `redis-server` loading that RDB, for scale;
 //! - peak RSS of capsule's backup and restore processes (each a child
 //!   process: this binary with `redis --child`), at the main size and at
@@ -350,6 +351,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
     let target_pgid = target.process().pid();
     // The target server's CPU seconds, per case and run.
     let mut server_cpu = vec![Vec::new(); RESTORE_CASES.len()];
+    let mut piped_calls = None;
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
         eprintln!("restore ({}) run {}/{runs}…", layout.label(), run + 1);
@@ -372,6 +374,24 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
                 "{} did not restore the source",
                 RESTORE_CASES[case]
             );
+            // The pipe of capsule's commands must be what capsule sends
+            // (besides its probe: one `SET … XX` that writes nothing).
+            let calls = write_calls(target)?;
+            match case {
+                1 => piped_calls = Some(calls),
+                2 | 3 => {
+                    let [set, mset, restore] = calls;
+                    let sent = [set.saturating_sub(1), mset, restore];
+                    if let Some(piped) = piped_calls {
+                        ensure!(
+                            sent == piped,
+                            "{} sent SET/MSET/RESTORE {sent:?}, the pipe of its commands {piped:?}",
+                            RESTORE_CASES[case]
+                        );
+                    }
+                }
+                _ => {}
+            }
         }
     }
     let reference = median(&pipe_secs);
@@ -452,7 +472,7 @@ async fn restore(setup: &Setup, layout: Layout, ids: &(String, String)) -> Resul
     restore.note(format!("median of {runs} runs; each round runs the cases in turn, starting one case later than the round before; before each case the target is emptied (FLUSHALL), after it its DEBUG DIGEST must equal the source's"));
     restore.note("capsule's time includes verifying the stored SHA-256 first, downloading, decompressing and parsing");
     restore.note(layout_note(layout));
-    restore.note("commands: the default restore, which keeps the target's other keys: SET key value [PXAT ms] for each string, RESTORE for the rest; --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
+    restore.note("commands: the default restore, which keeps the target's other keys: the strings without an expiry in one MSET per batch of 256 keys, SET key value PXAT ms for those with one, RESTORE for the other types (the server counts as many of each for capsule as for the pipe of its commands); --flush: the target replicates the RDB from capsule (REPLICAOF) and loads it itself");
     restore.note("ratio: against a RESTORE per key (the reference); vs same commands: against redis-cli --pipe of exactly what capsule sends");
     restore.note("server CPU s: CPU time of the target redis-server over the case (median), from /proc: the work the restore cost the server, whatever the wall time");
     restore.note(format!(
@@ -580,10 +600,26 @@ pub async fn child_main(args: &RedisArgs) -> Result<()> {
     Ok(())
 }
 
+/// Empties `redis` and zeroes its command statistics.
 fn flush(redis: &Redis) -> Result<()> {
     redis.cmd(&[b"FLUSHALL"]);
     ensure!(redis.keyspace().is_empty(), "FLUSHALL left keys");
+    redis.cmd(&[b"CONFIG", b"RESETSTAT"]);
     Ok(())
+}
+
+/// Calls of `SET`, `MSET` and `RESTORE` since the last [`flush`].
+fn write_calls(redis: &Redis) -> Result<[u64; 3]> {
+    let info = redis.cmd(&[b"INFO", b"commandstats"]).text();
+    let calls = |command: &str| -> Result<u64> {
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(Ok(0), |rest| {
+                Ok(rest.split(',').next().unwrap_or_default().parse()?)
+            })
+    };
+    Ok([calls("set")?, calls("mset")?, calls("restore")?])
 }
 
 /// Seconds from starting a `redis-server` on `rdb` (in its directory)

@@ -94,10 +94,41 @@ pub(super) fn load(redis: &Redis, keys: u64) -> Result<()> {
 pub(super) enum Commands {
     /// `RESTORE key ttl payload REPLACE [ABSTTL]` for every key.
     Restore,
-    /// What capsule sends for this data: `SET key value [PXAT ms]` for
-    /// strings, `RESTORE` for the rest (its strings are short, carry no
-    /// LRU/LFU hint and expire a day away, so none stays `RESTORE`).
+    /// What capsule sends for this data: `SET key value PXAT ms` for
+    /// strings with an expiry, the strings without one gathered into one
+    /// `MSET` at the end of each batch of 256 keys (and `SELECT`s),
+    /// `RESTORE` for the rest. Its strings are short (far from capsule's
+    /// 1 MiB batch limit), carry no LRU/LFU hint and expire a day away, so
+    /// none stays `RESTORE`.
     Capsule,
+}
+
+/// Keys (and `SELECT`s) per batch of capsule's restore.
+const BATCH_ITEMS: usize = 256;
+
+fn put(w: &mut impl Write, args: &[&[u8]]) -> std::io::Result<()> {
+    write!(w, "*{}\r\n", args.len())?;
+    for a in args {
+        write!(w, "${}\r\n", a.len())?;
+        w.write_all(a)?;
+        w.write_all(b"\r\n")?;
+    }
+    Ok(())
+}
+
+/// Writes the gathered strings as one `MSET` (a `SET` for one).
+fn put_mset(w: &mut impl Write, pending: &mut Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let verb: &[u8] = if pending.len() == 1 { b"SET" } else { b"MSET" };
+    let mut args: Vec<&[u8]> = vec![verb];
+    for (k, v) in pending.iter() {
+        args.extend([k.as_slice(), v.as_slice()]);
+    }
+    put(w, &args)?;
+    pending.clear();
+    Ok(())
 }
 
 /// Writes one command per key of the RDB at `rdb` (with `SELECT`s), as
@@ -107,51 +138,50 @@ pub(super) fn write_commands(rdb: &Path, out: &Path, commands: Commands) -> Resu
     let mut parser = RdbParser::new(input, ParseOptions::default().with_capture_values(true))?;
     let version = parser.version() as u16;
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
-    let put = |w: &mut BufWriter<std::fs::File>, args: &[&[u8]]| -> std::io::Result<()> {
-        write!(w, "*{}\r\n", args.len())?;
-        for a in args {
-            write!(w, "${}\r\n", a.len())?;
-            w.write_all(a)?;
-            w.write_all(b"\r\n")?;
-        }
-        Ok(())
-    };
+    let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut items = 0;
     while let Some(item) = parser.next_item()? {
         match item {
-            RdbItem::SelectDb(db) => put(&mut w, &[b"SELECT", db.to_string().as_bytes()])?,
+            RdbItem::SelectDb(db) => {
+                put_mset(&mut w, &mut pending)?;
+                put(&mut w, &[b"SELECT", db.to_string().as_bytes()])?;
+            }
             RdbItem::Entry(e) => {
                 let value = e.value.unwrap_or_default();
-                if commands == Commands::Capsule
-                    && let Ok(Value::String(s)) = Value::decode(&value)
-                {
-                    match e.expire_ms {
-                        Some(ms) => put(
-                            &mut w,
-                            &[b"SET", &e.key, &s, b"PXAT", ms.to_string().as_bytes()],
-                        )?,
-                        None => put(&mut w, &[b"SET", &e.key, &s])?,
-                    }
-                    continue;
-                }
-                let payload = dump_payload(value, version);
-                match e.expire_ms {
-                    Some(ms) => put(
+                match (commands, Value::decode(&value), e.expire_ms) {
+                    (Commands::Capsule, Ok(Value::String(s)), None) => pending.push((e.key, s)),
+                    (Commands::Capsule, Ok(Value::String(s)), Some(ms)) => put(
                         &mut w,
-                        &[
-                            b"RESTORE",
-                            &e.key,
-                            ms.to_string().as_bytes(),
-                            &payload,
-                            b"REPLACE",
-                            b"ABSTTL",
-                        ],
+                        &[b"SET", &e.key, &s, b"PXAT", ms.to_string().as_bytes()],
                     )?,
-                    None => put(&mut w, &[b"RESTORE", &e.key, b"0", &payload, b"REPLACE"])?,
+                    (_, _, expiry) => {
+                        let payload = dump_payload(value, version);
+                        match expiry {
+                            Some(ms) => put(
+                                &mut w,
+                                &[
+                                    b"RESTORE",
+                                    &e.key,
+                                    ms.to_string().as_bytes(),
+                                    &payload,
+                                    b"REPLACE",
+                                    b"ABSTTL",
+                                ],
+                            )?,
+                            None => put(&mut w, &[b"RESTORE", &e.key, b"0", &payload, b"REPLACE"])?,
+                        }
+                    }
                 }
             }
-            _ => {}
+            _ => continue,
+        }
+        items += 1;
+        if items == BATCH_ITEMS {
+            put_mset(&mut w, &mut pending)?;
+            items = 0;
         }
     }
+    put_mset(&mut w, &mut pending)?;
     w.flush()?;
     Ok(())
 }

@@ -235,12 +235,13 @@ pub(crate) async fn restore(
     let stream = source.open(&name).await.map_err(noted)?;
     let (chunks, pump) = feed::pump(stream);
     let (ops_tx, mut ops) = mpsc::channel::<Op>(CHANNEL_DEPTH);
-    let (set_strings, set_pxat) = probe_set(&mut client).await.map_err(noted)?;
+    let strings = probe_strings(&mut client, conn).await.map_err(noted)?;
     let config = FeedConfig {
         max_inflight: engine.options.max_inflight_bytes.max(1),
         max_value_bytes: engine.options.max_value_bytes,
-        set_strings,
-        set_pxat,
+        set_strings: strings.set,
+        set_pxat: strings.pxat,
+        mset: strings.mset,
     };
     let semaphore = Arc::new(Semaphore::new(config.max_inflight));
     let runtime = tokio::runtime::Handle::current();
@@ -323,12 +324,24 @@ pub(crate) async fn restore(
     Ok(report)
 }
 
-/// Whether the target takes strings as `SET` (its user may run `SET`)
-/// and `SET … PXAT` (Redis 6.2 and later). Asked with `SET <probe> "" XX
-/// [PXAT ms]`, which meets the same ACL and syntax checks as the real
-/// commands and writes nothing (`XX`: only a key that exists, and the
-/// probe's name is new). Any refusal leaves strings to `RESTORE`.
-async fn probe_set(client: &mut Client) -> Result<(bool, bool)> {
+/// Which commands the target takes for strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StringCommands {
+    /// `SET key value`: the user may run it.
+    set: bool,
+    /// `SET … PXAT ms` (Redis 6.2 and later).
+    pxat: bool,
+    /// `MSET` of many keys: the user may run it and the target is no
+    /// cluster (where one `MSET`'s keys must share a slot).
+    mset: bool,
+}
+
+/// Which commands the target takes for strings, asked with `SET <probe>
+/// "" XX [PXAT ms]`, which meets the same ACL and syntax checks as the
+/// real commands and writes nothing (`XX`: only a key that exists, and
+/// the probe's name is new), then [`probe_mset`]. Any refusal leaves
+/// strings to `RESTORE`.
+async fn probe_strings(client: &mut Client, conn: &RedisConnection) -> Result<StringCommands> {
     let now = chrono::Utc::now();
     let key = format!(
         "capsule:set-probe:{}:{}",
@@ -345,18 +358,52 @@ async fn probe_set(client: &mut Client) -> Result<(bool, bool)> {
     };
     let refused = |reply: &Reply| matches!(reply, Reply::Error(_));
     let with_pxat = client.raw_call(&probe(true)).await?;
-    if !refused(&with_pxat) {
-        return Ok((true, true));
+    let (set, pxat) = if !refused(&with_pxat) {
+        (true, true)
+    } else {
+        let plain = client.raw_call(&probe(false)).await?;
+        if refused(&plain) {
+            tracing::info!(
+                target = %client.endpoint,
+                reply = ?plain,
+                "the target refuses SET: every key goes as RESTORE"
+            );
+        }
+        (!refused(&plain), false)
+    };
+    let mset = set && probe_mset(client, conn, key.as_bytes()).await?;
+    Ok(StringCommands { set, pxat, mset })
+}
+
+/// Whether the target takes `MSET`: not in cluster mode, and the command
+/// queued in a transaction that is then discarded (`MULTI`, `MSET <probe>
+/// ""`, `DISCARD`): the server checks a command's ACL and name when it
+/// queues it, and runs nothing. Should the user not be allowed `DISCARD`, the
+/// connection is replaced by a new one (the transaction dies with it).
+///
+/// # Errors
+/// A connection failure.
+async fn probe_mset(client: &mut Client, conn: &RedisConnection, key: &[u8]) -> Result<bool> {
+    let cluster = client.info("cluster").await?;
+    if cluster.get("cluster_enabled").map(String::as_str) == Some("1") {
+        return Ok(false);
     }
-    let plain = client.raw_call(&probe(false)).await?;
-    if refused(&plain) {
-        tracing::info!(
-            target = %client.endpoint,
-            reply = ?plain,
-            "the target refuses SET: every key goes as RESTORE"
-        );
+    if let Reply::Error(e) = client.raw_call(&[b"MULTI"]).await? {
+        tracing::debug!(target = %client.endpoint, reply = %e, "MULTI refused: strings go as SET");
+        return Ok(false);
     }
-    Ok((!refused(&plain), false))
+    let queued = client.raw_call(&[b"MSET", key, b""]).await?;
+    if let Reply::Error(e) = client.raw_call(&[b"DISCARD"]).await? {
+        tracing::debug!(target = %client.endpoint, reply = %e, "DISCARD refused: reconnecting");
+        *client = Client::connect(conn).await?;
+    }
+    match queued {
+        Reply::Error(e) => {
+            tracing::info!(target = %client.endpoint, reply = %e, "the target refuses MSET: strings go as SET");
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
 }
 
 fn log_report(id: &str, report: &RedisRestoreReport) {

@@ -102,8 +102,22 @@ async fn read_replies(
         match resp::read_reply(reader).await.map_err(failed)? {
             Reply::Error(e) => {
                 let what = match command {
-                    Command::Key { db, key, verb } => format!(
+                    Command::Key {
+                        db,
+                        key,
+                        verb,
+                        keys: 1,
+                    } => format!(
                         "{verb} of key \"{}\" in db {db}",
+                        show_key(&batch.bytes[key.clone()])
+                    ),
+                    Command::Key {
+                        db,
+                        key,
+                        verb,
+                        keys,
+                    } => format!(
+                        "{verb} of {keys} keys from \"{}\" in db {db}",
                         show_key(&batch.bytes[key.clone()])
                     ),
                     Command::Select(db) => format!("SELECT {db}"),
@@ -120,7 +134,7 @@ async fn read_replies(
 
 fn count(command: &Command, stats: &mut SendStats) {
     match command {
-        Command::Key { db, .. } => *stats.restored.entry(*db).or_default() += 1,
+        Command::Key { db, keys, .. } => *stats.restored.entry(*db).or_default() += keys,
         Command::Function => stats.functions += 1,
         Command::Select(_) => {}
     }

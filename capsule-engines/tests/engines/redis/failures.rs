@@ -68,14 +68,7 @@ async fn a_capture_cut_short_fails_and_stores_nothing() {
         "--rdb-key-save-delay",
         "200",
     ]));
-    let mut c = redis.client();
-    for i in 0..20_000 {
-        c.send(&[b"SET", format!("k{i}").as_bytes(), b"some value"]);
-    }
-    c.flush();
-    for _ in 0..20_000 {
-        c.read();
-    }
+    set_keys(&redis, 20_000, b"some value");
     let fc = FileCatalog::new();
     let engine = engine(&redis.url());
     let killer = tokio::task::spawn_blocking({
@@ -319,4 +312,32 @@ async fn a_server_that_never_answers_fails_in_time() {
         e.contains(&format!("127.0.0.1:{port}")) && e.contains("does not speak Redis"),
         "{e}"
     );
+}
+
+/// A server's refusal of an `MSET` names the command, how many keys it
+/// carried and the first of them: here an ACL user whose key pattern
+/// admits capsule's probe but not the backup's keys.
+#[tokio::test]
+async fn a_refused_mset_is_named_with_its_first_key() {
+    let redis = Redis::start();
+    set_keys(&redis, 300, b"v");
+    let fc = FileCatalog::new();
+    let id = backup_id(&fc, &redis).await;
+    let target = Redis::start_with(RedisConfig::default().with_user(
+        "restorer",
+        "r3store-pw",
+        "+@all resetkeys ~capsule:*",
+    ));
+    let url = format!("redis://restorer:r3store-pw@127.0.0.1:{}", target.port);
+    let msg = engine(&url)
+        .restore_with_report(&fc.catalog.artifact_source(&id).await.unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("MSET of ") && msg.contains(" keys from \"k") && msg.contains("NOPERM"),
+        "{msg}"
+    );
+    assert!(!msg.contains("r3store-pw"), "{msg}");
+    assert_eq!(target.keyspace(), Vec::new());
 }

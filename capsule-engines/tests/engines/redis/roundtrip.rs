@@ -77,14 +77,16 @@ async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
     assert_eq!(restored.outcome.mode, "replace");
     assert_eq!(redis.digest(), digest);
     // Strings went as SET (every encoding: int, short, raw, LZF, binary,
-    // empty, one with an expiry), the other keys as RESTORE.
+    // empty, one with an expiry), those of db 0 without an expiry in one
+    // MSET; the other keys as RESTORE.
     let strings = info.details["keysByType"]["string"].as_u64().unwrap();
     let keys: u64 = keyspace.iter().map(|(_, n)| n).sum();
     assert!(strings >= 8, "{strings} strings");
+    assert_eq!(calls(&redis, "mset"), 1);
     assert_eq!(
         calls(&redis, "set"),
-        strings + 1,
-        "one per string, and the probe"
+        6,
+        "the probe; str:short, str:raw and db5:ttl (expiries); the lone strings of db 1 and 15"
     );
     assert_eq!(calls(&redis, "restore"), keys - strings);
     assert_eq!(digest_values(&redis, &SAMPLE_KEYS), values);
@@ -230,6 +232,41 @@ async fn a_download_is_a_dump_rdb_that_redis_server_loads() {
     let loaded = Redis::start_with(RedisConfig::default().with_rdb(&files[0].path));
     assert_eq!(loaded.digest(), redis.digest());
     assert_eq!(loaded.keyspace(), redis.keyspace());
+}
+
+/// An ACL user that may SET but not MSET gets a SET per string: the probe
+/// (MSET queued in a discarded transaction) finds MSET refused.
+#[tokio::test]
+async fn a_user_without_mset_restores_strings_with_set() {
+    let (source, fc, id) = every_type_backup().await;
+    let digest = source.digest();
+    let strings = fc.statefile_json(&id)["engine"]["details"]["keysByType"]["string"]
+        .as_u64()
+        .unwrap();
+    let target = Redis::start_with(RedisConfig::default().with_user(
+        "restorer",
+        "r3store-pw",
+        "+@all -mset",
+    ));
+    let url = format!("redis://restorer:r3store-pw@127.0.0.1:{}", target.port);
+    wipe_and_restore(&target, &fc, &engine(&url), &id).await;
+    assert_eq!(target.digest(), digest);
+    assert_eq!(calls(&target, "mset"), 0);
+    assert_eq!(
+        calls(&target, "set"),
+        strings + 1,
+        "one per string, and the probe"
+    );
+    assert!(strings > 10_000, "{strings} strings");
+    // The same backup into a target that allows MSET: far fewer commands.
+    let open = Redis::start();
+    wipe_and_restore(&open, &fc, &engine(&open.url()), &id).await;
+    assert_eq!(open.digest(), digest);
+    let (set, mset) = (calls(&open, "set"), calls(&open, "mset"));
+    assert!(
+        mset > 0 && set + mset < strings / 10,
+        "{set} SET, {mset} MSET"
+    );
 }
 
 /// An ACL user that may RESTORE but not SET still restores every key: the

@@ -24,6 +24,14 @@ pub fn pipeline(c: &mut RedisClient, cmds: &[Vec<Vec<u8>>]) {
     }
 }
 
+/// Sets `n` string keys `k0`, `k1`… to `value` on `redis`, pipelined.
+pub fn set_keys(redis: &Redis, n: usize, value: &[u8]) {
+    let cmds: Vec<_> = (0..n)
+        .map(|i| cmd(&[b"SET", format!("k{i}").as_bytes(), value]))
+        .collect();
+    pipeline(&mut redis.client(), &cmds);
+}
+
 /// Backs `redis` up into `fc` with default options; the backup's id.
 pub async fn backup_id(fc: &FileCatalog, redis: &Redis) -> String {
     backup(&fc.catalog, &engine(&redis.url()))
