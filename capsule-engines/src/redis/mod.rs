@@ -17,7 +17,9 @@
 //!   parser and every key is sent as a pipelined `RESTORE key ttl payload
 //!   ABSTTL REPLACE` (the payload is the value's raw RDB encoding plus the
 //!   version and CRC-64, so no collection is decoded), or, for a string, as
-//!   the cheaper `SET key value [PXAT ms]`, with bounded bytes in flight. Keys that have expired by now are skipped and counted.
+//!   the cheaper `SET key value [PXAT ms]` (those without an expiry
+//!   gathered into one `MSET` per batch), with bounded bytes in flight.
+//!   Keys that have expired by now are skipped and counted.
 //!   [`RedisOptions::flush`] empties the target first; such a restore
 //!   (and every drill) instead has the target replicate the RDB from
 //!   capsule (`REPLICAOF`) where it can, so it loads at RDB speed
@@ -60,7 +62,8 @@ pub use restore::RedisRestoreReport;
 use restore::Target;
 
 /// The Redis [`Engine`]: backs a server up by replication (or SCAN +
-/// DUMP) and restores it with pipelined `RESTORE`s (`SET`s for strings). `Display` is
+/// DUMP) and restores it with pipelined `RESTORE`s (`MSET`s and `SET`s
+/// for strings). `Display` is
 /// `redis(host:port/db)`, never the password.
 #[derive(Clone, Debug)]
 pub struct RedisEngine {
