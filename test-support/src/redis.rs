@@ -207,6 +207,20 @@ impl Redis {
             .collect()
     }
 
+    /// How many times the server ran `command` (lower case) since its
+    /// counts were last reset (`INFO commandstats`, `CONFIG RESETSTAT`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self.cmd(&[b"INFO", b"commandstats"]).text();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |rest| {
+                let n = rest.split(',').next().unwrap_or_default();
+                n.parse()
+                    .unwrap_or_else(|e| panic!("commandstats of {command}: {n:?}: {e}"))
+            })
+    }
+
     /// The server process (pid, log).
     pub fn process(&self) -> &ServerProcess {
         &self.process

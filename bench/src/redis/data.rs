@@ -151,13 +151,21 @@ pub(super) fn write_commands(rdb: &Path, out: &Path, commands: Commands) -> Resu
             }
             RdbItem::Entry(e) => {
                 let value = e.value.unwrap_or_default();
-                match (commands, Value::decode(&value), e.expire_ms) {
-                    (Commands::Capsule, Ok(Value::String(s)), None) => pending.push((e.key, s)),
-                    (Commands::Capsule, Ok(Value::String(s)), Some(ms)) => put(
+                // Only capsule's commands need the value decoded.
+                let string = match commands {
+                    Commands::Capsule => match Value::decode(&value) {
+                        Ok(Value::String(s)) => Some(s),
+                        _ => None,
+                    },
+                    Commands::Restore => None,
+                };
+                match (string, e.expire_ms) {
+                    (Some(s), None) => pending.push((e.key, s)),
+                    (Some(s), Some(ms)) => put(
                         &mut w,
                         &[b"SET", &e.key, &s, b"PXAT", ms.to_string().as_bytes()],
                     )?,
-                    (_, _, expiry) => {
+                    (None, expiry) => {
                         let payload = dump_payload(value, version);
                         match expiry {
                             Some(ms) => put(

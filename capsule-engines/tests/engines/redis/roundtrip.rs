@@ -82,13 +82,13 @@ async fn every_type_and_encoding_survives_backup_flushall_and_restore() {
     let strings = info.details["keysByType"]["string"].as_u64().unwrap();
     let keys: u64 = keyspace.iter().map(|(_, n)| n).sum();
     assert!(strings >= 8, "{strings} strings");
-    assert_eq!(calls(&redis, "mset"), 1);
+    assert_eq!(redis.calls("mset"), 1);
     assert_eq!(
-        calls(&redis, "set"),
+        redis.calls("set"),
         6,
         "the probe; str:short, str:raw and db5:ttl (expiries); the lone strings of db 1 and 15"
     );
-    assert_eq!(calls(&redis, "restore"), keys - strings);
+    assert_eq!(redis.calls("restore"), keys - strings);
     assert_eq!(digest_values(&redis, &SAMPLE_KEYS), values);
     assert_eq!(redis.keyspace(), keyspace);
     let after = redis
@@ -251,9 +251,9 @@ async fn a_user_without_mset_restores_strings_with_set() {
     let url = format!("redis://restorer:r3store-pw@127.0.0.1:{}", target.port);
     wipe_and_restore(&target, &fc, &engine(&url), &id).await;
     assert_eq!(target.digest(), digest);
-    assert_eq!(calls(&target, "mset"), 0);
+    assert_eq!(target.calls("mset"), 0);
     assert_eq!(
-        calls(&target, "set"),
+        target.calls("set"),
         strings + 1,
         "one per string, and the probe"
     );
@@ -262,7 +262,7 @@ async fn a_user_without_mset_restores_strings_with_set() {
     let open = Redis::start();
     wipe_and_restore(&open, &fc, &engine(&open.url()), &id).await;
     assert_eq!(open.digest(), digest);
-    let (set, mset) = (calls(&open, "set"), calls(&open, "mset"));
+    let (set, mset) = (open.calls("set"), open.calls("mset"));
     assert!(
         mset > 0 && set + mset < strings / 10,
         "{set} SET, {mset} MSET"
@@ -289,6 +289,6 @@ async fn a_user_without_set_restores_strings_with_restore() {
     wipe_and_restore(&target, &fc, &engine(&url), &id).await;
     assert_eq!(target.digest(), digest);
     let keys: u64 = target.keyspace().iter().map(|(_, n)| n).sum();
-    assert_eq!(calls(&target, "set"), 0, "the probes were refused");
-    assert_eq!(calls(&target, "restore"), keys);
+    assert_eq!(target.calls("set"), 0, "the probes were refused");
+    assert_eq!(target.calls("restore"), keys);
 }

@@ -235,16 +235,6 @@ pub fn wipe(redis: &Redis) {
     assert_eq!(redis.keyspace(), vec![]);
 }
 
-/// How many times `redis` ran `command` (lower case) since its counts
-/// were last reset (`INFO commandstats`).
-pub fn calls(redis: &Redis, command: &str) -> u64 {
-    let info = redis.cmd(&[b"INFO", b"commandstats"]).text();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
-}
-
 /// A backup of every type (plus 20k small keys, so the RDB spans many
 /// reads) in a file catalog.
 pub async fn every_type_backup() -> (Redis, FileCatalog, String) {
