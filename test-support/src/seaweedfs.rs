@@ -295,20 +295,35 @@ impl SeaweedFs {
     /// # Errors
     /// The server's status and answer when it is not 2xx, or the I/O error.
     pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) -> Result<(), String> {
+        self.admin_put(&format!("/{bucket}/{key}"), body)
+    }
+
+    /// Sets `bucket`'s policy (an AWS-style JSON document: SeaweedFS
+    /// evaluates `Deny` statements on key patterns), e.g. to make the server
+    /// answer 403 where AWS would for a key without `s3:ListBucket`.
+    ///
+    /// # Errors
+    /// The server's status and answer when it is not 2xx, or the I/O error.
+    pub fn put_bucket_policy(&self, bucket: &str, policy: &str) -> Result<(), String> {
+        self.admin_put(&format!("/{bucket}?policy"), policy.as_bytes())
+    }
+
+    /// A PUT of `body` to `path` (with its query) signed with the admin keys.
+    fn admin_put(&self, path: &str, body: &[u8]) -> Result<(), String> {
         let response = signed_request_with_body(
             self.port,
             "PUT",
-            &format!("/{bucket}/{key}"),
+            path,
             (&self.access_key, &self.secret_key),
             &self.region,
             body,
         )
-        .map_err(|e| format!("PUT /{bucket}/{key}: {e}"))?;
+        .map_err(|e| format!("PUT {path}: {e}"))?;
         if (200..300).contains(&response.status) {
             Ok(())
         } else {
             Err(format!(
-                "PUT /{bucket}/{key}: HTTP {}: {}",
+                "PUT {path}: HTTP {}: {}",
                 response.status, response.body
             ))
         }
@@ -400,8 +415,21 @@ fn signed_request_with_body(
     let date = now.format("%Y%m%d").to_string();
     let host = format!("127.0.0.1:{port}");
     let signed_headers = "host;x-amz-content-sha256;x-amz-date";
+    // The query's parameters, sorted, each as `name=value` (`name=` for a
+    // bare one such as `?policy`); no encoding needed for the tests' keys.
+    let (bare_path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some(_) => p.to_string(),
+            None => format!("{p}="),
+        })
+        .collect();
+    params.sort();
+    let canonical_query = params.join("&");
     let canonical_request = format!(
-        "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{payload_sha256}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_sha256}"
+        "{method}\n{bare_path}\n{canonical_query}\nhost:{host}\nx-amz-content-sha256:{payload_sha256}\nx-amz-date:{amz_date}\n\n{signed_headers}\n{payload_sha256}"
     );
     let scope = format!("{date}/{region}/s3/aws4_request");
     let string_to_sign = format!(

@@ -9,6 +9,9 @@ use capsule_core::{
 };
 use sha2::{Digest, Sha256};
 
+use capsule_core::store::StoreBuilder;
+use test_support::seaweedfs::SeaweedFs;
+
 use crate::stores;
 
 const FINISHED: &str = "postgresql-9nVJ8sGmQbXc3RkHzW2tLp";
@@ -312,6 +315,60 @@ async fn an_interrupted_delete_is_not_served_as_finished() {
     );
     catalog.delete(FINISHED).await.unwrap();
     assert_eq!(objects_in(&store, FINISHED).await, 0);
+}
+
+/// On AWS a key allowed to get objects but not to list the bucket is
+/// answered 403, not 404, for a missing object, so the check for a delete
+/// marker is refused: such a restore-only key must still describe,
+/// download and restore a backup. SeaweedFS answers 404 to any identity;
+/// a bucket policy denying `GetObject` on `*/deleting` makes it answer
+/// 403 there, like AWS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delete_marker_check_does_not_block_a_restore() {
+    const BUCKET: &str = "core-marker-refused";
+    let s = SeaweedFs::shared();
+    s.create_bucket(BUCKET);
+    s.put_bucket_policy(
+        BUCKET,
+        &format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"marker","Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::{BUCKET}/*/deleting"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let store = StoreBuilder::from_url(&s.s3_url_with_credentials(BUCKET))
+        .unwrap()
+        .with_prefix(&format!("t{:016x}", rand::random::<u64>()))
+        .build()
+        .unwrap();
+    let store = stores::with_legacy_fixture(&store).await;
+    let catalog = Catalog::new(store.clone());
+    let refused = store
+        .head(&Catalog::key(FINISHED, "deleting"))
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(refused, capsule_core::store::Error::NotFound { .. })
+            && refused.to_string().contains("403"),
+        "the policy must make the marker check fail with 403: {refused}"
+    );
+
+    assert_eq!(
+        catalog.describe(FINISHED).await.unwrap().status,
+        Status::Finished
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = catalog
+        .download(FINISHED, dir.path(), &NoProgress)
+        .await
+        .unwrap();
+    let bytes = std::fs::read(&files[0].path).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), DUMP_SHA256);
+    catalog.artifact_source(FINISHED).await.unwrap();
+    let handle = catalog.request_restore(FINISHED).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&handle.raw).contains("restorerequest"),
+        "the restore request is recorded"
+    );
 }
 
 /// How many objects backup `id`'s folder holds.
