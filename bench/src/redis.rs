@@ -3,9 +3,11 @@
 //! - capture: capsule (replication → zstd → SHA-256 → `file://` or
 //!   SeaweedFS, with the RDB verified on the way) against
 //!   `redis-cli --rdb <file>`, both with `repl-diskless-sync-delay 0`;
-//!   target ≤ 1.1× its wall time; plus, not a target, the same capture to
+//!   target ≤ 1.1× its wall time; plus, not targets, the same capture to
 //!   an S3 endpoint that discards what it gets (`sink.rs`), which shows
-//!   what SeaweedFS's own work on the shared cores adds;
+//!   what SeaweedFS's own work on the shared cores adds, and
+//!   `redis-cli --rdb - | zstd -1 | sha256sum` into a file, the reference
+//!   tools doing capsule's job (compress, checksum) on the same cores;
 //! - restore: capsule (download → verify → parse → pipelined `MSET`s and
 //!   `SET`s for strings, `RESTORE` for the rest), and capsule `--flush` (the target
 //!   replicates the RDB from capsule), against `redis-cli --pipe` of one
@@ -144,6 +146,19 @@ impl Setup {
 /// # Errors
 /// When a server, a tool or a child fails.
 pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
+    // Checked before the minutes of loading: the capture series pipes
+    // redis-cli's RDB through these.
+    for tool in ["zstd", "sha256sum", "tee"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ensure!(
+            found,
+            "the redis benchmark needs the `{tool}` command (Debian: apt-get install zstd coreutils)"
+        );
+    }
     let work = tempfile::Builder::new()
         .prefix("capsule-bench-redis-")
         .tempdir()?;
@@ -229,13 +244,22 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
 /// backups to `file://` and to SeaweedFS, and capsule's peak RSS.
 async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, String), f64)> {
     let (runs, source) = (setup.runs, &setup.source);
-    let (mut cli_secs, mut file, mut seaweed, mut discard) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cli_secs, mut file, mut seaweed, mut discard, mut shell) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The reference tools doing capsule's job on a local disk: compress
+    // (zstd level 1, as capsule) and checksum (SHA-256) the RDB. With `-`,
+    // redis-cli 7.0 leaves the diskless transfer's 40-byte end mark in its
+    // output (it truncates a file, not a pipe): only the time is used.
+    let shell_pipe = format!(
+        "set -o pipefail; redis-cli -p {} --rdb - | zstd -1 -q -c | tee {} | sha256sum >/dev/null",
+        source.port,
+        setup.rdb.with_extension("rdb.zst").display()
+    );
     let mut ids = (String::new(), String::new());
     crate::measure::wait_for_quiet().await;
     for run in 0..runs {
         eprintln!("capture ({}) run {}/{runs}…", layout.label(), run + 1);
-        for case in rotation(run, 4) {
+        for case in rotation(run, 5) {
             match case {
                 0 => cli_secs.push(timed(
                     Command::new("redis-cli")
@@ -252,7 +276,8 @@ async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, Strin
                     seaweed.push(r);
                     ids.1 = id;
                 }
-                _ => discard.push(child("backup", &source.url(), &setup.sink.url(BUCKET), None)?.0),
+                3 => discard.push(child("backup", &source.url(), &setup.sink.url(BUCKET), None)?.0),
+                _ => shell.push(timed(Command::new("bash").args(["-c", &shell_pipe]))?),
             }
         }
     }
@@ -279,6 +304,15 @@ async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, Strin
         "redis-cli --rdb (file)".into(),
         num(reference, 2),
         "1.00×".into(),
+        "".into(),
+        "".into(),
+        "".into(),
+    ]);
+    let shell_secs = median(&shell);
+    capture.row(vec![
+        "redis-cli --rdb - | zstd -1 | sha256sum (file)".into(),
+        num(shell_secs, 2),
+        format!("{:.2}×", shell_secs / reference),
         "".into(),
         "".into(),
         "".into(),
@@ -318,6 +352,10 @@ async fn capture(setup: &Setup, layout: Layout) -> Result<(Table, (String, Strin
         paired(&cli_secs, &walls(&file)),
         paired(&cli_secs, &walls(&seaweed)),
         paired(&cli_secs, &walls(&discard))
+    ));
+    capture.note(format!(
+        "redis-cli --rdb - | zstd -1 | sha256sum: not a target row, the reference tools doing capsule's job (compress at capsule's zstd level, checksum) into a local file, on the same cores; per run against the reference: {}",
+        paired(&cli_secs, &shell)
     ));
     capture.note(format!(
         "S3 that discards: capsule's whole S3 client path (SigV4, HTTP, multipart, {:.0} MiB of parts per run) to an endpoint in this bench's process that stores nothing, so the cores carry no storage work; not a target row, it shows what SeaweedFS itself adds",
