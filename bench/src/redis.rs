@@ -156,7 +156,7 @@ pub async fn run(args: &RedisArgs, runs: usize) -> Result<Vec<Table>> {
             .is_ok_and(|s| s.success());
         ensure!(
             found,
-            "the redis benchmark needs the `{tool}` command (Debian: apt-get install zstd coreutils)"
+            "the redis benchmark needs the `{tool}` command (bench/setup.sh installs zstd)"
         );
     }
     let work = tempfile::Builder::new()
