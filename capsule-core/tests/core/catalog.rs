@@ -342,10 +342,17 @@ async fn a_refused_delete_marker_check_does_not_block_a_restore() {
         .unwrap();
     let store = stores::with_legacy_fixture(&store).await;
     let catalog = Catalog::new(store.clone());
-    let refused = store
-        .head(&Catalog::key(FINISHED, "deleting"))
-        .await
-        .unwrap_err();
+    // The server applies a new policy through its metadata subscription:
+    // give it a few seconds.
+    let marker = Catalog::key(FINISHED, "deleting");
+    let mut refused = store.head(&marker).await.unwrap_err();
+    for _ in 0..50 {
+        if !matches!(refused, capsule_core::store::Error::NotFound { .. }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        refused = store.head(&marker).await.unwrap_err();
+    }
     assert!(
         !matches!(refused, capsule_core::store::Error::NotFound { .. })
             && refused.to_string().contains("403"),
