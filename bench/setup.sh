@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `capsule-bench es` compares capsule with: elasticdump
 # 6.125.1 (npm); and the `zstd` command, which `capsule-bench redis` pipes
-# redis-cli's RDB through (Debian package). The OpenSearch-compatible server (osmem-server) comes with
-# the test dependencies: scripts/setup-test-deps.sh. Benchmarks are not
+# redis-cli's RDB through (Debian package). The OpenSearch-compatible
+# server (osmem-server) comes with the test dependencies:
+# scripts/setup-test-deps.sh. Benchmarks are not
 # tests, so this is not part of that script. Idempotent; run as root or
 # with sudo.
 set -euo pipefail

@@ -9,7 +9,6 @@ use capsule_core::{
 };
 use sha2::{Digest, Sha256};
 
-use capsule_core::store::StoreBuilder;
 use test_support::seaweedfs::SeaweedFs;
 
 use crate::stores;
@@ -326,21 +325,15 @@ async fn an_interrupted_delete_is_not_served_as_finished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_delete_marker_check_does_not_block_a_restore() {
     const BUCKET: &str = "core-marker-refused";
-    let s = SeaweedFs::shared();
-    s.create_bucket(BUCKET);
-    s.put_bucket_policy(
+    let ts = stores::s3_in(BUCKET);
+    SeaweedFs::shared().put_bucket_policy(
         BUCKET,
         &format!(
             r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"marker","Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::{BUCKET}/*/deleting"}}]}}"#
         ),
     )
     .unwrap();
-    let store = StoreBuilder::from_url(&s.s3_url_with_credentials(BUCKET))
-        .unwrap()
-        .with_prefix(&format!("t{:016x}", rand::random::<u64>()))
-        .build()
-        .unwrap();
-    let store = stores::with_legacy_fixture(&store).await;
+    let store = stores::with_legacy_fixture(&ts.store).await;
     let catalog = Catalog::new(store.clone());
     // The server applies a new policy through its metadata subscription:
     // give it a few seconds.

@@ -30,10 +30,15 @@ pub fn file() -> TestStore {
 
 /// A fresh prefix in one bucket of the shared SeaweedFS.
 pub fn s3() -> TestStore {
+    s3_in("core-tests")
+}
+
+/// A fresh prefix in `bucket` (created if needed) of the shared SeaweedFS.
+pub fn s3_in(bucket: &str) -> TestStore {
     let s = SeaweedFs::shared();
-    s.create_bucket("core-tests");
+    s.create_bucket(bucket);
     let prefix = format!("t{:016x}", rand::random::<u64>());
-    let store = StoreBuilder::from_url(&s.s3_url_with_credentials("core-tests"))
+    let store = StoreBuilder::from_url(&s.s3_url_with_credentials(bucket))
         .unwrap()
         .with_prefix(&prefix)
         .build()
