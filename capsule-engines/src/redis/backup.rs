@@ -53,7 +53,7 @@ pub(crate) async fn backup(
                 details.insert("framing".into(), json!(started.framing.as_str()));
                 details.insert("replicationId".into(), json!(started.replid));
                 details.insert("replicationOffset".into(), json!(started.offset));
-                Box::new(payload)
+                payload
             }
             Handshake::Refused(reason) if mode == RedisCapture::Auto => {
                 tracing::warn!(server = %engine, %reason, "replication refused; falling back to SCAN + DUMP (not a point-in-time snapshot)");

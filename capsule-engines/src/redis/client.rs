@@ -17,6 +17,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, RootCertStore, pki_types::ServerName};
 
 use super::connection::RedisConnection;
+use super::idle::IdleLimit;
 use super::resp::{self, Reply};
 
 /// A TCP or TLS connection.
@@ -63,8 +64,8 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The reading half, buffered.
-pub(crate) type Reader = BufReader<ReadHalf<Stream>>;
+/// The reading half, buffered, with an optional limit on silence.
+pub(crate) type Reader = BufReader<IdleLimit<ReadHalf<Stream>>>;
 /// The writing half.
 pub(crate) type Writer = WriteHalf<Stream>;
 
@@ -161,7 +162,7 @@ impl Client {
         };
         let (r, w) = split(stream);
         let mut client = Client {
-            reader: BufReader::with_capacity(256 * 1024, r),
+            reader: BufReader::with_capacity(256 * 1024, IdleLimit::new(r, endpoint.clone())),
             writer: w,
             endpoint,
             local_addr,
@@ -217,6 +218,12 @@ impl Client {
             // Another error (an ACL without PING) still is an answer.
             _ => Ok(()),
         }
+    }
+
+    /// Makes every later read fail after `limit` without a byte from the
+    /// server (`None`: wait as long as it takes, the default).
+    pub(crate) fn set_idle_limit(&mut self, limit: Option<std::time::Duration>) {
+        self.reader.get_mut().set_limit(limit);
     }
 
     /// Queues a command (sent on the next flush).

@@ -34,6 +34,7 @@ mod backup;
 mod client;
 mod connection;
 mod feed;
+mod idle;
 mod options;
 mod primary;
 pub mod rdb;

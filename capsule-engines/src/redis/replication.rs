@@ -23,9 +23,9 @@ use super::resp::{self, Reply};
 /// Length of the end-of-transfer mark of diskless transfers.
 const MARK_LEN: usize = 40;
 
-/// How long the server may stay silent before the payload starts (it
-/// sends a newline every second while it prepares the RDB).
-const IDLE: Duration = Duration::from_secs(120);
+/// How long the server may stay silent, before the payload starts (it
+/// sends a newline every second while it prepares the RDB) and within it.
+const IDLE: Duration = super::idle::CAPTURE_SILENCE;
 
 /// How the server frames the RDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub(crate) struct Started {
 /// The outcome of the handshake: a stream of the RDB, or the server's
 /// refusal (the reason, for the fallback's log and the statefile).
 pub(crate) enum Handshake {
-    Streaming(RdbPayload, Started),
+    Streaming(Box<RdbPayload>, Started),
     Refused(String),
 }
 
@@ -68,6 +68,9 @@ pub(crate) enum Handshake {
 /// well); the server refusing replication is [`Handshake::Refused`].
 pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     let mut client = Client::connect(conn).await?;
+    // A server that stops sending mid-RDB fails the capture instead of
+    // holding it (and the schedule behind it) forever.
+    client.set_idle_limit(Some(IDLE));
     let endpoint = client.endpoint.clone();
     let refused = |step: &str, why: String| Ok(Handshake::Refused(format!("{step}: {why}")));
     match client
@@ -146,11 +149,11 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     };
     let Client { reader, writer, .. } = client;
     Ok(Handshake::Streaming(
-        RdbPayload {
+        Box::new(RdbPayload {
             reader,
             _writer: Some(writer),
             mode,
-        },
+        }),
         Started {
             replid,
             offset,
@@ -414,6 +417,47 @@ mod tests {
             wire.extend_from_slice(&MARK[..partial_mark]);
             let err = read_diskless(wire, pieces, &reads).expect_err("truncated payload");
             prop_assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        }
+    }
+
+    /// A server that stops sending in the middle of the RDB (alive, the
+    /// link open, no reset) fails the capture once the limit passes, in
+    /// both framings, after handing out what it did send.
+    #[tokio::test]
+    async fn a_server_silent_mid_rdb_fails_the_payload() {
+        use super::super::idle::IdleLimit;
+        use tokio::io::AsyncWriteExt;
+        for mode in [
+            Mode::Mark(MarkState::new(MARK)),
+            Mode::Len {
+                left: 1000,
+                total: 1000,
+            },
+        ] {
+            let (mut server, client) = tokio::io::duplex(4096);
+            let mut reader = IdleLimit::new(client, "cache:6379".into());
+            reader.set_limit(Some(Duration::from_millis(200)));
+            let mut payload = RdbPayload {
+                reader,
+                _writer: None,
+                mode,
+            };
+            server.write_all(&[b'R'; 300]).await.unwrap();
+            let mut out = Vec::new();
+            let err = tokio::time::timeout(Duration::from_secs(10), payload.read_to_end(&mut out))
+                .await
+                .expect("the limit, not the test's timeout, ends the read")
+                .expect_err("silence mid-RDB is an error");
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+            assert!(err.to_string().contains("cache:6379"), "{err}");
+            // A diskless payload holds back its last 40 bytes (they may be
+            // the mark's start); a sized one hands out all it read.
+            assert!(
+                out.len() >= 300 - MARK_LEN && out.len() <= 300,
+                "{}",
+                out.len()
+            );
+            drop(server);
         }
     }
 }

@@ -452,7 +452,11 @@ fn touched_error(e: Error, endpoint: &str, target: Target) -> Error {
             object,
             reason: format!("{reason}; {note}"),
         },
-        e @ Error::VerificationFailed { .. } => e,
+        // The keys were sent (or loaded) before the counts could differ.
+        Error::VerificationFailed { id, mut mismatches } => {
+            mismatches.push(note);
+            Error::VerificationFailed { id, mismatches }
+        }
         e => Error::Engine {
             context: e.to_string(),
             message: note,

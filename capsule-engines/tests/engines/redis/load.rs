@@ -337,6 +337,22 @@ async fn faulty(fc: &FileCatalog, id: &str, fault: Option<Fault>) -> Faulty {
     }
 }
 
+/// The backup `id` with a fingerprint claiming one key more in db0 than
+/// its RDB holds.
+async fn with_one_key_too_many(fc: &FileCatalog, id: &str) -> Faulty {
+    let mut src = faulty(fc, id, None).await;
+    let fp = src
+        .statefile
+        .engine
+        .as_mut()
+        .unwrap()
+        .fingerprint
+        .as_mut()
+        .unwrap();
+    *fp.counts.get_mut("db0").unwrap() += 1;
+    src
+}
+
 #[tokio::test]
 async fn a_stream_failing_mid_transfer_leaves_the_target_as_it_was() {
     let (_source, fc, id) = every_type_backup().await;
@@ -379,16 +395,7 @@ async fn an_interrupted_restore_detaches_the_target_with_its_data() {
 async fn counts_differing_from_the_fingerprint_are_refused_before_the_target_changes() {
     let (_source, fc, id) = every_type_backup().await;
     let target = target_with_data(RedisConfig::default());
-    let mut src = faulty(&fc, &id, None).await;
-    let fp = src
-        .statefile
-        .engine
-        .as_mut()
-        .unwrap()
-        .fingerprint
-        .as_mut()
-        .unwrap();
-    *fp.counts.get_mut("db0").unwrap() += 1;
+    let src = with_one_key_too_many(&fc, &id).await;
     let e = flush_engine(&target, RedisLoad::Replication)
         .restore_with_report(&src)
         .await
@@ -402,6 +409,30 @@ async fn counts_differing_from_the_fingerprint_are_refused_before_the_target_cha
 /// swapped in) and `on-empty-db` (when it holds no keys). Both give the
 /// source's digest; a `swapdb` target keeps its data when the stream
 /// fails mid-transfer.
+/// By commands the keys go out as the RDB streams, so counts that differ
+/// from the fingerprint show only at the end: the error says what
+/// happened to the target.
+#[tokio::test]
+async fn counts_differing_after_a_restore_by_commands_say_the_target_was_emptied() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = target_with_data(RedisConfig::default());
+    let src = with_one_key_too_many(&fc, &id).await;
+    let e = flush_engine(&target, RedisLoad::Commands)
+        .restore_with_report(&src)
+        .await
+        .unwrap_err();
+    let Error::VerificationFailed { mismatches, .. } = &e else {
+        panic!("{e:?}");
+    };
+    assert!(mismatches.iter().any(|m| m.contains("db0")), "{e}");
+    assert!(
+        e.to_string()
+            .contains("was emptied (FLUSHALL) and may hold part of the backup"),
+        "{e}"
+    );
+    assert_eq!(target.cmd(&[b"EXISTS", b"sentinel"]).text(), "0");
+}
+
 #[tokio::test]
 async fn diskless_loading_targets_restore_and_keep_their_data_on_a_failure() {
     let (source, fc, id) = every_type_backup().await;
