@@ -60,6 +60,29 @@ pub(crate) async fn capture(
                 w.get(version as u32)?.raw(records);
             }
         }
+        // Before Redis 7 there are no functions to capture.
+        Reply::Error(e) if e.starts_with("ERR unknown") => {
+            tracing::debug!(%endpoint, reply = %e, "the server has no functions");
+        }
+        // Refused (an ACL without `function|dump`, a renamed command): fine
+        // only where the server holds no library, else the backup would
+        // finish without them and nothing would say so.
+        Reply::Error(e) => {
+            let libraries = client.info("memory").await?;
+            let libraries = libraries.get("number_of_libraries").map(String::as_str);
+            if libraries != Some("0") {
+                return Err(engine_error(
+                    &endpoint,
+                    "FUNCTION DUMP",
+                    format!(
+                        "{e}: the server holds {} function libraries, which this backup would \
+                         miss; allow the user `+function|dump`",
+                        libraries.unwrap_or("an unknown number of")
+                    ),
+                ));
+            }
+            tracing::debug!(%endpoint, reply = %e, "FUNCTION DUMP refused; the server holds no library");
+        }
         other => tracing::debug!(%endpoint, reply = ?other, "no functions captured"),
     }
 

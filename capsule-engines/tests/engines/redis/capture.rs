@@ -45,6 +45,33 @@ async fn an_acl_user_without_psync_falls_back_to_scan_and_dump() {
     assert_eq!(target.keyspace(), redis.keyspace());
 }
 
+/// The fallback cannot capture function libraries the user may not dump:
+/// the backup fails saying so, rather than finish without them; where the
+/// server holds none, the refusal costs nothing.
+#[tokio::test]
+async fn a_fallback_refused_function_dump_fails_only_where_libraries_exist() {
+    let redis = Redis::start_with(RedisConfig::default().with_user(
+        "backup",
+        "b4ckup-pw",
+        "+@all -psync -sync -function|dump",
+    ));
+    fill_every_type(&redis);
+    let url = format!("redis://backup:b4ckup-pw@127.0.0.1:{}", redis.port);
+    let fc = FileCatalog::new();
+    let err = backup(&fc.catalog, &engine(&url)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("FUNCTION DUMP"), "{msg}");
+    assert!(msg.contains("NOPERM"), "{msg}");
+    assert!(msg.contains("holds 1 function libraries"), "{msg}");
+    assert!(msg.contains("+function|dump"), "{msg}");
+    assert!(!msg.contains("b4ckup-pw"), "{msg}");
+
+    redis.cmd(&[b"FUNCTION", b"FLUSH"]);
+    let (target, details) = round_trip(&engine(&url)).await;
+    assert_eq!(details["capture"], "scan-dump");
+    assert_eq!(target.digest(), redis.digest());
+}
+
 #[tokio::test]
 async fn a_renamed_psync_falls_back_and_forced_scan_gives_the_same_digest() {
     let redis = Redis::start_with(RedisConfig::default().with_args(&[
