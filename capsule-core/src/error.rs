@@ -148,6 +148,19 @@ impl Error {
         }
     }
 
+    /// The error an artifact's stream ([`crate::ArtifactSource::open`])
+    /// carried inside the [`std::io::Error`] it failed with, so a reader
+    /// can tell a corrupt artifact ([`Error::Corrupt`]) from a broken
+    /// download ([`Error::Store`]); `Err` gives back an I/O error that
+    /// carries none (e.g. a decoder's).
+    pub fn from_stream(e: std::io::Error) -> std::result::Result<Error, std::io::Error> {
+        if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Err(e);
+        }
+        let inner = e.into_inner().expect("checked: it carries an error");
+        Ok(*inner.downcast::<Error>().expect("checked: it is an Error"))
+    }
+
     /// True when the error means "not found" (a missing backup or object).
     pub fn is_not_found(&self) -> bool {
         matches!(

@@ -281,7 +281,9 @@ impl ArtifactSource for StoreArtifactSource {
 
 /// A reader that, at EOF, reports the download task's error instead of a
 /// clean end, so a consumer never mistakes a corrupt artifact for a
-/// complete one.
+/// complete one. The typed error travels inside the I/O error
+/// ([`Error::from_stream`] takes it out): a corrupt artifact and a broken
+/// download stay distinct.
 struct CheckedReader {
     inner: tokio::io::DuplexStream,
     task: Option<JoinHandle<Result<()>>>,
@@ -306,7 +308,7 @@ impl AsyncRead for CheckedReader {
         self.task = None;
         match result {
             Ok(Ok(())) => Poll::Ready(Ok(())),
-            Ok(Err(e)) => Poll::Ready(Err(std::io::Error::other(e.to_string()))),
+            Ok(Err(e)) => Poll::Ready(Err(std::io::Error::other(e))),
             Err(e) => Poll::Ready(Err(std::io::Error::other(format!(
                 "download task failed: {e}"
             )))),

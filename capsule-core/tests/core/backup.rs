@@ -384,3 +384,53 @@ async fn a_download_stopped_part_way_leaves_no_partial_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A restore reads an artifact through `ArtifactSource::open`; when that
+/// stream fails, the typed error travels inside its I/O error, so an
+/// engine tells a corrupt artifact (condemns the backup) from a broken
+/// download (the store or the network: try again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_stream_fails_with_its_typed_error() {
+    let ts = stores::file();
+    let catalog = Catalog::new(ts.store.clone());
+    let sf = backup_with(&catalog, &ScriptedEngine::producing(1 << 20))
+        .await
+        .unwrap()
+        .statefile;
+    let id = sf.backup_id.as_str();
+    let key = Catalog::key(id, "dump.rdb.zst");
+    let stream_error = || async {
+        let source = catalog.artifact_source(id).await.unwrap();
+        let mut out = Vec::new();
+        let e = source
+            .open("dump.rdb.zst")
+            .await
+            .unwrap()
+            .read_to_end(&mut out)
+            .await
+            .unwrap_err();
+        Error::from_stream(e).expect("the stream carries capsule's error")
+    };
+
+    // One byte changed: corrupt, naming the object.
+    let mut stored = ts.store.get(&key).await.unwrap().bytes.to_vec();
+    stored[100] ^= 1;
+    ts.store.put(&key, stored.into()).await.unwrap();
+    let e = stream_error().await;
+    assert!(
+        matches!(&e, Error::Corrupt { object, .. } if object.ends_with("/dump.rdb.zst")),
+        "{e:?}"
+    );
+
+    // Gone: a store error, not a corrupt backup.
+    ts.store.delete(&key).await.unwrap();
+    let e = stream_error().await;
+    assert!(matches!(e, Error::Store { .. }), "{e:?}");
+    assert!(e.is_not_found(), "{e}");
+
+    // An I/O error that carries none is given back as it was.
+    let plain = io::Error::new(io::ErrorKind::InvalidData, "zstd: bad frame");
+    let back = Error::from_stream(plain).unwrap_err();
+    assert_eq!(back.kind(), io::ErrorKind::InvalidData);
+    assert_eq!(back.to_string(), "zstd: bad frame");
+}

@@ -303,7 +303,7 @@ async fn serve(
         let n = stream
             .read(&mut next)
             .await
-            .map_err(|e| corrupt(source, name, e))?;
+            .map_err(|e| Error::from_stream(e).unwrap_or_else(|e| corrupt(source, name, e)))?;
         if n == 0 {
             break;
         }

@@ -16,6 +16,7 @@ use super::client::{Client, ServerInfo, engine_error};
 use super::connection::RedisConnection;
 use super::feed::{self, FeedConfig, FeedStats, Op};
 use super::primary::{self, Attempt};
+use super::rdb::RdbError;
 use super::resp::Reply;
 use super::sender;
 use super::stream::CHANNEL_DEPTH;
@@ -283,13 +284,26 @@ pub(crate) async fn restore(
             context: format!("{engine}: restore"),
             message: format!("the RDB parser failed: {e}"),
         })?;
-        let pumped = pump.await;
-        // A broken download names the object (checksum/length); prefer it.
-        if let Ok(Err(e)) = &pumped {
-            return Err(corrupt(e.to_string()));
+        // A failed download names the object; prefer it. A corrupt artifact
+        // (checksum, length) and a broken download (the store, the
+        // network) keep their own errors: only the first condemns the
+        // backup.
+        if let Ok(Err(e)) = pump.await {
+            return Err(Error::from_stream(e).unwrap_or_else(|e| corrupt(e.to_string())));
         }
         let produced = produced.map_err(|e| {
-            if e.is_corrupt() {
+            if let RdbError::TooLarge {
+                what: "value", len, ..
+            } = e
+            {
+                // The artifact's checksum held: a value this large is real,
+                // and more than one RESTORE may carry.
+                Error::Unsupported(format!(
+                    "backup {id}: {name}: {e}: a value of {len} bytes is too large to send as \
+                     a command; restore with --flush into a target reached without TLS, \
+                     which loads the RDB by replication (--redis-load replication)"
+                ))
+            } else if e.is_corrupt() {
                 corrupt(e.to_string())
             } else {
                 Error::Unsupported(format!("backup {id}: {name}: {e}"))

@@ -261,8 +261,12 @@ async fn drop_restore_once(
 /// What the wrapped source's stream does after its first `after` bytes.
 #[derive(Clone, Copy)]
 enum Fault {
-    /// Fails, as a checksum mismatch or a broken download does.
+    /// Fails with an I/O error that carries no typed error (as a decoder
+    /// does): the restore calls the artifact corrupt.
     Error,
+    /// Fails as a broken download does: the typed error of the store or
+    /// the network inside the I/O error (`Error::from_stream`).
+    Broken,
     /// Stalls until dropped.
     Stall,
 }
@@ -320,6 +324,13 @@ impl AsyncRead for FaultyStream {
             Fault::Error => {
                 std::task::Poll::Ready(Err(std::io::Error::other("checksum mismatch (injected)")))
             }
+            Fault::Broken => std::task::Poll::Ready(Err(std::io::Error::other(Error::io(
+                "download of redis-x/dump.rdb.zst",
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by peer (injected)",
+                ),
+            )))),
             Fault::Stall => std::task::Poll::Pending,
         }
     }
@@ -371,6 +382,57 @@ async fn a_stream_failing_mid_transfer_leaves_the_target_as_it_was() {
         other => panic!("{other:?}"),
     }
     assert_untouched(&target);
+}
+
+/// A download that breaks mid-restore is not a corrupt backup: the error
+/// says what broke, whichever way the target loads.
+#[tokio::test]
+async fn a_broken_download_is_not_called_a_corrupt_backup() {
+    let (_source, fc, id) = every_type_backup().await;
+    for load in [RedisLoad::Replication, RedisLoad::Commands] {
+        let target = target_with_data(RedisConfig::default());
+        let src = faulty(&fc, &id, Some(Fault::Broken)).await;
+        let e = flush_engine(&target, load)
+            .restore_with_report(&src)
+            .await
+            .unwrap_err();
+        assert!(!matches!(e, Error::Corrupt { .. }), "{load:?}: {e:?}");
+        assert!(!e.to_string().contains("corrupt"), "{load:?}: {e}");
+        assert!(
+            e.to_string()
+                .contains("connection reset by peer (injected)"),
+            "{load:?}: {e}"
+        );
+        if load == RedisLoad::Replication {
+            assert_untouched(&target);
+        } else {
+            assert!(e.to_string().contains("was emptied (FLUSHALL)"), "{e}");
+        }
+    }
+}
+
+/// A value larger than a command may carry (`max_value_bytes`, 512 MiB by
+/// default; 1 KiB here) is not corruption: the error says so and how to
+/// restore that backup instead.
+#[tokio::test]
+async fn a_value_too_large_for_a_command_is_not_called_corrupt() {
+    let (_source, fc, id) = every_type_backup().await;
+    let target = target_with_data(RedisConfig::default());
+    let src = faulty(&fc, &id, None).await;
+    let engine = RedisEngine::new(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_flush(true)
+            .with_load(RedisLoad::Commands)
+            .with_max_value_bytes(1024),
+    );
+    let e = engine.restore_with_report(&src).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(!matches!(e, Error::Corrupt { .. }), "{e:?}");
+    assert!(!msg.contains("corrupt"), "{msg}");
+    assert!(msg.contains("too large to send as a command"), "{msg}");
+    assert!(msg.contains("--redis-load replication"), "{msg}");
+    assert!(msg.contains("was emptied (FLUSHALL)"), "{msg}");
 }
 
 #[tokio::test]
