@@ -137,6 +137,18 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Stops the server process (SIGSTOP, not its children) until the
+    /// guard is dropped (SIGCONT): alive, its connections open, answering
+    /// nothing, as a hung host or a partition without resets looks.
+    pub fn freeze(&self) -> Frozen {
+        assert!(
+            signal(self.pid(), "-STOP"),
+            "kill -STOP {} failed",
+            self.pid()
+        );
+        Frozen { pid: self.pid() }
+    }
+
     /// Kills the server's process group (SIGKILL) and waits for it: a
     /// crash. The work directory stays; [`ServerProcess::restart`] starts
     /// the server again on it.
@@ -256,6 +268,29 @@ impl Launch {
 
 /// Sends SIGKILL to process group `pgid` with the procps `kill` binary
 /// (no `unsafe` needed).
+/// A server stopped by [`ServerProcess::freeze`]; dropping it lets the
+/// server run again.
+#[must_use = "the server runs again when this is dropped"]
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // Not an assert: a panic while unwinding would abort.
+        let _ = signal(self.pid, "-CONT");
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to `pid`; whether it was delivered.
+fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn kill_group(pgid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])

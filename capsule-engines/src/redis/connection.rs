@@ -38,6 +38,12 @@ pub struct RedisConnection {
     /// How long to wait for a connection and each handshake step (default 10 s).
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
+    /// How long a capture, or a restore sending commands, waits for the
+    /// next byte from the server before it fails (default 120 s): a server
+    /// that died or a network that partitioned without a reset cannot hold
+    /// a job for ever. Only waiting on the server counts.
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
 }
 
 mod secs {
@@ -61,6 +67,7 @@ impl Default for RedisConnection {
             db: 0,
             tls_ca_file: None,
             connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -213,6 +220,12 @@ impl RedisConnection {
     /// Trusts the authorities in this PEM file for TLS.
     pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.tls_ca_file = Some(path.into());
+        self
+    }
+    /// Sets how long a capture or a restore waits for the server's next
+    /// byte ([`RedisConnection::idle_timeout`]).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
     /// Sets the database selected on connect.

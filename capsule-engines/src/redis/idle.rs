@@ -19,9 +19,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// How long a capture waits for the next byte from the server.
-pub(crate) const CAPTURE_SILENCE: Duration = Duration::from_secs(120);
-
 /// A reader whose reads fail after `limit` without a byte (no limit until
 /// [`IdleLimit::set_limit`]).
 pub(crate) struct IdleLimit<R> {

@@ -23,10 +23,6 @@ use super::resp::{self, Reply};
 /// Length of the end-of-transfer mark of diskless transfers.
 const MARK_LEN: usize = 40;
 
-/// How long the server may stay silent, before the payload starts (it
-/// sends a newline every second while it prepares the RDB) and within it.
-const IDLE: Duration = super::idle::CAPTURE_SILENCE;
-
 /// How the server frames the RDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -70,7 +66,7 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     let mut client = Client::connect(conn).await?;
     // A server that stops sending mid-RDB fails the capture instead of
     // holding it (and the schedule behind it) forever.
-    client.set_idle_limit(Some(IDLE));
+    client.set_idle_limit(Some(conn.idle_timeout));
     let endpoint = client.endpoint.clone();
     let refused = |step: &str, why: String| Ok(Handshake::Refused(format!("{step}: {why}")));
     match client
@@ -99,7 +95,7 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     // then it sends newlines to keep the link alive.
     client.queue(&[b"PSYNC", b"?", b"-1"]);
     client.flush().await?;
-    let reply = match next_line(&mut client).await {
+    let reply = match next_line(&mut client, conn.idle_timeout).await {
         Ok(line) => String::from_utf8_lossy(&line).into_owned(),
         Err(e) => return refused("PSYNC", e.to_string()),
     };
@@ -118,7 +114,7 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
     tracing::debug!(%endpoint, %replid, offset, "full resynchronisation started");
     // Newlines keep the link alive while the server forks and (for disk
     // transfers) writes the file; then comes `$…`.
-    let header = next_line(&mut client).await?;
+    let header = next_line(&mut client, conn.idle_timeout).await?;
     let bad_header = || {
         super::client::engine_error(
             &endpoint,
@@ -163,17 +159,18 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
 }
 
 /// The next line the server sends that is not a keep-alive newline; at
-/// most [`IDLE`] of silence.
-async fn next_line(client: &mut Client) -> Result<Vec<u8>> {
+/// most `idle` of silence (the server sends a newline every second while
+/// it prepares the RDB).
+async fn next_line(client: &mut Client, idle: Duration) -> Result<Vec<u8>> {
     let mut said = false;
     loop {
-        let line = tokio::time::timeout(IDLE, resp::read_line(&mut client.reader))
+        let line = tokio::time::timeout(idle, resp::read_line(&mut client.reader))
             .await
             .map_err(|_| {
                 super::client::engine_error(
                     &client.endpoint,
                     "replication",
-                    format!("nothing received for {} s", IDLE.as_secs()),
+                    format!("nothing received for {} s", idle.as_secs()),
                 )
             })?
             .map_err(|e| super::client::engine_error(&client.endpoint, "replication", e))?;

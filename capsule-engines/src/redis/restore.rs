@@ -276,6 +276,10 @@ pub(crate) async fn restore(
             }
             tracing::info!(target = %endpoint, "target flushed");
         }
+        // From here the target answers each command in turn (a FLUSHALL
+        // above may take long on a large keyspace, and had no limit): a
+        // target that stops answering fails the restore.
+        client.set_idle_limit(Some(conn.idle_timeout));
         sender::send(client, ops).await.map(Some)
     }
     .await;

@@ -32,7 +32,7 @@ pub(crate) async fn capture(
     mut out: DuplexStream,
 ) -> Result<()> {
     let mut client = Client::connect(&conn).await?;
-    client.set_idle_limit(Some(super::idle::CAPTURE_SILENCE));
+    client.set_idle_limit(Some(conn.idle_timeout));
     let endpoint = client.endpoint.clone();
     let server = ServerInfo::read(&mut client).await?;
     let dbs = client.keyspace().await?;

@@ -61,28 +61,35 @@ async fn a_corrupt_byte_is_refused_naming_the_object_before_any_write() {
     assert_eq!(fc.statefile_json(&id)["restores"][0]["status"], "failed");
 }
 
+/// A server with 20,000 keys whose fork writes them at 200 µs each: a
+/// transfer of 4 s, long enough to cut or freeze.
+fn slow_source() -> Redis {
+    let redis =
+        Redis::start_with(RedisConfig::default().with_args(&["--rdb-key-save-delay", "200"]));
+    set_keys(&redis, 20_000, b"some value");
+    redis
+}
+
+/// The id of the one backup in `fc`'s store.
+fn only_backup(fc: &FileCatalog) -> String {
+    let entries: Vec<_> = std::fs::read_dir(fc.dir.path().join(PREFIX))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].clone()
+}
+
 #[tokio::test]
 async fn a_capture_cut_short_fails_and_stores_nothing() {
-    let redis = Redis::start_with(RedisConfig::default().with_args(&[
-        // Throttle the fork's output so the transfer lasts long enough to cut.
-        "--rdb-key-save-delay",
-        "200",
-    ]));
-    set_keys(&redis, 20_000, b"some value");
+    let redis = slow_source();
     let fc = FileCatalog::new();
     let engine = engine(&redis.url());
-    let killer = tokio::task::spawn_blocking({
-        let port = redis.port;
-        move || {
-            let mut c = test_support::redis::RedisClient::connect(port, None).unwrap();
-            for _ in 0..600 {
-                std::thread::sleep(Duration::from_millis(50));
-                if c.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"replica"]).text() != "0" {
-                    return true;
-                }
-            }
-            false
-        }
+    let port = redis.port;
+    let killer = tokio::task::spawn_blocking(move || {
+        wait_until(port, |c| {
+            c.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"replica"]).text() != "0"
+        })
     });
     let result = backup(&fc.catalog, &engine).await;
     assert!(
@@ -94,16 +101,7 @@ async fn a_capture_cut_short_fails_and_stores_nothing() {
         e.contains("closed the replication link") || e.contains("closed the connection"),
         "{e}"
     );
-    let entries: Vec<_> = std::fs::read_dir(fc.dir.path().join(PREFIX))
-        .unwrap()
-        .collect();
-    assert_eq!(entries.len(), 1);
-    let id = entries[0]
-        .as_ref()
-        .unwrap()
-        .file_name()
-        .into_string()
-        .unwrap();
+    let id = only_backup(&fc);
     let sf = fc.statefile_json(&id);
     assert_eq!(sf["status"], "failed");
     assert!(!fc.object_path(&id, "dump.rdb.zst").exists());
@@ -340,4 +338,117 @@ async fn a_refused_mset_is_named_with_its_first_key() {
     );
     assert!(!msg.contains("r3store-pw"), "{msg}");
     assert_eq!(target.keyspace(), Vec::new());
+}
+
+/// Waits (blocking, polling the server at `port`) until `ready` says so;
+/// false after 30 s.
+fn wait_until(port: u16, ready: impl Fn(&mut test_support::redis::RedisClient) -> bool) -> bool {
+    let mut c = test_support::redis::RedisClient::connect(port, None).unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if ready(&mut c) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// `options` with a one-second idle timeout.
+fn impatient(mut options: RedisOptions) -> RedisEngine {
+    options.connection = options.connection.with_idle_timeout(Duration::from_secs(1));
+    RedisEngine::new(options)
+}
+
+/// A source that stops answering in the middle of the RDB (frozen: alive,
+/// the link open, no reset) fails the capture once the idle timeout has
+/// passed: the backup is recorded failed with nothing stored, instead of
+/// running (and holding the schedule) for ever.
+#[tokio::test]
+async fn a_source_silent_mid_capture_fails_the_backup() {
+    let redis = slow_source();
+    let fc = FileCatalog::new();
+    let engine = impatient(RedisOptions::from_url(&redis.url()).unwrap());
+    let port = redis.port;
+    let freeze = async {
+        // capsule is a replica, and the RDB (4 s of it) has been
+        // streaming for half a second.
+        let streaming = tokio::task::spawn_blocking(move || {
+            wait_until(port, |c| {
+                !c.cmd(&[b"CLIENT", b"LIST", b"TYPE", b"replica"])
+                    .text()
+                    .is_empty()
+            })
+        });
+        assert!(streaming.await.unwrap(), "the capture never started");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.process().freeze()
+    };
+    let (result, frozen) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(60), backup(&fc.catalog, &engine)),
+        freeze
+    );
+    drop(frozen);
+    let e = result
+        .expect("the idle timeout, not the test's, ends the capture")
+        .unwrap_err()
+        .to_string();
+    // Mid-RDB: the pipeline's read of the payload failed.
+    assert!(e.contains("reading the source failed"), "{e}");
+    assert!(e.contains(&format!("redis 127.0.0.1:{port}")), "{e}");
+    assert!(e.contains("nothing received for 1 s"), "{e}");
+    let id = only_backup(&fc);
+    assert_eq!(fc.statefile_json(&id)["status"], "failed");
+    assert!(!fc.object_path(&id, "dump.rdb.zst").exists());
+}
+
+/// A target that stops answering in the middle of a restore by commands
+/// fails the restore once the idle timeout has passed, saying what the
+/// target may hold.
+#[tokio::test]
+async fn a_target_silent_mid_restore_fails_it() {
+    let source = Redis::start();
+    source.cmd(&[b"DEBUG", b"POPULATE", b"300000", b"key", b"100"]);
+    let fc = FileCatalog::new();
+    let id = backup_id(&fc, &source).await;
+    let target = Redis::start();
+    target.cmd(&[b"SET", b"sentinel", b"untouched"]);
+    let engine = impatient(
+        RedisOptions::from_url(&target.url())
+            .unwrap()
+            .with_flush(true)
+            .with_load(RedisLoad::Commands),
+    );
+    let port = target.port;
+    let freeze = async {
+        // Flushed, and the first keys in: commands are in flight.
+        let streaming = tokio::task::spawn_blocking(move || {
+            wait_until(port, |c| {
+                c.cmd(&[b"EXISTS", b"sentinel"]).text() == "0" && c.cmd(&[b"DBSIZE"]).text() != "0"
+            })
+        });
+        assert!(streaming.await.unwrap(), "the restore never started");
+        target.process().freeze()
+    };
+    let ctx = JobContext::new(&NoProgress);
+    let (result, frozen) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
+        ),
+        freeze
+    );
+    drop(frozen);
+    let e = result
+        .expect("the idle timeout, not the test's, ends the restore")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing received for 1 s"), "{e}");
+    assert!(
+        e.contains("was emptied (FLUSHALL) and may hold part of the backup"),
+        "{e}"
+    );
+    let restored: u64 = target.cmd(&[b"DBSIZE"]).text().parse().unwrap();
+    assert!(restored > 0 && restored < 300_000, "{restored}");
+    assert_eq!(fc.statefile_json(&id)["restores"][0]["status"], "failed");
 }
