@@ -121,12 +121,24 @@ pub(crate) async fn restore(
         ));
     }
     let recorded = sf.engine.as_ref().and_then(|e| e.fingerprint.clone());
-    let recorded_version = sf
-        .engine
-        .as_ref()
-        .and_then(|e| e.details.get("rdbVersion"))
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32);
+    let detail = |k: &str| {
+        sf.engine
+            .as_ref()
+            .and_then(|e| e.details.get(k))
+            .and_then(|v| v.as_u64())
+    };
+    let recorded_version = detail("rdbVersion").map(|v| v as u32);
+    // Backups before capsule recorded it say nothing: the limit is then
+    // met while the value streams.
+    let largest_value = detail(super::summary::LARGEST_VALUE);
+    let too_large = |len: u64| {
+        Error::Unsupported(format!(
+            "backup {id}: {name}: a value of {len} bytes is too large to send as a command (the \
+             limit is {} bytes); restore with --flush into a target reached without TLS, which \
+             loads the RDB by replication (--redis-load replication)",
+            engine.options.max_value_bytes
+        ))
+    };
 
     // Nothing on the target changes before the artifact is known intact
     // and the server known able to read it.
@@ -229,6 +241,11 @@ pub(crate) async fn restore(
         true => touched_error(e, &endpoint, target),
         false => e,
     };
+    // By commands from here: a value no command can carry is refused
+    // before anything (a FLUSHALL) is written.
+    if let Some(len) = largest_value.filter(|&n| n > engine.options.max_value_bytes) {
+        return Err(noted(too_large(len)));
+    }
     if replicable {
         // The target replicated for a while; start afresh.
         client = Client::connect(conn).await.map_err(noted)?;
@@ -302,11 +319,7 @@ pub(crate) async fn restore(
             {
                 // The artifact's checksum held: a value this large is real,
                 // and more than one RESTORE may carry.
-                Error::Unsupported(format!(
-                    "backup {id}: {name}: {e}: a value of {len} bytes is too large to send as \
-                     a command; restore with --flush into a target reached without TLS, \
-                     which loads the RDB by replication (--redis-load replication)"
-                ))
+                too_large(len)
             } else if e.is_corrupt() {
                 corrupt(e.to_string())
             } else {

@@ -13,6 +13,9 @@ use super::rdb::{ParseOptions, RdbItem, RdbParser, type_name};
 /// every backup and say little).
 const KEPT_AUX: [&str; 5] = ["redis-ver", "redis-bits", "ctime", "aof-base", "repl-id"];
 
+/// The details field recording [`RdbSummary::largest_value`].
+pub(crate) const LARGEST_VALUE: &str = "largestValueBytes";
+
 /// The verified facts of one RDB.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RdbSummary {
@@ -32,6 +35,9 @@ pub(crate) struct RdbSummary {
     pub(crate) aux: BTreeMap<String, String>,
     /// Size of the RDB.
     pub(crate) bytes: u64,
+    /// The largest value's encoding (type byte included): what one
+    /// `RESTORE` of it would carry.
+    pub(crate) largest_value: u64,
     /// The CRC-64 trailer.
     pub(crate) checksum: u64,
     /// Whether the trailer was compared (false when the server writes 0).
@@ -65,6 +71,7 @@ impl RdbSummary {
         details.insert("expires".into(), json!(expires));
         details.insert("keysByType".into(), json!(self.types));
         details.insert("functionLibraries".into(), json!(self.functions));
+        details.insert(LARGEST_VALUE.into(), json!(self.largest_value));
         if self.module_aux > 0 {
             details.insert("moduleAuxRecords".into(), json!(self.module_aux));
         }
@@ -94,6 +101,7 @@ pub(crate) fn verify(reader: impl Read) -> Result<RdbSummary, String> {
                     *s.expires.entry(e.db).or_default() += 1;
                 }
                 *s.types.entry(type_name(e.value_type)).or_default() += 1;
+                s.largest_value = s.largest_value.max(e.value_len);
             }
             RdbItem::Aux { key, value } => {
                 let key = String::from_utf8_lossy(&key).into_owned();

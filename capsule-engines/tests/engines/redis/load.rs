@@ -413,26 +413,41 @@ async fn a_broken_download_is_not_called_a_corrupt_backup() {
 
 /// A value larger than a command may carry (`max_value_bytes`, 512 MiB by
 /// default; 1 KiB here) is not corruption: the error says so and how to
-/// restore that backup instead.
+/// restore that backup instead. The backup records its largest value, so
+/// the restore refuses before the `FLUSHALL`; a backup made before it did
+/// (no `largestValueBytes`) meets the limit as the value streams.
 #[tokio::test]
-async fn a_value_too_large_for_a_command_is_not_called_corrupt() {
+async fn a_value_too_large_for_a_command_is_refused_and_not_called_corrupt() {
     let (_source, fc, id) = every_type_backup().await;
-    let target = target_with_data(RedisConfig::default());
-    let src = faulty(&fc, &id, None).await;
-    let engine = RedisEngine::new(
-        RedisOptions::from_url(&target.url())
-            .unwrap()
-            .with_flush(true)
-            .with_load(RedisLoad::Commands)
-            .with_max_value_bytes(1024),
-    );
-    let e = engine.restore_with_report(&src).await.unwrap_err();
-    let msg = e.to_string();
-    assert!(!matches!(e, Error::Corrupt { .. }), "{e:?}");
-    assert!(!msg.contains("corrupt"), "{msg}");
-    assert!(msg.contains("too large to send as a command"), "{msg}");
-    assert!(msg.contains("--redis-load replication"), "{msg}");
-    assert!(msg.contains("was emptied (FLUSHALL)"), "{msg}");
+    let recorded = &fc.statefile_json(&id)["engine"]["details"]["largestValueBytes"];
+    assert!(recorded.as_u64().unwrap() > 1024, "{recorded}");
+    for recorded in [true, false] {
+        let target = target_with_data(RedisConfig::default());
+        let mut src = faulty(&fc, &id, None).await;
+        if !recorded {
+            let details = &mut src.statefile.engine.as_mut().unwrap().details;
+            assert!(details.remove("largestValueBytes").is_some());
+        }
+        let engine = RedisEngine::new(
+            RedisOptions::from_url(&target.url())
+                .unwrap()
+                .with_flush(true)
+                .with_load(RedisLoad::Commands)
+                .with_max_value_bytes(1024),
+        );
+        let e = engine.restore_with_report(&src).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(!matches!(e, Error::Corrupt { .. }), "{e:?}");
+        assert!(!msg.contains("corrupt"), "{msg}");
+        assert!(msg.contains("too large to send as a command"), "{msg}");
+        assert!(msg.contains("--redis-load replication"), "{msg}");
+        if recorded {
+            assert_untouched(&target);
+            assert!(!msg.contains("emptied"), "{msg}");
+        } else {
+            assert!(msg.contains("was emptied (FLUSHALL)"), "{msg}");
+        }
+    }
 }
 
 #[tokio::test]

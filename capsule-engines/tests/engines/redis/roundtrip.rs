@@ -205,11 +205,19 @@ async fn a_value_of_64_mib_round_trips() {
         (65u64 << 20).to_string()
     );
     let digest = redis.digest();
+    // A DUMP payload is the value's encoding (type byte included) plus the
+    // RDB version (2 bytes) and a CRC-64 (8).
+    let dumped = c.cmd(&[b"DUMP", b"big"]).bytes().unwrap().len() as u64;
 
     let fc = FileCatalog::new();
     let engine = engine(&redis.url());
     let report = backup(&fc.catalog, &engine).await.unwrap();
     let id = report.statefile.backup_id.to_string();
+    // What a restore by commands checks against its limit before writing.
+    assert_eq!(
+        fc.statefile_json(&id)["engine"]["details"]["largestValueBytes"],
+        dumped - 10
+    );
     wipe_and_restore(&redis, &fc, &engine, &id).await;
     assert_eq!(redis.digest(), digest);
 }
