@@ -266,8 +266,6 @@ impl Launch {
     }
 }
 
-/// Sends SIGKILL to process group `pgid` with the procps `kill` binary
-/// (no `unsafe` needed).
 /// A server stopped by [`ServerProcess::freeze`]; dropping it lets the
 /// server run again.
 #[must_use = "the server runs again when this is dropped"]
@@ -291,6 +289,8 @@ fn signal(pid: u32, sig: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Sends SIGKILL to process group `pgid` with the procps `kill` binary
+/// (no `unsafe` needed).
 fn kill_group(pgid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])

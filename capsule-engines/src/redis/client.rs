@@ -183,6 +183,9 @@ impl Client {
                     ),
                 )
             })??;
+        // Every later reply, too: a server that stops answering fails the
+        // request after `idle_timeout` instead of holding the job for ever.
+        client.set_idle_limit(Some(conn.idle_timeout));
         Ok(client)
     }
 
@@ -221,7 +224,8 @@ impl Client {
     }
 
     /// Makes every later read fail after `limit` without a byte from the
-    /// server (`None`: wait as long as it takes, the default).
+    /// server (`None` or zero: wait as long as it takes). [`Client::connect`]
+    /// sets the connection's `idle_timeout`.
     pub(crate) fn set_idle_limit(&mut self, limit: Option<std::time::Duration>) {
         self.reader.get_mut().set_limit(limit);
     }

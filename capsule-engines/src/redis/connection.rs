@@ -38,8 +38,9 @@ pub struct RedisConnection {
     /// How long to wait for a connection and each handshake step (default 10 s).
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
-    /// How long a capture, or a restore sending commands, waits for the
-    /// next byte from the server before it fails (default 120 s): a server
+    /// How long capsule waits for the next byte of a reply (captures,
+    /// restores, drills; not a restore's `FLUSHALL`, which may take long)
+    /// before the request fails (default 120 s; zero: no limit): a server
     /// that died or a network that partitioned without a reset cannot hold
     /// a job for ever. Only waiting on the server counts.
     #[serde(with = "secs")]

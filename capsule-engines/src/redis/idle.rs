@@ -43,10 +43,20 @@ impl<R> IdleLimit<R> {
         }
     }
 
-    /// Sets (or, with `None`, lifts) the limit for the reads to come.
+    /// Sets (or, with `None` or zero, lifts) the limit for the reads to
+    /// come.
     pub(crate) fn set_limit(&mut self, limit: Option<Duration>) {
-        self.limit = limit;
+        self.limit = limit.filter(|d| !d.is_zero());
         self.armed = false;
+    }
+}
+
+/// `limit` for messages: `120 s`, or `500 ms` below a whole second.
+pub(crate) fn shown(limit: Duration) -> String {
+    if limit.subsec_nanos() == 0 {
+        format!("{} s", limit.as_secs())
+    } else {
+        format!("{} ms", limit.as_millis())
     }
 }
 
@@ -79,10 +89,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for IdleLimit<R> {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "redis {}: nothing received for {} s: the server or the network stopped \
+                    "redis {}: nothing received for {}: the server or the network stopped \
                      answering",
                     this.endpoint,
-                    limit.as_secs()
+                    shown(limit)
                 ),
             )));
         }
@@ -167,9 +177,19 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_limit_a_read_waits() {
-        let (_server, client) = tokio::io::duplex(64);
-        let mut r = IdleLimit::new(client, "cache:6379".into());
-        let waited = tokio::time::timeout(LIMIT * 2, r.read(&mut [0u8; 8])).await;
-        assert!(waited.is_err(), "no limit set: the read is still waiting");
+        for limit in [None, Some(Duration::ZERO)] {
+            let (_server, client) = tokio::io::duplex(64);
+            let mut r = IdleLimit::new(client, "cache:6379".into());
+            r.set_limit(limit);
+            let waited = tokio::time::timeout(LIMIT * 2, r.read(&mut [0u8; 8])).await;
+            assert!(waited.is_err(), "{limit:?}: the read is still waiting");
+        }
+    }
+
+    #[test]
+    fn limits_show_in_seconds_or_milliseconds() {
+        assert_eq!(shown(Duration::from_secs(120)), "120 s");
+        assert_eq!(shown(Duration::from_millis(1500)), "1500 ms");
+        assert_eq!(shown(Duration::from_millis(200)), "200 ms");
     }
 }

@@ -63,10 +63,9 @@ pub(crate) enum Handshake {
 /// Authentication and connection failures (which a fallback would hit as
 /// well); the server refusing replication is [`Handshake::Refused`].
 pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
+    // Its idle limit makes a server that stops sending mid-RDB fail the
+    // capture instead of holding it (and the schedule behind it) for ever.
     let mut client = Client::connect(conn).await?;
-    // A server that stops sending mid-RDB fails the capture instead of
-    // holding it (and the schedule behind it) forever.
-    client.set_idle_limit(Some(conn.idle_timeout));
     let endpoint = client.endpoint.clone();
     let refused = |step: &str, why: String| Ok(Handshake::Refused(format!("{step}: {why}")));
     match client
@@ -162,6 +161,12 @@ pub(crate) async fn start(conn: &RedisConnection) -> Result<Handshake> {
 /// most `idle` of silence (the server sends a newline every second while
 /// it prepares the RDB).
 async fn next_line(client: &mut Client, idle: Duration) -> Result<Vec<u8>> {
+    // Zero: no limit (a year is as good).
+    let idle = if idle.is_zero() {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        idle
+    };
     let mut said = false;
     loop {
         let line = tokio::time::timeout(idle, resp::read_line(&mut client.reader))
@@ -170,7 +175,7 @@ async fn next_line(client: &mut Client, idle: Duration) -> Result<Vec<u8>> {
                 super::client::engine_error(
                     &client.endpoint,
                     "replication",
-                    format!("nothing received for {} s", idle.as_secs()),
+                    format!("nothing received for {}", super::idle::shown(idle)),
                 )
             })?
             .map_err(|e| super::client::engine_error(&client.endpoint, "replication", e))?;

@@ -280,7 +280,12 @@ pub(crate) async fn restore(
         // A FLUSHALL cut off may have run; one the server refused did not.
         touched = true;
         if target != Target::Replace {
-            if let Reply::Error(e) = client.raw_call(&[b"FLUSHALL"]).await? {
+            // No idle limit on this one: on a large keyspace a synchronous
+            // FLUSHALL may take long before its reply.
+            client.set_idle_limit(None);
+            let flushed = client.raw_call(&[b"FLUSHALL"]).await?;
+            client.set_idle_limit(Some(conn.idle_timeout));
+            if let Reply::Error(e) = flushed {
                 touched = failed_load;
                 let hint = if e.starts_with("READONLY") {
                     ": the target is a read-only replica; restore into its primary, or, if \
@@ -293,10 +298,6 @@ pub(crate) async fn restore(
             }
             tracing::info!(target = %endpoint, "target flushed");
         }
-        // From here the target answers each command in turn (a FLUSHALL
-        // above may take long on a large keyspace, and had no limit): a
-        // target that stops answering fails the restore.
-        client.set_idle_limit(Some(conn.idle_timeout));
         sender::send(client, ops).await.map(Some)
     }
     .await;

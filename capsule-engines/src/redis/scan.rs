@@ -32,7 +32,6 @@ pub(crate) async fn capture(
     mut out: DuplexStream,
 ) -> Result<()> {
     let mut client = Client::connect(&conn).await?;
-    client.set_idle_limit(Some(conn.idle_timeout));
     let endpoint = client.endpoint.clone();
     let server = ServerInfo::read(&mut client).await?;
     let dbs = client.keyspace().await?;
@@ -60,28 +59,34 @@ pub(crate) async fn capture(
                 w.get(version as u32)?.raw(records);
             }
         }
-        // Before Redis 7 there are no functions to capture.
-        Reply::Error(e) if e.starts_with("ERR unknown") => {
-            tracing::debug!(%endpoint, reply = %e, "the server has no functions");
-        }
-        // Refused (an ACL without `function|dump`, a renamed command): fine
-        // only where the server holds no library, else the backup would
-        // finish without them and nothing would say so.
+        // Refused: a server before 7 (no functions), an ACL without
+        // `function|dump`, a renamed or disabled command (`ERR unknown
+        // command` on 7 as well). Fine only where the server holds no
+        // library (`INFO memory` has no count before 7), else the backup
+        // would finish without them and nothing would say so.
         Reply::Error(e) => {
-            let libraries = client.info("memory").await?;
-            let libraries = libraries.get("number_of_libraries").map(String::as_str);
-            if libraries != Some("0") {
-                return Err(engine_error(
-                    &endpoint,
-                    "FUNCTION DUMP",
-                    format!(
-                        "{e}: the server holds {} function libraries, which this backup would \
-                         miss; allow the user `+function|dump`",
-                        libraries.unwrap_or("an unknown number of")
-                    ),
-                ));
+            let memory = client.info("memory").await?;
+            match memory.get("number_of_libraries").map(String::as_str) {
+                None | Some("0") => {
+                    tracing::debug!(%endpoint, reply = %e, "FUNCTION DUMP refused; the server holds no library");
+                }
+                Some(n) => {
+                    let fix = if e.starts_with("ERR unknown") {
+                        "the FUNCTION command is renamed or disabled on this server: capture \
+                         by replication instead"
+                    } else {
+                        "allow the user `+function|dump`"
+                    };
+                    return Err(engine_error(
+                        &endpoint,
+                        "FUNCTION DUMP",
+                        format!(
+                            "{e}: the server holds {n} function libraries, which this backup \
+                             would miss; {fix}"
+                        ),
+                    ));
+                }
             }
-            tracing::debug!(%endpoint, reply = %e, "FUNCTION DUMP refused; the server holds no library");
         }
         other => tracing::debug!(%endpoint, reply = ?other, "no functions captured"),
     }

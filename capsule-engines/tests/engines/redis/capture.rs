@@ -72,16 +72,54 @@ async fn a_fallback_refused_function_dump_fails_only_where_libraries_exist() {
     assert_eq!(target.digest(), redis.digest());
 }
 
+/// On Redis 7 a renamed or disabled FUNCTION answers `ERR unknown
+/// command`, as a server before 7 does: the library count tells them
+/// apart, so the libraries are not lost either way.
+#[tokio::test]
+async fn a_fallback_with_function_renamed_fails_only_where_libraries_exist() {
+    let redis = Redis::start_with(
+        RedisConfig::default().with_args(
+            &[
+                &NO_REPLICATION[..],
+                &["--rename-command", "FUNCTION", "capsule-test-fn"],
+            ]
+            .concat(),
+        ),
+    );
+    let lib = b"#!lua name=renamedlib\nredis.register_function('f1', function() return 1 end)";
+    assert_eq!(
+        redis.cmd(&[b"capsule-test-fn", b"LOAD", lib]).text(),
+        "renamedlib"
+    );
+    redis.cmd(&[b"SET", b"k", b"v"]);
+    let fc = FileCatalog::new();
+    let msg = backup(&fc.catalog, &engine(&redis.url()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("ERR unknown command"), "{msg}");
+    assert!(msg.contains("holds 1 function libraries"), "{msg}");
+    assert!(msg.contains("renamed or disabled"), "{msg}");
+
+    redis.cmd(&[b"capsule-test-fn", b"FLUSH"]);
+    let (target, details) = round_trip(&engine(&redis.url())).await;
+    assert_eq!(details["capture"], "scan-dump");
+    assert_eq!(target.digest(), redis.digest());
+}
+
+/// Server arguments that disable replication (as managed services do).
+const NO_REPLICATION: [&str; 6] = [
+    "--rename-command",
+    "PSYNC",
+    "",
+    "--rename-command",
+    "SYNC",
+    "",
+];
+
 #[tokio::test]
 async fn a_renamed_psync_falls_back_and_forced_scan_gives_the_same_digest() {
-    let redis = Redis::start_with(RedisConfig::default().with_args(&[
-        "--rename-command",
-        "PSYNC",
-        "",
-        "--rename-command",
-        "SYNC",
-        "",
-    ]));
+    let redis = Redis::start_with(RedisConfig::default().with_args(&NO_REPLICATION));
     fill_every_type(&redis);
     let (target, details) = round_trip(&engine(&redis.url())).await;
     assert_eq!(details["capture"], "scan-dump");

@@ -482,10 +482,6 @@ async fn counts_differing_from_the_fingerprint_are_refused_before_the_target_cha
     assert_untouched(&target);
 }
 
-/// The targets that load straight from the socket: `swapdb` (aside, then
-/// swapped in) and `on-empty-db` (when it holds no keys). Both give the
-/// source's digest; a `swapdb` target keeps its data when the stream
-/// fails mid-transfer.
 /// By commands the keys go out as the RDB streams, so counts that differ
 /// from the fingerprint show only at the end: the error says what
 /// happened to the target.
@@ -510,6 +506,10 @@ async fn counts_differing_after_a_restore_by_commands_say_the_target_was_emptied
     assert_eq!(target.cmd(&[b"EXISTS", b"sentinel"]).text(), "0");
 }
 
+/// The targets that load straight from the socket: `swapdb` (aside, then
+/// swapped in) and `on-empty-db` (when it holds no keys). Both give the
+/// source's digest; a `swapdb` target keeps its data when the stream
+/// fails mid-transfer.
 #[tokio::test]
 async fn diskless_loading_targets_restore_and_keep_their_data_on_a_failure() {
     let (source, fc, id) = every_type_backup().await;
