@@ -361,6 +361,29 @@ fn wait_until(port: u16, ready: impl Fn(&mut test_support::redis::RedisClient) -
     false
 }
 
+/// Runs `job` (for at most 60 s), freezing `server` ([`Redis::process`]'s
+/// `freeze`) once `ready` holds and `settle` more has passed; `what` names
+/// the moment waited for. The server runs again before this returns; the
+/// outer error is the 60 s running out.
+async fn frozen_during<T>(
+    server: &Redis,
+    what: &str,
+    ready: impl Fn(&mut test_support::redis::RedisClient) -> bool + Send + 'static,
+    settle: Duration,
+    job: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let port = server.port;
+    let freeze = async {
+        let reached = tokio::task::spawn_blocking(move || wait_until(port, ready));
+        assert!(reached.await.unwrap(), "{what}");
+        tokio::time::sleep(settle).await;
+        server.process().freeze()
+    };
+    let (result, frozen) = tokio::join!(tokio::time::timeout(Duration::from_secs(60), job), freeze);
+    drop(frozen);
+    result
+}
+
 /// `options` with a one-second idle timeout.
 fn impatient(mut options: RedisOptions) -> RedisEngine {
     options.connection = options.connection.with_idle_timeout(Duration::from_secs(1));
@@ -377,25 +400,20 @@ async fn a_source_silent_mid_capture_fails_the_backup() {
     let fc = FileCatalog::new();
     let engine = impatient(RedisOptions::from_url(&redis.url()).unwrap());
     let port = redis.port;
-    let freeze = async {
-        // capsule is a replica, and the RDB (4 s of it) has been
-        // streaming for half a second.
-        let streaming = tokio::task::spawn_blocking(move || {
-            wait_until(port, |c| {
-                !c.cmd(&[b"CLIENT", b"LIST", b"TYPE", b"replica"])
-                    .text()
-                    .is_empty()
-            })
-        });
-        assert!(streaming.await.unwrap(), "the capture never started");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        redis.process().freeze()
-    };
-    let (result, frozen) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(60), backup(&fc.catalog, &engine)),
-        freeze
-    );
-    drop(frozen);
+    // capsule is a replica, and the RDB (4 s of it) has been streaming for
+    // half a second.
+    let result = frozen_during(
+        &redis,
+        "the capture never started",
+        |c| {
+            !c.cmd(&[b"CLIENT", b"LIST", b"TYPE", b"replica"])
+                .text()
+                .is_empty()
+        },
+        Duration::from_millis(500),
+        backup(&fc.catalog, &engine),
+    )
+    .await;
     let e = result
         .expect("the idle timeout, not the test's, ends the capture")
         .unwrap_err()
@@ -426,26 +444,16 @@ async fn a_target_silent_mid_restore_fails_it() {
             .with_flush(true)
             .with_load(RedisLoad::Commands),
     );
-    let port = target.port;
-    let freeze = async {
-        // Flushed, and the first keys in: commands are in flight.
-        let streaming = tokio::task::spawn_blocking(move || {
-            wait_until(port, |c| {
-                c.cmd(&[b"EXISTS", b"sentinel"]).text() == "0" && c.cmd(&[b"DBSIZE"]).text() != "0"
-            })
-        });
-        assert!(streaming.await.unwrap(), "the restore never started");
-        target.process().freeze()
-    };
     let ctx = JobContext::new(&NoProgress);
-    let (result, frozen) = tokio::join!(
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx)
-        ),
-        freeze
-    );
-    drop(frozen);
+    // Flushed, and the first keys in: commands are in flight.
+    let result = frozen_during(
+        &target,
+        "the restore never started",
+        |c| c.cmd(&[b"EXISTS", b"sentinel"]).text() == "0" && c.cmd(&[b"DBSIZE"]).text() != "0",
+        Duration::ZERO,
+        run_restore(&fc.catalog, &engine, &id, RestoreOptions::default(), &ctx),
+    )
+    .await;
     let e = result
         .expect("the idle timeout, not the test's, ends the restore")
         .unwrap_err()
