@@ -196,17 +196,30 @@ impl ServerProcess {
     ///
     /// # Panics
     /// With the log tail, if the server exits first or `timeout` passes.
-    pub fn wait_ready(&mut self, what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
+    pub fn wait_ready(&mut self, what: &str, timeout: Duration, probe: impl FnMut() -> bool) {
+        if let Err(message) = self.try_wait_ready(what, timeout, probe) {
+            self.fail(&message);
+        }
+    }
+
+    /// As [`ServerProcess::wait_ready`], returning what went wrong instead
+    /// of panicking (the log tail is in [`ServerProcess::log_tail`]).
+    pub fn try_wait_ready(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<(), String> {
         let start = Instant::now();
         loop {
             if probe() {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.fail(&format!("exited during startup ({status}) before {what}"));
+                return Err(format!("exited during startup ({status}) before {what}"));
             }
             if start.elapsed() > timeout {
-                self.fail(&format!("not ready after {timeout:?}: {what}"));
+                return Err(format!("not ready after {timeout:?}: {what}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -84,6 +84,28 @@ impl SeaweedFs {
     /// # Panics
     /// As [`SeaweedFs::start`].
     pub fn start_with(config: SeaweedConfig) -> SeaweedFs {
+        // `weed mini` binds eleven ports picked free a moment before; one
+        // may be taken meanwhile (another server starting, or an outgoing
+        // connection's ephemeral port). Such a start is retried on other
+        // ports.
+        let mut attempt = 1;
+        loop {
+            let (process, message) = match Self::launch(&config) {
+                Ok(server) => return server,
+                Err(failed) => *failed,
+            };
+            if attempt < 3 && process.log_tail(40).contains("address already in use") {
+                eprintln!("seaweedfs: {message}: a port was taken; starting again");
+                attempt += 1;
+            } else {
+                process.fail(&message);
+            }
+        }
+    }
+
+    /// One start of `weed mini`: the server, or the process that failed to
+    /// become ready and why.
+    fn launch(config: &SeaweedConfig) -> Result<SeaweedFs, Box<(ServerProcess, String)>> {
         let weed = find_binary("weed", "CAPSULE_WEED", &python_scripts_dir());
         let work = ServerProcess::work_dir_for("seaweedfs");
         let access_key = format!("AK{}", random_hex(8)).to_uppercase();
@@ -181,12 +203,14 @@ impl SeaweedFs {
         // The S3 API answers (an authenticated ListBuckets succeeds) once the
         // filer behind it is up.
         let probe = server_probe(s3, &access_key, &secret_key);
-        process.wait_ready(
+        if let Err(message) = process.try_wait_ready(
             "S3 API answering ListBuckets",
             Duration::from_secs(60),
             probe,
-        );
-        SeaweedFs {
+        ) {
+            return Err(Box::new((process, message)));
+        }
+        Ok(SeaweedFs {
             endpoint: format!("http://127.0.0.1:{s3}"),
             port: s3,
             https_port,
@@ -196,7 +220,7 @@ impl SeaweedFs {
             reader_secret_key,
             region: "us-east-1".into(),
             process,
-        }
+        })
     }
 
     /// One server shared by every test of the calling test binary, started
