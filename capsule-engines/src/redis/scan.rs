@@ -144,6 +144,13 @@ pub(crate) async fn capture(
                     };
                     let (value, version) = split_dump_payload(&payload)
                         .map_err(|e| engine_error(&endpoint, "DUMP", e))?;
+                    if value.is_empty() {
+                        return Err(engine_error(
+                            &endpoint,
+                            "DUMP",
+                            "a payload with no value (only its footer)",
+                        ));
+                    }
                     let writer = w.get(version as u32)?;
                     if !selected {
                         writer.select_db(db);

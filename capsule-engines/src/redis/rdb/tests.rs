@@ -252,3 +252,15 @@ fn server_versions_map_to_rdb_versions() {
     }
     assert_eq!(rdb_version_for_server("banana"), None);
 }
+
+#[test]
+fn a_footer_only_payload_is_an_empty_value() {
+    // `FUNCTION DUMP` of a Redis 7.0 without libraries (from redis-cli).
+    let empty = b"\n\0]\x9b\\@\x0f\x7f\xa2\xda";
+    assert_eq!(split_dump_payload(empty).unwrap(), (&b""[..], 10));
+    assert_eq!(dump_payload(Vec::new(), 10), empty);
+    assert!(split_dump_payload(&empty[1..]).is_err());
+    let mut flipped = empty.to_vec();
+    flipped[0] ^= 1;
+    assert!(split_dump_payload(&flipped).is_err());
+}

@@ -152,10 +152,15 @@ pub fn dump_payload(mut value: Vec<u8>, version: u16) -> Vec<u8> {
 /// Checks a `DUMP` payload's footer and returns the value (type byte and
 /// encoding) and its RDB version.
 ///
+/// The value is empty only where the footer is all there is: `FUNCTION
+/// DUMP` of a server without libraries. A key's value is never empty;
+/// callers that split one check that.
+///
 /// # Errors
-/// [`RdbError::Corrupt`] when it is too short or its CRC does not match.
+/// [`RdbError::Corrupt`] when it is shorter than its footer or its CRC
+/// does not match.
 pub fn split_dump_payload(payload: &[u8]) -> Result<(&[u8], u16), RdbError> {
-    if payload.len() < 11 {
+    if payload.len() < 10 {
         return Err(RdbError::corrupt(0, "DUMP payload shorter than its footer"));
     }
     let (body, crc) = payload.split_at(payload.len() - 8);

@@ -137,6 +137,16 @@ async fn a_renamed_psync_falls_back_and_forced_scan_gives_the_same_digest() {
     assert_eq!(details["capture"], "scan-dump");
     assert!(details.get("fallbackReason").is_none());
     assert_eq!(target.digest(), plain.digest());
+
+    // Without libraries, FUNCTION DUMP answers with a footer only.
+    plain.cmd(&[b"FUNCTION", b"FLUSH"]);
+    let (target, details) = round_trip(&forced).await;
+    assert_eq!(details["capture"], "scan-dump");
+    assert_eq!(target.digest(), plain.digest());
+    assert_eq!(
+        target.cmd(&[b"FUNCTION", b"LIST"]),
+        plain.cmd(&[b"FUNCTION", b"LIST"])
+    );
 }
 
 /// A waiting replica gets keep-alive newlines: before `+FULLRESYNC` while

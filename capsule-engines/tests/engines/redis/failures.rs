@@ -11,7 +11,7 @@ use capsule_core::{
     ServiceType, run_backup, run_restore,
 };
 use capsule_engines::redis::rdb::{RdbWriter, Value};
-use capsule_engines::{RedisEngine, RedisLoad, RedisOptions};
+use capsule_engines::{RedisCapture, RedisEngine, RedisLoad, RedisOptions};
 use test_support::redis::{Redis, RedisConfig};
 
 use super::support::*;
@@ -414,17 +414,58 @@ async fn a_source_silent_mid_capture_fails_the_backup() {
         backup(&fc.catalog, &engine),
     )
     .await;
+    let e = failed_silently(result, port, &fc);
+    // Mid-RDB: the pipeline's read of the payload failed.
+    assert!(e.contains("reading the source failed"), "{e}");
+}
+
+/// Checks that a capture from the server at `port` ended on the idle
+/// timeout (not the test's), recorded failed with nothing stored in `fc`;
+/// returns the error's text.
+fn failed_silently(
+    result: Result<capsule_core::Result<capsule_core::BackupReport>, tokio::time::error::Elapsed>,
+    port: u16,
+    fc: &FileCatalog,
+) -> String {
     let e = result
         .expect("the idle timeout, not the test's, ends the capture")
         .unwrap_err()
         .to_string();
-    // Mid-RDB: the pipeline's read of the payload failed.
-    assert!(e.contains("reading the source failed"), "{e}");
     assert!(e.contains(&format!("redis 127.0.0.1:{port}")), "{e}");
     assert!(e.contains("nothing received for 1 s"), "{e}");
-    let id = only_backup(&fc);
+    let id = only_backup(fc);
     assert_eq!(fc.statefile_json(&id)["status"], "failed");
     assert!(!fc.object_path(&id, "dump.rdb.zst").exists());
+    e
+}
+
+/// The same by SCAN + DUMP (the fallback where replication is refused):
+/// a source frozen once the DUMPs have begun fails the capture on the idle
+/// timeout, recorded failed with nothing stored.
+#[tokio::test]
+async fn a_source_silent_mid_scan_fails_the_backup() {
+    let redis = Redis::start();
+    redis.cmd(&[b"DEBUG", b"POPULATE", b"300000", b"key", b"100"]);
+    let fc = FileCatalog::new();
+    let engine = impatient(
+        RedisOptions::from_url(&redis.url())
+            .unwrap()
+            .with_capture(RedisCapture::Scan),
+    );
+    let port = redis.port;
+    let result = frozen_during(
+        &redis,
+        "the SCAN capture never started",
+        |c| {
+            c.cmd(&[b"INFO", b"commandstats"])
+                .text()
+                .contains("cmdstat_dump:")
+        },
+        Duration::ZERO,
+        backup(&fc.catalog, &engine),
+    )
+    .await;
+    failed_silently(result, port, &fc);
 }
 
 /// A target that stops answering in the middle of a restore by commands
