@@ -2173,6 +2173,104 @@ mod pg {
         .fails_with(2);
     }
 
+    /// Ctrl-C or SIGTERM while pg_restore runs cleans up as
+    /// docs/postgresql.md says: a safe, target-db or drill restore drops
+    /// the database it was creating, an in-place one says the live
+    /// database may be partly restored; exit 130 either way.
+    #[test]
+    fn an_interrupted_restore_or_drill_cleans_up_and_says_so() {
+        let t = Target::file();
+        let db = sample_db("cli_pg_int");
+        let id = t
+            .run(&["pg", "--create", "--pg-url", &pg().url(&db)])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        // capsule and pg_restore reach the server through a slow link, so
+        // pg_restore is still at work when the signal comes.
+        let proxy = TcpProxy::start(pg().port);
+        proxy.set(NetFault::Delay(Duration::from_millis(40)));
+        let url = format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port);
+        let target = Postgres::unique_name("cli_pg_int_target");
+        let runs: [(&[&str], &str, String); 4] = [
+            (
+                &["--restore", "--yes"],
+                "dropped again",
+                format!("{db}__capsule_restore_"),
+            ),
+            (
+                &["--restore", "--yes", "--target-db", &target],
+                "dropped again",
+                target.clone(),
+            ),
+            (
+                &["--verify"],
+                "dropped again",
+                format!("{db}__capsule_verify_"),
+            ),
+            (
+                &["--restore", "--yes", "--in-place"],
+                "run the restore again",
+                format!("{db}__capsule_"),
+            ),
+        ];
+        for (flags, says, leftover) in runs {
+            let mut args: Vec<&str> = t.flags.iter().map(String::as_str).collect();
+            args.extend(["pg", "--id", &id, "--pg-url", &url]);
+            args.extend(flags);
+            let child = capsule_command(&args, &[], t.dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let restoring = || {
+                pg().psql(
+                    "postgres",
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'",
+                ) != "0"
+            };
+            let start = Instant::now();
+            while !restoring() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{flags:?}: no pg_restore"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sigterm(child.id());
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(130), "{flags:?}: {stderr}");
+            assert!(stderr.contains("cancelled"), "{flags:?}: {stderr}");
+            assert!(stderr.contains(says), "{flags:?}: {stderr}");
+            assert_eq!(
+                pg().databases_like(&leftover),
+                Vec::<String>::new(),
+                "{flags:?}"
+            );
+        }
+        // The restore history says what happened to each.
+        let sf = statefile(&t, &id);
+        let restores = sf["restores"].as_array().unwrap();
+        assert_eq!(restores.len(), 3, "{sf:#}");
+        assert!(restores.iter().all(|r| r["status"] == "failed"), "{sf:#}");
+        // Run again without the slow link, the in-place restore brings the
+        // backup back.
+        t.run(&[
+            "pg",
+            "--restore",
+            "--id",
+            &id,
+            "--pg-url",
+            &pg().url(&db),
+            "--in-place",
+            "--yes",
+        ])
+        .ok();
+        assert_eq!(counts(&db), "500/1200/500/42");
+    }
+
     #[test]
     fn libpq_variables_are_connection_settings() {
         let t = Target::file();

@@ -345,6 +345,10 @@ fn comparison_json(
 /// [`PgEngine::restore_with_report`] and [`PgEngine::verify_with_report`]
 /// say beyond the core's [`RestoreOutcome`] (the previous database, the
 /// roles created) and the fingerprint recorded at backup, for the output.
+///
+/// Every [`Engine`] method is passed on, those with a default included
+/// (`cancel_grace`: without the engine's, an interrupted restore would be
+/// dropped at once, before it drops the database it was creating).
 struct Reporting {
     engine: PgEngine,
     report: Mutex<Option<PgRestoreReport>>,
@@ -410,12 +414,20 @@ impl Engine for Reporting {
         self.engine.backup(sink, ctx).await
     }
 
+    fn cancel_grace(&self) -> std::time::Duration {
+        self.engine.cancel_grace()
+    }
+
+    fn zstd_level(&self) -> Option<i32> {
+        self.engine.zstd_level()
+    }
+
     async fn restore(
         &self,
         source: &dyn ArtifactSource,
-        _ctx: &JobContext<'_>,
+        ctx: &JobContext<'_>,
     ) -> capsule_core::Result<RestoreOutcome> {
-        let report = self.engine.restore_with_report(source).await?;
+        let report = self.engine.restore_with_report(source, ctx).await?;
         self.keep(source, &report);
         Ok(RestoreOutcome {
             target: report.target,
@@ -436,9 +448,9 @@ impl Engine for Reporting {
     async fn restore_scratch(
         &self,
         source: &dyn ArtifactSource,
-        _ctx: &JobContext<'_>,
+        ctx: &JobContext<'_>,
     ) -> capsule_core::Result<RestoreOutcome> {
-        let report = self.engine.verify_with_report(source).await?;
+        let report = self.engine.verify_with_report(source, ctx).await?;
         self.keep(source, &report);
         Ok(RestoreOutcome {
             target: report.target,

@@ -83,16 +83,20 @@ impl PgEngine {
     /// [`capsule_core::Error::Invalid`] when a target database exists;
     /// [`capsule_core::Error::Unsupported`] for an unknown dump format or
     /// client tools older than the dump or the server.
+    ///
+    /// `ctx`'s cancel token stops it: pg_restore is killed, a database
+    /// being created is dropped again, and the error
+    /// ([`capsule_core::Error::Cancelled`]) says what is left. Give it the
+    /// [`Engine::cancel_grace`] it asks for.
     pub async fn restore_with_report(
         &self,
         source: &dyn ArtifactSource,
+        ctx: &JobContext<'_>,
     ) -> Result<PgRestoreReport> {
-        self.restore_until(source, &CancellationToken::new()).await
+        self.restore_until(source, &ctx.cancel).await
     }
 
-    /// [`PgEngine::restore_with_report`], stopped by `cancel`: pg_restore is
-    /// killed, a database being created is dropped again, and the error
-    /// ([`capsule_core::Error::Cancelled`]) says what is left.
+    /// [`PgEngine::restore_with_report`], stopped by `cancel`.
     async fn restore_until(
         &self,
         source: &dyn ArtifactSource,
@@ -111,9 +115,13 @@ impl PgEngine {
     ///
     /// # Errors
     /// As [`PgEngine::restore_with_report`]; the throwaway database is
-    /// dropped in every case.
-    pub async fn verify_with_report(&self, source: &dyn ArtifactSource) -> Result<PgRestoreReport> {
-        restore::restore_scratch(self, source, &CancellationToken::new()).await
+    /// dropped in every case, a cancelled drill included.
+    pub async fn verify_with_report(
+        &self,
+        source: &dyn ArtifactSource,
+        ctx: &JobContext<'_>,
+    ) -> Result<PgRestoreReport> {
+        restore::restore_scratch(self, source, &ctx.cancel).await
     }
 }
 
@@ -204,7 +212,7 @@ impl Engine for PgEngine {
         source: &dyn ArtifactSource,
         ctx: &JobContext<'_>,
     ) -> Result<RestoreOutcome> {
-        let report = restore::restore_scratch(self, source, &ctx.cancel).await?;
+        let report = self.verify_with_report(source, ctx).await?;
         Ok(RestoreOutcome {
             target: report.target,
             mode: report.mode,
