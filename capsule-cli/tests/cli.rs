@@ -2250,8 +2250,10 @@ mod pg {
                 "{flags:?}"
             );
         }
-        // The restore history says what happened to each.
+        // The restore history says what happened to each; the stopped
+        // drill, which learned nothing of the backup, is not recorded.
         let sf = statefile(&t, &id);
+        assert_eq!(sf["verifications"], serde_json::json!([]), "{sf:#}");
         let restores = sf["restores"].as_array().unwrap();
         assert_eq!(restores.len(), 3, "{sf:#}");
         assert!(restores.iter().all(|r| r["status"] == "failed"), "{sf:#}");

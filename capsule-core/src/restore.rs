@@ -306,7 +306,9 @@ where
 /// [`Error::Decrypt`] for an encrypted backup without a matching identity
 /// (before the drill starts); the engine's error (e.g.
 /// [`Error::Corrupt`]) when the drill could not restore. The verification
-/// is recorded as `failed` in each of the last two cases.
+/// is recorded as `failed` in each of the last two cases, except for a
+/// drill stopped by `ctx.cancel` (nothing learned: not recorded) unless it
+/// had found a mismatch or corruption already.
 pub async fn run_verify(
     catalog: &Catalog,
     engine: &dyn Engine,
@@ -372,7 +374,15 @@ pub async fn run_verify(
             verification.error = Some(e.to_string());
         }
     }
-    if source.statefile().is_legacy() {
+    // A drill stopped by its caller learned nothing of the backup: a failed
+    // entry would show it unverified and lift its rotation protection.
+    let stopped = ctx.cancel.is_cancelled()
+        && outcome
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::VerificationFailed { .. } | Error::Corrupt { .. }));
+    if stopped {
+        tracing::info!(backup = %id, "restore drill cancelled: not recorded");
+    } else if source.statefile().is_legacy() {
         tracing::info!(backup = %id, "legacy statefile: verification not recorded");
     } else {
         let mut handle = catalog.load(id).await?;
