@@ -182,6 +182,21 @@ impl PgConnection {
     /// [`Error::Invalid`] naming the fault (the URL in the message has its
     /// password removed).
     pub fn from_url(url: &str) -> Result<Self> {
+        // libpq's URIs start `postgres://` or `postgresql://`. Anything
+        // else (`postgres:/u:pw@h/db`, a missing colon) would otherwise
+        // parse as a host-less URL whose database name holds the password.
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        let is_scheme = |s: &str| {
+            s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        };
+        if !scheme.is_some_and(is_scheme) {
+            return Err(invalid(format!(
+                "invalid URL {}: a PostgreSQL URL starts with postgres:// or postgresql://",
+                redact_url(url)
+            )));
+        }
         // libpq takes `postgres://user@/db?host=/socket/dir`, a user with
         // an empty host, which the URL parser refuses: parse it with a
         // placeholder host, left unused.
@@ -229,6 +244,13 @@ impl PgConnection {
             c.port = p;
         }
         let path = parsed.path().trim_start_matches('/');
+        if path.contains('@') {
+            return Err(invalid(format!(
+                "invalid URL {}: its database name holds an '@' (user:password@ in the wrong \
+                 place?); write an '@' in a database name as %40",
+                redact_url(url)
+            )));
+        }
         if !path.is_empty() {
             c.database = decode(path);
             db_set = true;
@@ -501,8 +523,17 @@ fn split_passfile_line(line: &str) -> Vec<String> {
 
 /// `url` with its password (and any `user:password@` userinfo) removed,
 /// for error messages.
+/// `url` as it may be shown: without the password, nor anything between
+/// the scheme and the last `@` (a misplaced `user:password@` included).
 pub(crate) fn redact_url(url: &str) -> String {
-    crate::postgresql::tools::scrub(url, &[])
+    let scrubbed = crate::postgresql::tools::scrub(url, &[]);
+    match scrubbed.rsplit_once('@') {
+        Some((before, host)) => {
+            let scheme = before.find("://").map_or("", |i| &before[..i + 3]);
+            format!("{scheme}***@{host}")
+        }
+        None => scrubbed,
+    }
 }
 
 #[cfg(test)]
@@ -612,6 +643,27 @@ mod tests {
             let e = PgConnection::from_url(url).unwrap_err().to_string();
             assert!(!e.contains("hunter2"), "{e}");
         }
+        // Typos that would otherwise parse as a database named after the
+        // password (and so reach errors and statefiles).
+        for url in [
+            "postgres:/u:hunter2@127.0.0.1/app",
+            "postgres:u:hunter2@127.0.0.1/app",
+            "postgres//u:hunter2@127.0.0.1/app",
+            "postgres:///u:hunter2@127.0.0.1/app",
+            "u:hunter2@127.0.0.1/app",
+        ] {
+            let e = PgConnection::from_url(url).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+            assert!(e.contains("127.0.0.1"), "{url}: {e}");
+        }
+        assert!(PgConnection::from_url("postgres://127.0.0.1/a@b").is_err());
+        let c = PgConnection::from_url("postgres://127.0.0.1/a%40b").unwrap();
+        assert_eq!(c.database, "a@b");
+        let socket = PgConnection::from_url("postgresql:///prod?host=/run/postgresql").unwrap();
+        assert_eq!(
+            (socket.host.as_str(), socket.database.as_str()),
+            ("/run/postgresql", "prod")
+        );
     }
 
     #[test]

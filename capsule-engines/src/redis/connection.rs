@@ -111,6 +111,21 @@ impl RedisConnection {
     pub fn from_url(url: &str) -> Result<Self> {
         let full = if url.contains("://") {
             url.to_string()
+        } else if url.starts_with("redis//") || url.starts_with("rediss//") {
+            // `redis//…`, `rediss//…`: a scheme without its colon.
+            return Err(invalid(format!(
+                "invalid Redis URL {}: it starts with redis:// or rediss://, or with the host",
+                redact_url(url)
+            )));
+        } else if let Some(("redis" | "rediss", rest)) = url.split_once(':')
+            && !rest.starts_with(|c: char| c.is_ascii_digit())
+        {
+            // `redis:/…`, `redis:…`: a scheme without its slashes (a host
+            // named redis takes a port: `redis:6379`).
+            return Err(invalid(format!(
+                "invalid Redis URL {}: it starts with redis:// or rediss://, or with the host",
+                redact_url(url)
+            )));
         } else {
             format!("redis://{url}")
         };
@@ -259,6 +274,28 @@ mod tests {
         assert_eq!(c.to_string(), "[::1]:7000/2");
         let c = RedisConnection::from_url("cache:6379").unwrap();
         assert_eq!(c.endpoint(), "cache:6379");
+        // Hosts named like the scheme stay hosts.
+        for (url, endpoint) in [
+            ("redis:6379", "redis:6379"),
+            ("redis-master.ns:6380", "redis-master.ns:6380"),
+            ("rediss", "rediss:6379"),
+        ] {
+            assert_eq!(RedisConnection::from_url(url).unwrap().endpoint(), endpoint);
+        }
+        // A scheme missing its slashes or colon is named as such.
+        for url in [
+            "redis:/:hunter2@127.0.0.1:6379",
+            "redis::hunter2@127.0.0.1:6379",
+            "redis//:hunter2@127.0.0.1:6379",
+            "rediss//u:hunter2@127.0.0.1",
+        ] {
+            let e = RedisConnection::from_url(url).unwrap_err().to_string();
+            assert!(e.contains("starts with redis://"), "{url}: {e}");
+            assert!(
+                !e.contains("hunter2") && e.contains("127.0.0.1"),
+                "{url}: {e}"
+            );
+        }
     }
 
     #[test]
