@@ -15,8 +15,9 @@
 //!   manual backups are never rotated away. On top of that:
 //!   `keep_daily`/`keep_weekly`/`keep_monthly` keep the newest finished
 //!   periodic backup of each of the last N days, ISO weeks and months (UTC)
-//!   that have one; the newest finished backup and the newest verified one
-//!   are never deleted whatever the settings; failed and abandoned periodic
+//!   that have one; the newest finished backup, the newest verified one
+//!   and any with a restore requested or running are never deleted
+//!   whatever the settings; failed and abandoned periodic
 //!   backups are deleted once older than `failed_grace`, and interrupted
 //!   deletes are resumed after the same grace.
 
@@ -296,6 +297,8 @@ pub enum RotationReason {
     NewestFinished,
     /// The newest finished backup whose last verification passed.
     NewestVerified,
+    /// A restore of it is requested or running.
+    RestorePending,
     /// The newest of its day (`keep_daily`).
     Daily(String),
     /// The newest of its ISO week (`keep_weekly`).
@@ -322,6 +325,7 @@ impl fmt::Display for RotationReason {
             RotationReason::Rotation(n) => write!(f, "rotation #{n}"),
             RotationReason::NewestFinished => f.write_str("newest finished backup"),
             RotationReason::NewestVerified => f.write_str("newest verified backup"),
+            RotationReason::RestorePending => f.write_str("a restore of it is pending"),
             RotationReason::Daily(d) => write!(f, "newest of day {d}"),
             RotationReason::Weekly(w) => write!(f, "newest of week {w}"),
             RotationReason::Monthly(m) => write!(f, "newest of month {m}"),
@@ -408,6 +412,16 @@ pub fn plan_rotation(
         keep.entry(sf.backup_id.as_str())
             .or_default()
             .push(RotationReason::NewestVerified);
+    }
+    // An accepted restore request runs when its service is free, maybe
+    // after the very backup whose rotation would delete what it restores.
+    for sf in order
+        .iter()
+        .filter(|sf| sf.status == Status::Finished && sf.restore_pending())
+    {
+        keep.entry(sf.backup_id.as_str())
+            .or_default()
+            .push(RotationReason::RestorePending);
     }
 
     let finished_periodic: Vec<&Statefile> = order
@@ -516,7 +530,9 @@ pub fn plan_rotation(
 mod tests {
     use super::*;
     use crate::id::ServiceType;
+    use crate::statefile::Restore;
     use crate::statefile::{Owner, Verification};
+    use crate::status::RestoreStatus;
     use proptest::prelude::*;
 
     fn at(secs: i64) -> DateTime<Utc> {
@@ -691,6 +707,27 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_with_a_pending_restore_is_kept() {
+        let mut b: Vec<Statefile> = (0..4)
+            .map(|i| periodic(i * 3600, Status::Finished))
+            .collect();
+        b[0].restores.push(Restore::requested(at(4 * 3600)));
+        let mut running = Restore::requested(at(4 * 3600));
+        running.status = RestoreStatus::Running;
+        b[1].restores.push(running);
+        let mut done = Restore::requested(at(4 * 3600));
+        done.status = RestoreStatus::Finished;
+        b[2].restores.push(done);
+        let plan = plan_rotation(&b, &RotationPolicy::new(1), at(5 * 3600));
+        let deleted: Vec<&str> = plan.delete.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(deleted, [b[2].backup_id.as_str()]);
+        assert!(
+            plan.to_string().contains("a restore of it is pending"),
+            "{plan}"
+        );
+    }
+
+    #[test]
     fn rotation_zero_still_keeps_the_newest_finished() {
         let b: Vec<Statefile> = (0..3)
             .map(|i| periodic(i * 3600, Status::Finished))
@@ -774,13 +811,19 @@ mod tests {
 
     fn arb_backups() -> impl Strategy<Value = Vec<Statefile>> {
         proptest::collection::vec(
-            (0i64..200_000, 0usize..5, any::<bool>(), any::<bool>()),
+            (
+                0i64..200_000,
+                0usize..5,
+                any::<bool>(),
+                any::<bool>(),
+                0usize..8,
+            ),
             0..40,
         )
         .prop_map(|items| {
             items
                 .into_iter()
-                .map(|(t, s, manual, verified)| {
+                .map(|(t, s, manual, verified, restore)| {
                     let status = [
                         Status::Requested,
                         Status::Running,
@@ -794,6 +837,19 @@ mod tests {
                         RequestType::Periodic
                     };
                     let mut sf = backup(t, kind, status);
+                    // Mostly no restore; else one in any state.
+                    if let Some(&state) = [
+                        RestoreStatus::Requested,
+                        RestoreStatus::Running,
+                        RestoreStatus::Finished,
+                        RestoreStatus::Failed,
+                    ]
+                    .get(restore)
+                    {
+                        let mut r = Restore::requested(at(t + 30));
+                        r.status = state;
+                        sf.restores.push(r);
+                    }
                     if verified && status == Status::Finished {
                         sf.verifications.push(Verification {
                             at: at(t + 20),
@@ -839,8 +895,9 @@ mod tests {
             for id in &deleted {
                 let sf = by_id[id];
                 prop_assert!(sf.request_type == RequestType::Periodic || sf.status == Status::Deleting);
-                // Nothing live is deleted.
+                // Nothing live is deleted, nor what a pending restore reads.
                 prop_assert!(sf.status != Status::Requested);
+                prop_assert!(sf.status != Status::Finished || !sf.restore_pending());
                 prop_assert!(sf.status != Status::Running || is_abandoned(sf, policy.owner_timeout, at(now)));
             }
             // Finished periodic backups kept: at most N, plus the protected and calendar ones.
@@ -848,19 +905,20 @@ mod tests {
                 let sf = by_id[d.id.as_str()];
                 sf.request_type == RequestType::Periodic && sf.status == Status::Finished
             }).count();
-            prop_assert!(kept_periodic <= rotation as usize + 2 + daily as usize);
+            let pending = backups.iter().filter(|sf| sf.status == Status::Finished && sf.restore_pending()).count();
+            prop_assert!(kept_periodic <= rotation as usize + 2 + daily as usize + pending);
             if daily == 0 {
                 let extra = plan.keep.iter().filter(|d| {
                     let sf = by_id[d.id.as_str()];
                     sf.request_type == RequestType::Periodic && sf.status == Status::Finished
                         && !d.reasons.iter().any(|r| matches!(r, RotationReason::Rotation(_)))
                 }).count();
-                prop_assert!(extra <= 2);
+                prop_assert!(extra <= 2 + pending);
                 // With nothing verified and N >= 1, exactly min(N, count) are kept.
                 let any_verified = backups.iter().any(|sf| !sf.verifications.is_empty());
                 let periodic_finished = backups.iter().filter(|sf| sf.request_type == RequestType::Periodic && sf.status == Status::Finished).count();
                 let newest_is_periodic = finished.first().is_none_or(|sf| sf.request_type == RequestType::Periodic);
-                if rotation >= 1 && !any_verified && newest_is_periodic {
+                if rotation >= 1 && !any_verified && newest_is_periodic && pending == 0 {
                     prop_assert_eq!(kept_periodic, periodic_finished.min(rotation as usize));
                 }
             }

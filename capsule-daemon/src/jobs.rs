@@ -326,6 +326,14 @@ async fn rotate(shared: &Shared, t: &TargetRt) {
     tracing::info!(service = %t.target.name, plan = %plan.to_string().trim_end().replace('\n', "; "), "rotation");
     let labels = labels(shared, t);
     for d in &plan.delete {
+        // A restore requested since the listing keeps it (the plan's
+        // rule, checked again on the statefile as it is now).
+        if let Ok(handle) = t.view.catalog().load(d.id.as_str()).await
+            && handle.statefile.restore_pending()
+        {
+            tracing::info!(backup = %d.id, "kept: a restore of it was requested meanwhile");
+            continue;
+        }
         match t.view.catalog().delete(d.id.as_str()).await {
             Ok(report) => {
                 shared.metrics.deleted(&labels);

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use capsule_core::{RequestType, Status};
+use capsule_core::{RequestType, RestoreStatus, Status};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -79,4 +79,63 @@ fn rotation_keeps_the_two_newest_periodic_and_every_manual_backup() {
         assert_eq!(s.request_type, RequestType::Manual);
     }
     assert_eq!(all.len(), 4);
+}
+
+/// A restore requested while the next periodic backup runs (and holds the
+/// service) keeps the backup it reads through that backup's rotation, and
+/// runs once the service is free: rotation 1 would otherwise delete it
+/// first, and the accepted request would never run.
+#[test]
+fn a_backup_with_a_pending_restore_survives_rotation_and_is_restored() {
+    let _serial = serial();
+    let bucket = Bucket::new();
+    let db = database("rotation_restore", 30);
+    let slow = slow_tools(4);
+    let catalog = bucket.catalog("cnvrg-smart-backups");
+    let tools = format!("tool_dir = \"{}\"", slow.path().display());
+    let a = Spec::new("a", &bucket.url, "c1")
+        .config(service_toml("cnvrg/pg-storage", "PG_URL", "2s", 1, &tools))
+        .env("PG_URL", &pg().url(&db))
+        .start();
+    let mut first = None;
+    wait_until(
+        Duration::from_secs(60),
+        "a finished periodic backup, and the next one running",
+        || {
+            let all = statefiles(&catalog);
+            let running = all.iter().any(|s| s.status == Status::Running);
+            first = all
+                .iter()
+                .find(|s| s.status == Status::Finished)
+                .filter(|_| running)
+                .map(|s| s.backup_id.to_string());
+            first.is_some()
+        },
+        || a.log_tail(40),
+    );
+    let id = first.unwrap();
+    pg().psql(&db, "DELETE FROM public.items WHERE id <= 10");
+    assert_eq!(row_count(&db), 20);
+    let r = a.post(&format!("/v1/backups/{id}/restores"), &json!({}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_until(
+        Duration::from_secs(90),
+        "the restore to end",
+        || {
+            by_id(&statefiles(&catalog)).get(&id).is_some_and(|sf| {
+                sf.restores
+                    .iter()
+                    .any(|r| matches!(r.status, RestoreStatus::Finished | RestoreStatus::Failed))
+            })
+        },
+        || a.log_tail(40),
+    );
+    let sf = by_id(&statefiles(&catalog)).remove(&id).unwrap();
+    assert_eq!(sf.restores[0].status, RestoreStatus::Finished, "{sf:#?}");
+    assert_eq!(row_count(&db), 30);
+    assert!(
+        a.log().contains("a restore of it is pending"),
+        "{}",
+        a.log_tail(40)
+    );
 }

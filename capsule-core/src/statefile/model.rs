@@ -132,6 +132,16 @@ impl Statefile {
         })
     }
 
+    /// Whether a restore of this backup is requested or running.
+    pub fn restore_pending(&self) -> bool {
+        self.restores.iter().any(|r| {
+            matches!(
+                r.status,
+                crate::status::RestoreStatus::Requested | crate::status::RestoreStatus::Running
+            )
+        })
+    }
+
     /// The newest verification, if any.
     pub fn last_verification(&self) -> Option<&Verification> {
         self.verifications.last()
