@@ -270,7 +270,8 @@ fn watch(shared: &Arc<Shared>, targets: &[&Arc<TargetRt>], snap: &Snapshot) {
 }
 
 /// Records why a request older than the request timeout is still waiting,
-/// when no service of this daemon takes it (the statefile's `error` for a
+/// when no service of this daemon takes it and no capsule holds its
+/// service's lease (the statefile's `error` for a
 /// backup request, the restore entry's `error` for a restore request).
 /// Legacy statefiles keep their format and are left alone.
 async fn note_unserved(
@@ -299,6 +300,19 @@ async fn note_unserved(
             continue;
         }
         let id = sf.backup_id.to_string();
+        // A live lease on the service: a capsule serves it and is busy
+        // (a long backup, here or in another daemon); it will get there.
+        if let (Some(cluster), Some(name)) =
+            (sf.service.cluster.as_deref(), sf.service.qualified_name())
+        {
+            let key = jobs::service_key(cluster, sf.service_type.as_str(), &name);
+            if let Ok(Some((lease, _))) = view.leases.inspect(&key).await
+                && !lease.is_free(now)
+            {
+                tracing::debug!(backup = %id, holder = %lease.holder.id, "request waits for its busy service");
+                continue;
+            }
+        }
         let Ok(mut handle) = view.catalog().load(&id).await else {
             continue;
         };

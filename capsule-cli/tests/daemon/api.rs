@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use capsule_core::{
-    Artifact, BackupId, Catalog, RequestType, ServiceIdentity, ServiceType, Statefile, Status,
+    Artifact, BackupId, Catalog, LeaseHolder, Leases, RequestType, ServiceIdentity, ServiceType,
+    Statefile, Status,
 };
 use capsule_store::Store;
 use chrono::Utc;
@@ -209,24 +210,42 @@ fn a_bad_config_file_is_an_error_naming_file_line_and_field() {
     );
 }
 
-/// A request for a service nobody serves stays `requested`, with a reason.
+/// A request for a service nobody serves stays `requested`, with a reason;
+/// one for a service whose lease a capsule holds (busy serving it) gets
+/// none.
 #[test]
 fn a_request_nobody_serves_gets_a_reason_after_the_timeout() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let d = Spec::new("unserved", &file_store(dir.path()), "east")
+    let store = file_store(dir.path());
+    // Another capsule serves busy/db and is at work on it.
+    let leases = Leases::new(
+        Store::from_url(&store)
+            .unwrap()
+            .with_prefix("cnvrg-smart-backups")
+            .unwrap(),
+        LeaseHolder::new("elsewhere/1", "elsewhere", Some("east".into())),
+        Duration::from_secs(120),
+    );
+    let held = block_on(leases.acquire("service.east.postgresql.busy/db", Utc::now())).unwrap();
+    assert!(held.into_lease().is_some());
+    let d = Spec::new("unserved", &store, "east")
         .arg("--request-timeout")
         .arg("1s")
         .start();
-    let r = d.post(
-        "/v1/backups",
-        &json!({"serviceType": "postgresql", "service": "other/db"}),
-    );
-    assert_eq!(r.status, 201);
-    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["backupId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let post = |service: &str| {
+        let r = d.post(
+            "/v1/backups",
+            &json!({"serviceType": "postgresql", "service": service}),
+        );
+        assert_eq!(r.status, 201);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["backupId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let busy = post("busy/db");
+    let id = post("other/db");
     wait_until(
         Duration::from_secs(15),
         "the waiting note",
@@ -239,6 +258,10 @@ fn a_request_nobody_serves_gets_a_reason_after_the_timeout() {
         },
         || d.log_tail(30),
     );
+    // Both were past the timeout in the scan that noted the other.
+    let sf = d.get_json(&format!("/v1/backups/{busy}"));
+    assert_eq!(sf["status"], "requested", "{sf:#}");
+    assert!(sf.get("error").is_none_or(|e| e.is_null()), "{sf:#}");
 }
 
 fn tool(name: &str) -> Option<PathBuf> {
