@@ -1444,6 +1444,31 @@ fn the_default_store_is_local() {
     assert!(statefile.is_file(), "{statefile:?}");
 }
 
+/// A memory:// store lasts as long as the process: a backup into it,
+/// run now or queued, is refused rather than reported finished.
+#[test]
+fn a_backup_into_a_memory_store_and_list_with_an_id_are_refused() {
+    let home = TempDir::new().unwrap();
+    for args in [
+        &[
+            "--store",
+            "memory://",
+            "redis",
+            "--create",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ][..],
+        &["--store", "memory://", "pg", "--create"],
+    ] {
+        let run = capsule(args, &[], home.path()).fails_with(2);
+        assert!(error(&run).contains("--store memory://"), "{run:#?}");
+    }
+    capsule(&["--store", "memory://", "pg", "--list"], &[], home.path()).ok();
+    // --list takes no --id (it would be ignored, showing every backup).
+    let run = capsule(&["pg", "--list", "--id", "postgresql-x"], &[], home.path()).fails_with(2);
+    assert!(error(&run).contains("--describe --id"), "{run:#?}");
+}
+
 // ---------------------------------------------------------------------------
 // Redis: backups, restores, drills and downloads run now with --redis-url
 // ---------------------------------------------------------------------------

@@ -29,8 +29,14 @@ const STATUSES: [&str; 6] = [
 /// [`UsageError`] for bad flag values or a missing `--id`/`--yes` without a
 /// terminal; the core's and the store's errors otherwise.
 pub async fn run(g: &GlobalArgs, service_type: ServiceType, args: &ServiceArgs) -> Result<()> {
+    if args.action() == Action::List && args.id.is_some() {
+        return Err(UsageError::new(
+            "--id does not apply to --list, which shows every backup: use --describe --id ID",
+        )
+        .into());
+    }
     let filter = list_filter(service_type, args)?;
-    let mut catalog = Catalog::new(store_args::build(g)?);
+    let mut catalog = Catalog::new(lasting_store(g, args)?);
     if args.action() == Action::Download {
         catalog = catalog.with_identities(args.encryption.identities()?);
     }
@@ -60,11 +66,25 @@ pub async fn run(g: &GlobalArgs, service_type: ServiceType, args: &ServiceArgs) 
 /// # Errors
 /// As [`store_args::build`]; a [`UsageError`] for an unreadable identity file.
 pub fn engine_catalog(g: &GlobalArgs, args: &ServiceArgs) -> Result<Catalog> {
-    let catalog = Catalog::new(store_args::build(g)?);
+    let catalog = Catalog::new(lasting_store(g, args)?);
     Ok(match args.action() {
         Action::Restore | Action::Verify => catalog.with_identities(args.encryption.identities()?),
         _ => catalog,
     })
+}
+
+/// The store the flags select; a [`UsageError`] for `--create` into a
+/// `memory://` store, whose backup would be gone when this process exits.
+fn lasting_store(g: &GlobalArgs, args: &ServiceArgs) -> Result<capsule_store::Store> {
+    let store = store_args::build(g)?;
+    if args.action() == Action::Create && store.url().starts_with("memory:") {
+        return Err(UsageError::new(
+            "--store memory://: a backup there is gone when capsule exits; use a file:// store \
+             for a local one",
+        )
+        .into());
+    }
+    Ok(store)
 }
 
 /// `base` with the recipients of `--encrypt-to` / `--encryption-key-file`.

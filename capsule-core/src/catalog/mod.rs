@@ -320,13 +320,13 @@ impl Catalog {
 
 fn ensure_restorable(sf: &Statefile) -> Result<()> {
     if sf.status == Status::Deleting {
-        return Err(being_deleted(sf, "restored"));
+        return Err(being_deleted(sf, "restored or verified"));
     }
     if sf.status != Status::Finished {
         return Err(Error::invalid(
             "backup",
             format!(
-                "backup {} is {}: only finished backups can be restored",
+                "backup {} is {}: only finished backups can be restored or verified",
                 sf.backup_id, sf.status
             ),
         ));
