@@ -487,6 +487,57 @@ impl Store {
             .map(|_| std::path::PathBuf::from(format!("/{}", self.view.full)))
     }
 
+    /// Removes what uploads under `dir` (a key prefix ending in `/`) left
+    /// unfinished, and returns the bytes freed. Only a `file://` store has
+    /// any to see: `object_store` writes a multipart upload to `<key>#<n>`
+    /// and renames it when complete, never lists such files, and a process
+    /// killed mid-upload leaves one behind. Elsewhere a no-op (an S3
+    /// bucket needs a lifecycle rule aborting incomplete multipart uploads).
+    ///
+    /// Only for a folder no live writer uses (a backup being deleted).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an invalid prefix; local I/O errors as
+    /// [`Error::Backend`].
+    pub async fn remove_partial_uploads(&self, dir: &str) -> Result<u64> {
+        let Some(root) = self.local_dir() else {
+            return Ok(0);
+        };
+        let dir_key = dir.trim_end_matches('/');
+        self.path(dir_key)?; // checks the key
+        let path = root.join(dir_key);
+        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let mut freed = 0;
+            let entries = match std::fs::read_dir(&path) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let partial = entry.file_name().to_string_lossy().contains('#');
+                let meta = entry.metadata()?;
+                if partial && meta.is_file() {
+                    std::fs::remove_file(entry.path())?;
+                    freed += meta.len();
+                }
+            }
+            Ok(freed)
+        })
+        .await
+        .expect("the removal task does not panic");
+        removed.map_err(|e| {
+            self.ctx().translate(
+                "delete",
+                dir,
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            )
+        })
+    }
+
     /// Starts a streaming multipart upload to `key`; see [`Upload`].
     ///
     /// # Errors

@@ -134,6 +134,13 @@ impl Catalog {
             report.objects += 1;
             report.bytes += o.size;
         }
+        // A capsule killed mid-upload leaves a partial file that a local
+        // store never lists.
+        report.bytes += self
+            .store
+            .remove_partial_uploads(&format!("{id}/"))
+            .await
+            .map_err(|e| Error::store(format!("backup {id}: removing partial uploads"), e))?;
         if let Some(sf) = objects.iter().find(|o| o.key == statefile_key) {
             self.store
                 .delete(&statefile_key)

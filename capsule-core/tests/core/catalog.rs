@@ -316,6 +316,41 @@ async fn an_interrupted_delete_is_not_served_as_finished() {
     assert_eq!(objects_in(&store, FINISHED).await, 0);
 }
 
+/// A capsule killed mid-upload to a local store leaves `<artifact>#<n>`,
+/// which the store never lists: deleting the backup removes it too, and
+/// with it the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_a_killed_upload_from_a_local_store() {
+    let ts = stores::file();
+    let store = stores::with_legacy_fixture(&ts.store).await;
+    let catalog = Catalog::new(store.clone());
+    let folder = store.local_dir().unwrap().join(FINISHED);
+    std::fs::write(folder.join("dump.pgc.zst#1"), vec![7u8; 4096]).unwrap();
+    let listed: u64 = store
+        .list(&format!("{FINISHED}/"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum();
+    let report = catalog.delete(FINISHED).await.unwrap();
+    assert!(
+        !folder.exists(),
+        "{:?}",
+        std::fs::read_dir(&folder).map(|d| d.count())
+    );
+    assert_eq!(report.bytes, listed + 4096);
+    // Elsewhere there is nothing to see.
+    assert_eq!(
+        stores::memory()
+            .store
+            .remove_partial_uploads("x/")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 /// On AWS a key allowed to get objects but not to list the bucket is
 /// answered 403, not 404, for a missing object, so the check for a delete
 /// marker is refused: such a restore-only key must still describe,
