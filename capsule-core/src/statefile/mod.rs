@@ -67,8 +67,25 @@ impl Statefile {
         let version = declared_version(bytes)
             .map_err(|e| Error::invalid("statefile", format!("not a JSON statefile: {e}")))?;
         match version.as_deref() {
-            Some(STATEFILE_V1) => serde_json::from_slice::<Statefile>(bytes)
-                .map_err(|e| Error::invalid("statefile", format!("invalid v1 statefile: {e}"))),
+            Some(STATEFILE_V1) => {
+                let sf = serde_json::from_slice::<Statefile>(bytes).map_err(|e| {
+                    Error::invalid("statefile", format!("invalid v1 statefile: {e}"))
+                })?;
+                // The id's prefix says which engine lists and restores it.
+                if sf.backup_id.service_type() != sf.service_type {
+                    return Err(Error::invalid(
+                        "statefile",
+                        format!(
+                            "invalid v1 statefile: backupId {} names a {} backup but serviceType \
+                             is {}",
+                            sf.backup_id,
+                            sf.backup_id.service_type(),
+                            sf.service_type
+                        ),
+                    ));
+                }
+                Ok(sf)
+            }
             Some(STATEFILE_V1ALPHA1) | None => legacy::parse(bytes),
             Some(other) => Err(Error::invalid(
                 "statefile",

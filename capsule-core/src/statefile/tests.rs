@@ -140,6 +140,23 @@ fn bad_statefiles_are_named() {
         let err = Statefile::from_slice(input).unwrap_err().to_string();
         assert!(err.contains(expect), "{err}");
     }
+    // An id whose engine contradicts serviceType (a hand-written request).
+    let sf = sample_full();
+    let mut doc: serde_json::Value = serde_json::from_slice(&sf.to_vec().unwrap()).unwrap();
+    let other = if sf.service_type == ServiceType::Redis {
+        "postgresql"
+    } else {
+        "redis"
+    };
+    doc["serviceType"] = other.into();
+    let err = Statefile::from_slice(&serde_json::to_vec(&doc).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("backupId {} names a", sf.backup_id))
+            && err.contains(&format!("serviceType is {other}")),
+        "{err}"
+    );
 }
 
 #[test]
