@@ -49,6 +49,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/redis/backups", get(legacy::redis))
         .route("/v1/es/backups", get(legacy::es))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
 }
 
@@ -185,6 +186,14 @@ async fn readyz(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
 
 async fn openapi_json(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {
     axum::Json(openapi::document(shared.options.anonymous_read)).into_response()
+}
+
+/// A known path with a method it does not take (axum adds `Allow`).
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed here (see /openapi.json)"),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -91,6 +91,11 @@ async fn the_api_lists_filters_creates_restores_and_deletes() {
         assert!(String::from_utf8_lossy(&flush.body).contains("takes no options (got flush)"));
         assert_eq!(request(addr, "POST", &format!("/v1/backups/{fid}/restores"), Some(TOKEN), Some("{}")).status, 202);
         assert_eq!(request(addr, "GET", "/v1/nope", Some(TOKEN), None).status, 404);
+        // A known path with a method it does not take: 405 with a JSON error.
+        let put = request(addr, "PUT", "/v1/backups", Some(TOKEN), Some("{}"));
+        assert_eq!(put.status, 405);
+        assert!(put.headers.to_ascii_lowercase().contains("allow:"), "{}", put.headers);
+        assert!(put.json()["error"].as_str().unwrap().contains("PUT is not allowed"));
         // OpenAPI and dashboard are open.
         let doc = request(addr, "GET", "/openapi.json", None, None).json();
         assert_eq!(doc["openapi"], "3.0.3");
