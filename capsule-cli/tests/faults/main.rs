@@ -9,11 +9,11 @@
 //! Restores run in each engine's default mode and in its destructive one
 //! (PostgreSQL `--in-place`, Redis `--flush`, Elasticsearch `--replace`).
 //!
-//! - CI mode (default): a handful of runs per engine, two of them in the
+//! - CI mode (default): a handful of runs per engine, three of them in the
 //!   destructive mode.
-//! - Long mode: `CAPSULE_FAULT_RUNS=50` runs each `kill -9` fault 50 times
-//!   per engine (backup, restore, destructive restore) and every other
-//!   fault a fifth as often.
+//! - Long mode: `CAPSULE_FAULT_RUNS=50` runs `kill -9 capsule` and
+//!   `SIGTERM capsule` 50 times per engine (backup, restore, destructive
+//!   restore) and every other fault a fifth as often.
 //! - `CAPSULE_FAULT_SEED=<n>` replays the random choices of a run (the
 //!   timings of real processes still vary); it is printed at the start and
 //!   with every violation.
@@ -69,6 +69,9 @@ fn plan(runs: Option<usize>, rng: &mut Rng) -> Vec<(Case, usize)> {
         None => vec![
             (case(KillCapsule, Backup), 2),
             (case(KillCapsule, Restore), 2),
+            (case(Interrupt, Backup), 1),
+            (case(Interrupt, Restore), 1),
+            (destructive(Interrupt), 1),
             (case(KillTool, Backup), 1),
             (case(KillTool, Restore), 1),
             (case(KillAtCommit, Restore), 1),
@@ -87,6 +90,9 @@ fn plan(runs: Option<usize>, rng: &mut Rng) -> Vec<(Case, usize)> {
                 (case(KillCapsule, Backup), n),
                 (case(KillCapsule, Restore), n),
                 (destructive(KillCapsule), n),
+                (case(Interrupt, Backup), n),
+                (case(Interrupt, Restore), n),
+                (destructive(Interrupt), n),
                 (case(KillAtCommit, Restore), few),
             ];
             for fault in [

@@ -115,6 +115,14 @@ impl Running {
         alive
     }
 
+    /// SIGTERM to capsule (as `kill` and Kubernetes send; ctrl-c's
+    /// SIGINT takes the same path); true when it was still running.
+    pub fn sigterm(&mut self) -> bool {
+        let alive = self.alive();
+        signal(self.pid(), "TERM");
+        alive
+    }
+
     /// Children of the capsule process with command name `comm`.
     pub fn children_named(&self, comm: &str) -> Vec<u32> {
         processes()

@@ -36,6 +36,11 @@ use crate::table::{Outcome, Table};
 pub enum Fault {
     /// SIGKILL to capsule at a random moment of a clean run's duration.
     KillCapsule,
+    /// SIGTERM to capsule once its job is recorded, at a random moment
+    /// within a clean run's duration after that: it must wind down as
+    /// from any failure (exit 130, one error line, nothing left running,
+    /// what it created removed or named).
+    Interrupt,
     /// SIGKILL to the engine's tool (pg_dump, pg_restore) or server.
     KillTool,
     /// SIGKILL to capsule while its restore waits at the commit point
@@ -67,6 +72,7 @@ impl Case {
     pub fn label(&self, subject: &dyn Subject) -> String {
         let what = match self.fault {
             Fault::KillCapsule => "kill -9 capsule".to_string(),
+            Fault::Interrupt => "SIGTERM capsule".into(),
             Fault::KillTool => format!("kill -9 {}", subject.tool(self.phase)),
             Fault::KillAtCommit => "kill -9 capsule at the commit".into(),
             Fault::StoreCrash => "store crash + restart".into(),
@@ -374,6 +380,28 @@ impl<'a> Engine<'a> {
                 what = format!("at {delay:.2?} of {clean:.2?}");
                 if run.sleep_until(delay) {
                     killed = run.kill9();
+                }
+            }
+            Fault::Interrupt => {
+                // Once the job is recorded (its statefile, its restore
+                // entry): capsule watches for the signal from before that,
+                // and one sent earlier takes its default action, death,
+                // before anything is written.
+                let recorded = |e: &Self| match phase {
+                    Phase::Backup => e.bucket.ids().len() > before.len(),
+                    Phase::Restore => {
+                        e.statefile(&e.restore_id(case.mode)).restores.len() > restores_before
+                    }
+                };
+                while run.alive() && !recorded(self) && run.started.elapsed() < bound {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let at = run.started.elapsed() + delay;
+                what = format!(
+                    "at {at:.2?} ({delay:.2?} after it was recorded; clean run {clean:.2?})"
+                );
+                if run.sleep_until(at) {
+                    run.sigterm();
                 }
             }
             Fault::KillTool => {

@@ -37,8 +37,11 @@ impl Engine<'_> {
         if exit.killed || exit.code == Some(0) {
             return;
         }
-        if exit.code != Some(1) {
-            v.violations.push(format!("exit {:?}, not 1", exit.code));
+        // Interrupted: 130, as from ctrl-c; any other failure: 1.
+        let expected = if fault == Fault::Interrupt { 130 } else { 1 };
+        if exit.code != Some(expected) {
+            v.violations
+                .push(format!("exit {:?}, not {expected}", exit.code));
         }
         if exit.stderr.contains("panicked") {
             v.violations.push("capsule panicked".into());
