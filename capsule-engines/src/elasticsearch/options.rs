@@ -83,6 +83,8 @@ fn invalid(message: String) -> Error {
 }
 
 /// `url` with its user info replaced by `***` (for error messages).
+/// Where the parser finds no host (`user:pw@host` without a scheme reads
+/// as scheme `user`), everything before the last `@` goes.
 fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
@@ -90,8 +92,8 @@ fn redact_url(url: &str) -> String {
             let _ = u.set_password(None);
             u.to_string()
         }
-        Ok(u) => u.to_string(),
-        Err(_) => match url.rsplit_once('@') {
+        Ok(u) if u.host_str().is_some() => u.to_string(),
+        _ => match url.rsplit_once('@') {
             Some((_, host)) => format!("***@{host}"),
             None => url.to_string(),
         },
@@ -412,6 +414,9 @@ mod tests {
             "ftp://u:hunter2@h:1",
             "http://u:hunter2@h:1/?x=1",
             "not a url hunter2@x",
+            // No scheme: `elastic` reads as one.
+            "elastic:hunter2@127.0.0.1:9200",
+            "http//u:hunter2@127.0.0.1:9200",
         ] {
             let e = EsConnection::from_url(url).unwrap_err().to_string();
             assert!(!e.contains("hunter2"), "{e}");
