@@ -2846,6 +2846,36 @@ mod es {
             .ok();
         let id = run.stdout.trim().to_string();
         assert_eq!(statefile(&t, &id)["status"], "finished");
+        // A user:password@host without a scheme: refused, password unshown.
+        let run = t
+            .run_env(
+                &[
+                    "es",
+                    "--list",
+                    "--es-url",
+                    "elastic:Wr0ng-Pw-0815@127.0.0.1:1",
+                ],
+                &NO_LEGACY,
+            )
+            .fails_with(2);
+        assert!(error(&run).contains("***@127.0.0.1:1"), "{run:#?}");
+        // Drills that never reached their target are no verdict on the
+        // backup: not recorded; one that ran is.
+        let verify = |url: &str| {
+            t.run_env(
+                &["es", "--verify", "--id", &id, "--es-url", url],
+                &NO_LEGACY,
+            )
+        };
+        let with = |pw: &str| format!("http://elastic:{pw}@127.0.0.1:{}", proxy.port);
+        verify(&with("Wr0ng-Pw-0815")).fails_with(1);
+        verify(&format!("http://127.0.0.1:{port}")).fails_with(1);
+        assert_eq!(statefile(&t, &id)["verifications"], serde_json::json!([]));
+        verify(&with("Right-Pw-4711")).ok();
+        verify(&format!("http://127.0.0.1:{port}")).fails_with(1);
+        let v = statefile(&t, &id)["verifications"].clone();
+        assert_eq!(v.as_array().unwrap().len(), 1, "{v:#}");
+        assert_eq!(v[0]["status"], "passed", "{v:#}");
     }
 
     #[test]

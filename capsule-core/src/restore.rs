@@ -1,12 +1,13 @@
 //! Running a restore and a restore drill, recording each in the statefile.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{Catalog, StatefileHandle};
-use crate::engine::{ArtifactSource, Engine, JobContext, RestoreOutcome};
+use crate::engine::{ArtifactSource, ByteStream, Engine, JobContext, RestoreOutcome};
 use crate::error::{Error, Result};
 use crate::statefile::{
     Fingerprint, Owner, Restore, STATEFILE_NAME, Statefile, Verification, VerificationStatus,
@@ -307,8 +308,9 @@ where
 /// (before the drill starts); the engine's error (e.g.
 /// [`Error::Corrupt`]) when the drill could not restore. The verification
 /// is recorded as `failed` in each of the last two cases, except for a
-/// drill stopped by `ctx.cancel` (nothing learned: not recorded) unless it
-/// had found a mismatch or corruption already.
+/// drill stopped by `ctx.cancel` or one that failed before it opened any
+/// artifact (nothing learned of the backup: not recorded), unless it had
+/// found a mismatch or corruption.
 pub async fn run_verify(
     catalog: &Catalog,
     engine: &dyn Engine,
@@ -329,9 +331,13 @@ pub async fn run_verify(
         .and_then(|e| e.fingerprint.clone());
     let started = Instant::now();
     tracing::info!(backup = %id, engine = %engine, "restore drill started");
+    let watched = Watched {
+        inner: &source,
+        opened: AtomicBool::new(false),
+    };
     let result = until_cancelled(engine, ctx, format!("verification of backup {id}"), async {
         source.check_keys().await?;
-        engine.restore_scratch(&source, ctx).await
+        engine.restore_scratch(&watched, ctx).await
     })
     .await;
     let duration_ms = Some(started.elapsed().as_millis() as u64);
@@ -374,14 +380,17 @@ pub async fn run_verify(
             verification.error = Some(e.to_string());
         }
     }
-    // A drill stopped by its caller learned nothing of the backup: a failed
-    // entry would show it unverified and lift its rotation protection.
-    let stopped = ctx.cancel.is_cancelled()
-        && outcome
-            .as_ref()
-            .is_err_and(|e| !matches!(e, Error::VerificationFailed { .. } | Error::Corrupt { .. }));
-    if stopped {
-        tracing::info!(backup = %id, "restore drill cancelled: not recorded");
+    // A drill stopped by its caller, or one that failed before it read
+    // any of the backup into its scratch target (the target unreachable,
+    // its password wrong), learned nothing of the backup: a failed entry
+    // would show it unverified and lift its rotation protection. A
+    // mismatch or a corrupt artifact is a verdict whenever it comes.
+    let no_verdict = outcome.as_ref().is_err_and(|e| {
+        !matches!(e, Error::VerificationFailed { .. } | Error::Corrupt { .. })
+            && (ctx.cancel.is_cancelled() || !watched.opened.load(Ordering::Relaxed))
+    });
+    if no_verdict {
+        tracing::info!(backup = %id, "restore drill stopped or never started: not recorded");
     } else if source.statefile().is_legacy() {
         tracing::info!(backup = %id, "legacy statefile: verification not recorded");
     } else {
@@ -411,6 +420,28 @@ pub async fn run_verify(
             tracing::info!(backup = %id, error = %e, "restore drill failed");
             Err(e)
         }
+    }
+}
+
+/// The drill's view of the backup, noting whether it began to read it.
+struct Watched<'a> {
+    inner: &'a dyn ArtifactSource,
+    opened: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ArtifactSource for Watched<'_> {
+    fn statefile(&self) -> &Statefile {
+        self.inner.statefile()
+    }
+
+    async fn verify(&self, name: &str) -> Result<()> {
+        self.inner.verify(name).await
+    }
+
+    async fn open(&self, name: &str) -> Result<ByteStream> {
+        self.opened.store(true, Ordering::Relaxed);
+        self.inner.open(name).await
     }
 }
 

@@ -70,10 +70,11 @@ pub(super) async fn run(
     // Nothing is created before both artifacts are known to be intact.
     source.verify(&meta_name).await?;
     source.verify(&docs_name).await?;
-    let metadata = read_metadata(source, &meta_name, &backup).await?;
-
+    // The server answers before the backup is read (a drill that cannot
+    // reach its target has read none of it: no verdict).
     let client = engine.client()?;
     let server = client.server_info().await?;
+    let metadata = read_metadata(source, &meta_name, &backup).await?;
     let plan = plan(engine, &client, &server, &metadata, mode).await?;
     let mut undo = Undo::new(client.clone());
     let job = Job {
