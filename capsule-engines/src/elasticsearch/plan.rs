@@ -173,14 +173,22 @@ pub(crate) async fn plan(
                 conflicts.push(format!("alias {name} is the name of an existing index"));
             }
         }
-        templates =
-            plan_templates(client, server, metadata, options.replace, &mut conflicts).await?;
+        // Templates are the cluster's, not an index's: a restore of only
+        // some of the backup's indices (`--indices`) leaves them as they are.
+        if selection.names.len() == metadata.indices.len() {
+            templates =
+                plan_templates(client, server, metadata, options.replace, &mut conflicts).await?;
+        }
     }
     if !conflicts.is_empty() {
-        let hint = if options.replace {
+        // --replace resolves an existing index or template, never an alias.
+        let replaceable = conflicts
+            .iter()
+            .any(|c| c.starts_with("index ") || c.starts_with("template "));
+        let hint = if options.replace || !replaceable {
             ""
         } else {
-            " (pass --replace to replace them)"
+            " (pass --replace to replace the indices and templates named)"
         };
         return Err(Error::invalid(
             "restore",

@@ -195,6 +195,59 @@ async fn replace_loads_beside_checks_then_swaps_and_equals_the_backup() {
     assert_eq!(staging_indices(&s.os), Vec::<String>::new());
 }
 
+/// A restore of only some of the backup's indices (`--indices`) leaves
+/// the cluster's templates alone: one that differs from the backup's is no
+/// conflict without `--replace`, and is not overwritten with it. A
+/// restore of all of them still restores it.
+#[tokio::test]
+async fn a_restore_of_some_indices_leaves_the_templates_alone() {
+    let os = OpenSearch::start();
+    os.bulk(&generated_docs("one", 20, 30));
+    os.bulk(&generated_docs("two", 10, 30));
+    let tpl = |priority: u32| {
+        format!(
+            r#"{{"index_patterns":["live-*"],"priority":{priority},"template":{{"settings":{{"index.number_of_shards":1}}}}}}"#
+        )
+    };
+    os.ok("PUT", TEMPLATE, &tpl(7));
+    let fc = FileCatalog::new();
+    let report = backup(&fc.catalog, &engine(&os.url, "one,two"))
+        .await
+        .unwrap();
+    let id = report.statefile.backup_id.to_string();
+    os.ok("PUT", TEMPLATE, &tpl(8));
+    let template = get(&os, TEMPLATE);
+    let some = |o: EsOptions| {
+        EsEngine::new(
+            o.with_indices("one")
+                .with_rename("^(.+)$:sub-$1".parse().unwrap()),
+        )
+    };
+    restore(&fc.catalog, &some(options(&os.url, "")), &id)
+        .await
+        .unwrap();
+    assert_eq!(count(&os, "sub-one"), 20);
+    assert!(!exists(&os, "sub-two"));
+    assert_eq!(get(&os, TEMPLATE), template);
+    let replace = options(&os.url, "").with_replace(true);
+    let done = restore(&fc.catalog, &some(replace.clone()), &id)
+        .await
+        .unwrap();
+    assert_eq!(done.outcome.mode, "replace");
+    assert_eq!(get(&os, TEMPLATE), template);
+    // All of them (the same pattern as the backup): the template too.
+    let all = EsEngine::new(
+        replace
+            .with_indices("one,two")
+            .with_rename("^(.+)$:all-$1".parse().unwrap()),
+    );
+    restore(&fc.catalog, &all, &id).await.unwrap();
+    assert_eq!(
+        get(&os, TEMPLATE)["index_templates"][0]["index_template"]["priority"],
+        7
+    );
+}
+
 /// A [`Progress`] that cancels the job once `after` bytes were loaded.
 struct CancelAfter {
     after: u64,
