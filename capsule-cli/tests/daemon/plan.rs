@@ -62,7 +62,7 @@ fn plan_prints_targets_and_problems_without_secrets() {
     api.add_cnvrgapp(
         "cnvrg",
         "cnvrgapp",
-        r#"{"dbs":{"pg":{"enabled":true,"port":6543},"redis":{"enabled":true},"es":{"enabled":true}}}"#,
+        r#"{"dbs":{"pg":{"enabled":true,"port":6543,"backup":{"enabled":true}},"redis":{"enabled":true,"backup":{"enabled":true}},"es":{"enabled":true,"backup":{"enabled":true}}}}"#,
     );
     // An annotated PVC in another namespace whose Secret is missing.
     api.add_pvc(
@@ -160,7 +160,7 @@ fn start_backs_up_a_discovered_postgresql_on_schedule() {
     api.add_cnvrgapp(
         "cnvrg",
         "cnvrgapp",
-        &format!(r#"{{"dbs":{{"pg":{{"enabled":true,"port":{},"backup":{{"period":"1h","rotation":2}}}}}}}}"#, pg().port),
+        &format!(r#"{{"dbs":{{"pg":{{"enabled":true,"port":{},"backup":{{"enabled":true,"period":"1h","rotation":2}}}}}}}}"#, pg().port),
     );
     let kubeconfig = api.kubeconfig();
     let mut daemon = Spec::new("k8s", &bucket.url, "dev-eu")
@@ -215,7 +215,7 @@ fn pg_app(api: &FakeKubeApi, ns: &str) {
         ns,
         "cnvrgapp",
         &format!(
-            r#"{{"dbs":{{"pg":{{"enabled":true,"port":{},"backup":{{"period":"2s","rotation":3}}}}}}}}"#,
+            r#"{{"dbs":{{"pg":{{"enabled":true,"port":{},"backup":{{"enabled":true,"period":"2s","rotation":3}}}}}}}}"#,
             pg().port
         ),
     );

@@ -160,8 +160,11 @@ pub(crate) fn from_cnvrgapp(
     ];
     for (key, service_type, db, (svc, port, creds, pvc)) in dbs {
         let Some(db) = db else { continue };
+        // The operator's default is no backup (`Backup{Enabled: false}`,
+        // mirrored onto the PVC as `backup: "false"`): only an explicit
+        // `backup.enabled: true` turns one on.
         let backup = db.backup.clone().unwrap_or_default();
-        if !db.enabled || backup.enabled == Some(false) {
+        if !db.enabled || backup.enabled != Some(true) {
             continue;
         }
         let period_text = non_empty(&backup.period).unwrap_or_else(|| DEFAULT_PERIOD.into());
@@ -286,10 +289,24 @@ pub(crate) fn from_pvc(
 mod tests {
     use super::*;
 
+    /// The operator's default is no backup: a service without an explicit
+    /// `backup.enabled: true` is not one (its PVC annotation, the
+    /// operator's mirror, may still make it one).
+    #[test]
+    fn cnvrgapp_backups_are_off_unless_enabled() {
+        let spec = serde_json::json!({"dbs": {"pg": {"enabled": true},
+            "redis": {"enabled": true, "backup": {"rotation": 3}},
+            "es": {"enabled": true, "backup": {"enabled": null}}}});
+        let (c, p) = from_cnvrgapp("cnvrg", "app", &spec);
+        assert!(c.is_empty() && p.is_empty(), "{c:?} {p:?}");
+    }
+
     #[test]
     fn cnvrgapp_defaults() {
-        let spec = serde_json::json!({"dbs": {"pg": {"enabled": true}, "redis": {"enabled": true},
-            "es": {"enabled": true}, "unknown": 1}});
+        let on = serde_json::json!({"enabled": true});
+        let spec = serde_json::json!({"dbs": {"pg": {"enabled": true, "backup": on},
+            "redis": {"enabled": true, "backup": on}, "es": {"enabled": true, "backup": on},
+            "unknown": 1}});
         let (c, p) = from_cnvrgapp("cnvrg", "app", &spec);
         assert!(p.is_empty());
         let got: Vec<_> = c
@@ -327,9 +344,9 @@ mod tests {
     fn cnvrgapp_overrides_disabled_and_bad_period() {
         let spec = serde_json::json!({"dbs": {
             "pg": {"enabled": true, "svcName": "db", "port": 6432, "credsRef": "c", "pvcName": "p",
-                   "backup": {"bucketRef": "b", "rotation": 2, "period": "90m", "encryptionRef": " keys "}},
+                   "backup": {"enabled": true, "bucketRef": "b", "rotation": 2, "period": "90m", "encryptionRef": " keys "}},
             "redis": {"enabled": true, "backup": {"enabled": false}},
-            "es": {"enabled": true, "backup": {"period": "1x"}}}});
+            "es": {"enabled": true, "backup": {"enabled": true, "period": "1x"}}}});
         let (c, p) = from_cnvrgapp("ns", "app", &spec);
         assert_eq!(c.len(), 1);
         assert_eq!(

@@ -106,7 +106,7 @@ pub(crate) fn assert_no_secret(text: &str) {
     }
 }
 
-const ALL_DEFAULTS: &str = r#"{"clusterDomain":"example.com","dbs":{"pg":{"enabled":true},"redis":{"enabled":true},"es":{"enabled":true}}}"#;
+const ALL_DEFAULTS: &str = r#"{"clusterDomain":"example.com","dbs":{"pg":{"enabled":true,"backup":{"enabled":true}},"redis":{"enabled":true,"backup":{"enabled":true}},"es":{"enabled":true,"backup":{"enabled":true}}}}"#;
 
 #[tokio::test]
 async fn cnvrgapp_with_defaults_plans_pg_redis_and_es() {
@@ -168,7 +168,7 @@ async fn cnvrgapp_overrides_are_honoured() {
         "app",
         r#"{"dbs":{"pg":{"enabled":true,"svcName":"pg-main","port":6543,"credsRef":"db-secret","pvcName":"pg-data",
             "backup":{"enabled":true,"bucketRef":"other-bucket","rotation":9,"period":"90m"}},
-           "redis":{"enabled":true,"port":6380,"credsRef":"r","backup":{"period":"1.5h"}},
+           "redis":{"enabled":true,"port":6380,"credsRef":"r","backup":{"enabled":true,"period":"1.5h"}},
            "es":{"enabled":false}}}"#,
     );
     let plan = plan(&api, "*").await;
@@ -251,7 +251,11 @@ async fn annotated_pvcs_are_planned_and_others_ignored() {
 async fn a_service_in_both_sources_is_one_target_and_the_cnvrgapp_wins() {
     let api = FakeKubeApi::start();
     service_secrets(&api, "cnvrg");
-    api.add_cnvrgapp("cnvrg", "cnvrgapp", r#"{"dbs":{"pg":{"enabled":true}}}"#);
+    api.add_cnvrgapp(
+        "cnvrg",
+        "cnvrgapp",
+        r#"{"dbs":{"pg":{"enabled":true,"backup":{"enabled":true}}}}"#,
+    );
     // The mirror lags: another period.
     annotated(&api, "cnvrg", "pg-storage", "postgresql", "pg-creds", "1h");
     annotated(

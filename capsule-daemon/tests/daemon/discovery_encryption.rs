@@ -85,7 +85,7 @@ async fn planning_checks_the_encryption_secret_and_plans_the_other_targets() {
     api.add_cnvrgapp(
         "cnvrg",
         "cnvrgapp",
-        r#"{"dbs":{"es":{"enabled":true,"backup":{"encryptionRef":"bad-keys"}}}}"#,
+        r#"{"dbs":{"es":{"enabled":true,"backup":{"enabled":true,"encryptionRef":"bad-keys"}}}}"#,
     );
     annotated_with(
         &api,
