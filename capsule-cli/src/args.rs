@@ -233,7 +233,7 @@ pub struct EsArgs {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Log debug messages to stderr (RUST_LOG overrides the level).
-    #[arg(long, global = true, env = "CNVRG_CAPSULE_VERBOSE",
+    #[arg(short = 'v', long, global = true, env = "CNVRG_CAPSULE_VERBOSE",
           action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub verbose: bool,
     /// Print machine-readable JSON on stdout.
@@ -345,13 +345,14 @@ pub struct GlobalArgs {
         env = "CNVRG_CAPSULE_BUCKET_NAME"
     )]
     pub bucket_name: Option<String>,
-    /// Folder of the backups inside the store.
+    /// Folder of the backups inside the store (empty: the default, as the
+    /// legacy tool read it).
     #[arg(
         long,
         global = true,
         value_name = "DIR",
         env = "CNVRG_CAPSULE_DST_DIR",
-        default_value = "cnvrg-smart-backups"
+        default_value = DEFAULT_DST_DIR
     )]
     pub dst_dir: String,
     /// Bucket type: minio, aws, azure or gcp.
@@ -399,7 +400,20 @@ pub struct GlobalArgs {
     pub project_id: Option<String>,
 }
 
+/// The backups' folder when `--dst-dir` is not given, or given empty.
+pub const DEFAULT_DST_DIR: &str = "cnvrg-smart-backups";
+
 impl GlobalArgs {
+    /// `--dst-dir`, with an empty one (`CNVRG_CAPSULE_DST_DIR=` in a
+    /// manifest) read as the default, as the legacy tool did: the bucket's
+    /// root would hold no backups.
+    pub fn dst_dir(&self) -> &str {
+        match self.dst_dir.trim() {
+            "" => DEFAULT_DST_DIR,
+            _ => &self.dst_dir,
+        }
+    }
+
     /// Every secret value given on this run (flags or environment), for
     /// redaction. The store URL's password and secret-looking query values
     /// are included.
@@ -465,6 +479,12 @@ mod tests {
         assert!(!cli.global.use_ssl);
         assert!(cli.global.auto_discovery);
         assert_eq!(cli.global.dst_dir, "cnvrg-smart-backups");
+        // The legacy tool's -v.
+        assert!(parse(&["-v", "pg", "--list"]).unwrap().global.verbose);
+        let cli = parse(&["--dst-dir", "", "pg", "--list"]).unwrap();
+        assert_eq!(cli.global.dst_dir(), "cnvrg-smart-backups");
+        let cli = parse(&["--dst-dir", "mine", "pg", "--list"]).unwrap();
+        assert_eq!(cli.global.dst_dir(), "mine");
         assert_eq!(cli.global.bucket_type, "minio");
         assert!(parse(&["pg", "--list", "--use-ssl=maybe"]).is_err());
     }

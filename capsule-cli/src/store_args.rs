@@ -110,7 +110,7 @@ pub fn build(g: &GlobalArgs) -> Result<Store> {
     builder
         .build()
         .map_err(usage)?
-        .with_prefix(&g.dst_dir)
+        .with_prefix(g.dst_dir())
         .map_err(|e| self::usage(Some("--dst-dir"), e))
 }
 

@@ -211,7 +211,10 @@ pub(crate) struct CliStores {
 
 impl StoreResolver for CliStores {
     fn resolve(&self, url: Option<&str>, dst_dir: Option<&str>) -> Result<Store, String> {
-        let prefix = dst_dir.unwrap_or(self.global.prefix());
+        // An empty one, as an unset one: the global folder.
+        let prefix = dst_dir
+            .filter(|d| !d.trim().is_empty())
+            .unwrap_or(self.global.prefix());
         let base = match url {
             None => self.global.clone(),
             Some(u) => {
