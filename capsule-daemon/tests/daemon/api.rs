@@ -150,6 +150,16 @@ async fn auth_is_checked_on_every_endpoint_but_health_and_documents() {
             ("POST", format!("/v1/backups/{id}/restores")),
             ("DELETE", format!("/v1/backups/{id}")),
         ];
+        // Without a token configured, the legacy lists answer anyone, as
+        // the legacy daemon's did; every other read is refused.
+        for path in reads {
+            let legacy = ["/v1/pg/backups", "/v1/es/backups"].contains(&path);
+            assert_eq!(
+                request(no_token_addr, "GET", path, None, None).status,
+                if legacy { 200 } else { 401 },
+                "{path}"
+            );
+        }
         for (m, path) in &writes {
             assert_eq!(
                 request(addr, m, path, None, Some("{}")).status,
