@@ -192,3 +192,59 @@ fn the_namespaced_overlay_has_no_cluster_scoped_object() {
     assert_least_privilege(&r.rules);
     assert_deployment(r.deployment.as_ref().unwrap(), "cnvrg");
 }
+
+/// The secret key each store setting of the global store comes from.
+fn store_keys(d: &Deployment) -> Vec<(String, String)> {
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    pod.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            (r.name == "cp-object-storage").then(|| (e.name.clone(), r.key.clone()))
+        })
+        .collect()
+}
+
+/// Every legacy bucket Secret key of a minio, AWS or Azure store reaches
+/// the global store (optional but the type); the Azure overlay takes the
+/// container from CNVRG_STORAGE_AZURE_CONTAINER.
+#[test]
+fn the_global_store_reads_every_bucket_secret_key_and_azure_its_container() {
+    let base = check("base");
+    let keys = store_keys(base.deployment.as_ref().unwrap());
+    for (env, key) in [
+        ("CNVRG_CAPSULE_BUCKET_TYPE", "CNVRG_STORAGE_TYPE"),
+        ("CNVRG_CAPSULE_ENDPOINT", "CNVRG_STORAGE_ENDPOINT"),
+        ("CNVRG_CAPSULE_BUCKET_NAME", "CNVRG_STORAGE_BUCKET"),
+        ("CNVRG_CAPSULE_REGION", "CNVRG_STORAGE_REGION"),
+        ("CNVRG_CAPSULE_ACCESS_KEY", "CNVRG_STORAGE_ACCESS_KEY"),
+        ("CNVRG_CAPSULE_SECRET_KEY", "CNVRG_STORAGE_SECRET_KEY"),
+        (
+            "CNVRG_CAPSULE_ACCOUNT_NAME",
+            "CNVRG_STORAGE_AZURE_ACCOUNT_NAME",
+        ),
+        (
+            "CNVRG_CAPSULE_ACCOUNT_KEY",
+            "CNVRG_STORAGE_AZURE_ACCESS_KEY",
+        ),
+    ] {
+        assert!(
+            keys.contains(&(env.to_string(), key.to_string())),
+            "{env} <- {key}: {keys:?}"
+        );
+    }
+    let azure = check("overlays/azure");
+    let d = azure.deployment.as_ref().unwrap();
+    assert_deployment(d, "*");
+    let keys = store_keys(d);
+    assert!(
+        keys.contains(&(
+            "CNVRG_CAPSULE_BUCKET_NAME".into(),
+            "CNVRG_STORAGE_AZURE_CONTAINER".into()
+        )),
+        "{keys:?}"
+    );
+}
