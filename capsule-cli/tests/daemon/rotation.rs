@@ -118,19 +118,22 @@ fn a_backup_with_a_pending_restore_survives_rotation_and_is_restored() {
     assert_eq!(row_count(&db), 20);
     let r = a.post(&format!("/v1/backups/{id}/restores"), &json!({}));
     assert_eq!(r.status, 202, "{}", r.body);
+    // Kept until the restore ended (a later rotation may delete it then).
+    let mut ended = None;
     wait_until(
         Duration::from_secs(90),
         "the restore to end",
         || {
-            by_id(&statefiles(&catalog)).get(&id).is_some_and(|sf| {
+            ended = by_id(&statefiles(&catalog)).remove(&id).filter(|sf| {
                 sf.restores
                     .iter()
                     .any(|r| matches!(r.status, RestoreStatus::Finished | RestoreStatus::Failed))
-            })
+            });
+            ended.is_some()
         },
         || a.log_tail(40),
     );
-    let sf = by_id(&statefiles(&catalog)).remove(&id).unwrap();
+    let sf = ended.unwrap();
     assert_eq!(sf.restores[0].status, RestoreStatus::Finished, "{sf:#?}");
     assert_eq!(row_count(&db), 30);
 }
