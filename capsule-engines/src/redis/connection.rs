@@ -109,19 +109,15 @@ impl RedisConnection {
     /// [`Error::Invalid`] naming the fault (the URL in the message has its
     /// credentials removed).
     pub fn from_url(url: &str) -> Result<Self> {
+        // A scheme typo: `redis//…` (no colon), `redis:/…` or `redis:…` (no
+        // slashes; a host named redis takes a port: `redis:6379`).
+        let mistyped_scheme = url.starts_with("redis//")
+            || url.starts_with("rediss//")
+            || matches!(url.split_once(':'), Some(("redis" | "rediss", rest))
+                if !rest.starts_with(|c: char| c.is_ascii_digit()));
         let full = if url.contains("://") {
             url.to_string()
-        } else if url.starts_with("redis//") || url.starts_with("rediss//") {
-            // `redis//…`, `rediss//…`: a scheme without its colon.
-            return Err(invalid(format!(
-                "invalid Redis URL {}: it starts with redis:// or rediss://, or with the host",
-                redact_url(url)
-            )));
-        } else if let Some(("redis" | "rediss", rest)) = url.split_once(':')
-            && !rest.starts_with(|c: char| c.is_ascii_digit())
-        {
-            // `redis:/…`, `redis:…`: a scheme without its slashes (a host
-            // named redis takes a port: `redis:6379`).
+        } else if mistyped_scheme {
             return Err(invalid(format!(
                 "invalid Redis URL {}: it starts with redis:// or rediss://, or with the host",
                 redact_url(url)
