@@ -327,6 +327,28 @@ fn sigterm(pid: u32) {
     assert!(status.success());
 }
 
+/// Waits (up to `limit`) until `ready`, then sends `child` SIGTERM and
+/// checks that it winds down as interrupted (exit 130, `cancelled`);
+/// returns its stderr. `what` names the run in failures.
+fn interrupted_when(
+    child: std::process::Child,
+    ready: impl Fn() -> bool,
+    limit: Duration,
+    what: &str,
+) -> String {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "{what}: never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "{what}: {stderr}");
+    assert!(stderr.contains("cancelled"), "{what}: {stderr}");
+    stderr
+}
+
 /// SIGTERM (what `kill` and Kubernetes send) stops a backup as ctrl-c
 /// does: the job is cancelled, its statefile says failed, exit 130.
 #[test]
@@ -349,16 +371,7 @@ fn sigterm_stops_a_backup_and_marks_it_failed() {
             .iter()
             .any(|o| o.key.starts_with("elasticsearch-") && o.key.ends_with("/statefile.json"))
     };
-    let start = std::time::Instant::now();
-    while !running() {
-        assert!(start.elapsed() < Duration::from_secs(30), "never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    sigterm(child.id());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("cancelled"), "{stderr}");
+    let stderr = interrupted_when(child, running, Duration::from_secs(30), "the backup");
     assert!(
         stderr.contains("interrupt again to exit at once"),
         "{stderr}"
@@ -2258,19 +2271,12 @@ mod pg {
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore'",
                 ) != "0"
             };
-            let start = Instant::now();
-            while !restoring() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(60),
-                    "{flags:?}: no pg_restore"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            sigterm(child.id());
-            let out = child.wait_with_output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(130), "{flags:?}: {stderr}");
-            assert!(stderr.contains("cancelled"), "{flags:?}: {stderr}");
+            let stderr = interrupted_when(
+                child,
+                restoring,
+                Duration::from_secs(60),
+                &format!("{flags:?}"),
+            );
             assert!(stderr.contains(says), "{flags:?}: {stderr}");
             assert_eq!(
                 pg().databases_like(&leftover),
